@@ -1,0 +1,1 @@
+"""Billing-aware API gateway."""

@@ -1,0 +1,21 @@
+"""``gateway`` command group; each family of subcommands lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from gateway.cli import db, demo, keys, serve, simulator, teams
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="video-billing-gateway", prog_name="gateway")
+def main() -> None:
+    """Billing-aware gateway in front of the grok-imagine-video API."""
+
+
+main.add_command(serve.serve)
+main.add_command(simulator.simulator)
+main.add_command(demo.demo)
+main.add_command(db.db)
+main.add_command(teams.teams)
+main.add_command(keys.keys)

@@ -1,0 +1,94 @@
+"""``gateway keys create|list|revoke``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.cli._common import echo_json, load_settings, run_in_session
+from gateway.tenancy import service
+from gateway.tenancy.models import ApiKey
+from gateway.tenancy.service import IssuedKey
+
+
+def key_to_dict(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+    }
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys (shown once at creation, stored only as a hash)."""
+
+
+@keys.command("create")
+@click.option("--team", "team_name", required=True, help="Team the key bills to.")
+@click.option("--name", help="A label for the key (e.g. the service using it).")
+@click.option("--expires-in-days", type=click.IntRange(min=1), help="Key stops working after this.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "key", "team"} as JSON.')
+def create(team_name: str, name: str | None, expires_in_days: int | None, as_json: bool) -> None:
+    """Create a key for a team and print it (the only time it is shown)."""
+    settings = load_settings()
+    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+
+    async def _create(session: AsyncSession) -> IssuedKey:
+        return await service.create_key(
+            session,
+            team_name,
+            pepper=settings.key_pepper.get_secret_value(),
+            name=name,
+            expires_at=expires_at,
+        )
+
+    issued = run_in_session(settings, _create)
+    if as_json:
+        echo_json({"id": issued.key.id, "key": issued.token, "team": issued.team.name})
+        return
+    click.echo(f"key id: {issued.key.id}  team: {issued.team.name}")
+    click.echo(issued.token)
+    click.echo("Store this key now: it cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@click.option("--team", "team_name", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_keys(team_name: str, as_json: bool) -> None:
+    """List a team's keys (never the keys themselves)."""
+    settings = load_settings()
+
+    async def _list(session: AsyncSession) -> Sequence[ApiKey]:
+        return await service.list_keys(session, team_name)
+
+    rows = [key_to_dict(k) for k in run_in_session(settings, _list)]
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'ID':<18} {'CREATED':<26} {'EXPIRES':<26} {'STATUS':<8} NAME")
+    for row in rows:
+        status = "revoked" if row["revoked_at"] else "active"
+        click.echo(
+            f"{row['id']!s:<18} {row['created_at']!s:<26} {row['expires_at'] or '-'!s:<26} "
+            f"{status:<8} {row['name'] or ''}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def revoke(key_id: str) -> None:
+    """Revoke KEY_ID; it is refused from the next request on, on every replica."""
+    settings = load_settings()
+
+    async def _revoke(session: AsyncSession) -> ApiKey:
+        return await service.revoke_key(session, key_id)
+
+    key = run_in_session(settings, _revoke)
+    click.echo(f"revoked key {key.id} at {key.revoked_at.isoformat() if key.revoked_at else '?'}")

@@ -1,0 +1,64 @@
+"""``gateway serve``: run the gateway under uvicorn."""
+
+from __future__ import annotations
+
+import click
+import uvicorn
+
+from gateway.cli._common import fail, load_settings, run
+from gateway.config import Settings
+from gateway.db.engine import create_engine, is_sqlite
+from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
+from gateway.observability.logging import configure_logging
+
+
+async def prepare_schema(settings: Settings, *, migrate: bool) -> str | None:
+    """Migrate if asked; otherwise a message explaining why serving must not start, or None."""
+    engine = create_engine(settings.database_url)
+    try:
+        if migrate:
+            await upgrade_to_head(engine)
+        current = await current_revisions(engine)
+    finally:
+        await engine.dispose()
+    heads = head_revisions()
+    if current == heads:
+        return None
+    if not current:
+        return "the database has no schema yet: run `gateway db upgrade` or serve with --migrate"
+    if current - heads:
+        return (
+            f"the database is at revision {sorted(current)}, which this gateway does not know "
+            "(a newer release migrated it?); refusing to start"
+        )
+    return (
+        f"the database schema is behind (at {sorted(current)}, head is {sorted(heads)}): "
+        "run `gateway db upgrade` or serve with --migrate"
+    )
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--migrate", is_flag=True, help="Apply pending migrations before serving.")
+def serve(host: str, port: int, workers: int, migrate: bool) -> None:
+    """Run the gateway (configuration from GATEWAY_* environment variables)."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, settings.secrets())
+    if workers > 1 and is_sqlite(settings.database_url):
+        fail("SQLite is the embedded single-process database; use Postgres for --workers > 1")
+    problem = run(prepare_schema(settings, migrate=migrate))
+    if problem is not None:
+        fail(problem)
+    uvicorn.run(
+        "gateway.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,88 @@
+"""``gateway teams create|list``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.cli._common import echo_json, fail, load_settings, run_in_session
+from gateway.ledger.pricing import format_usd, parse_usd
+from gateway.tenancy import service
+from gateway.tenancy.models import Team
+
+
+def team_to_dict(team: Team) -> dict[str, object]:
+    budget = team.monthly_budget_micro_usd
+    return {
+        "id": team.id,
+        "name": team.name,
+        "cost_center": team.cost_center,
+        "monthly_budget_usd": format_usd(budget) if budget is not None else None,
+        "max_concurrent_jobs": team.max_concurrent_jobs,
+        "created_at": team.created_at.isoformat(),
+        "disabled": team.disabled_at is not None,
+    }
+
+
+@click.group()
+def teams() -> None:
+    """Manage teams (tenants)."""
+
+
+@teams.command("create")
+@click.argument("name")
+@click.option("--monthly-budget-usd", help="Budget per calendar month (UTC), e.g. 250 or 99.50.")
+@click.option("--cost-center", help="Cost center that finance charges this team's spend to.")
+@click.option("--max-concurrent-jobs", type=click.IntRange(min=1), help="Cap on jobs in flight.")
+@click.option("--json", "as_json", is_flag=True, help="Print the team as JSON.")
+def create(
+    name: str,
+    monthly_budget_usd: str | None,
+    cost_center: str | None,
+    max_concurrent_jobs: int | None,
+    as_json: bool,
+) -> None:
+    """Create team NAME."""
+    budget: int | None = None
+    if monthly_budget_usd is not None:
+        try:
+            budget = parse_usd(monthly_budget_usd)
+        except ValueError as exc:
+            fail(str(exc))
+    settings = load_settings()
+
+    async def _create(session: AsyncSession) -> Team:
+        return await service.create_team(
+            session,
+            name,
+            cost_center=cost_center,
+            monthly_budget_micro_usd=budget,
+            max_concurrent_jobs=max_concurrent_jobs,
+        )
+
+    team = run_in_session(settings, _create)
+    if as_json:
+        echo_json(team_to_dict(team))
+    else:
+        click.echo(f"created team {team.name} (id {team.id})")
+
+
+@teams.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_teams(as_json: bool) -> None:
+    """List teams."""
+    settings = load_settings()
+    rows: Sequence[Team] = run_in_session(settings, service.list_teams)
+    data = [team_to_dict(t) for t in rows]
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{'NAME':<24} {'COST CENTER':<16} {'BUDGET/MONTH USD':>18} {'MAX JOBS':>8}")
+    for row in data:
+        budget = row["monthly_budget_usd"] or "default"
+        click.echo(
+            f"{row['name']!s:<24} {row['cost_center'] or '-'!s:<16} "
+            f"{budget!s:>18} {row['max_concurrent_jobs'] or '-'!s:>8}"
+        )

@@ -1,0 +1,83 @@
+"""Settings, read from ``GATEWAY_*`` environment variables (and an optional ``.env`` file).
+
+Every knob of the gateway lives here; nothing else reads the environment. The README's
+configuration table lists each variable with its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+# Values that must never reach production: empty, or the ones our own docs use as examples.
+_PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "secret", "admin", "password", "dev", "test", "demo"}
+)
+_MIN_PRODUCTION_SECRET_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Gateway configuration. See README "Configuration" for the operator-facing table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+
+    # Storage. SQLite is the embedded single-process default; Postgres is production.
+    database_url: str = "sqlite+aiosqlite:///./gateway.db"
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
+
+    # Upstream (the paid API we front).
+    upstream_url: str = "https://api.empiriolabs.ai"
+    upstream_api_key: SecretStr = SecretStr("")
+    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    upstream_write_timeout_seconds: float = Field(default=30.0, gt=0)
+    upstream_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+
+    # Tenancy.
+    admin_token: SecretStr = SecretStr("")
+    key_pepper: SecretStr = SecretStr("")
+
+    # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
+    max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)
+    catalog_path: Path | None = None
+
+    # Logging.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        for name in ("admin_token", "key_pepper", "upstream_api_key"):
+            value: SecretStr = getattr(self, name)
+            secret = value.get_secret_value()
+            if (
+                secret.strip().lower() in _PLACEHOLDER_SECRETS
+                or len(secret) < _MIN_PRODUCTION_SECRET_LENGTH
+            ):
+                problems.append(
+                    f"GATEWAY_{name.upper()} must be set to a real secret of at least "
+                    f"{_MIN_PRODUCTION_SECRET_LENGTH} characters in production"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for the log redaction safety net."""
+        values = (self.upstream_api_key, self.admin_token, self.key_pepper)
+        return [v.get_secret_value() for v in values if v.get_secret_value()]

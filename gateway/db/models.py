@@ -1,0 +1,8 @@
+"""Registry of every ORM module, so Alembic and tests see the whole schema."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    from gateway.jobs import models as _jobs  # noqa: F401
+    from gateway.tenancy import models as _tenancy  # noqa: F401

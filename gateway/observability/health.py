@@ -1,0 +1,41 @@
+"""Kubernetes-style probes: ``/healthz`` (the process is alive) and ``/readyz`` (it can serve:
+the database answers and its schema is at the migrations' head)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.db.migrations import head_revisions, schema_is_current
+from gateway.kit.http import RuntimeDep
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness", response_model=None)
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        async with runtime.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        current = await schema_is_current(runtime.engine)
+        checks["schema"] = "current" if current else f"behind (head {sorted(head_revisions())})"
+    except (SQLAlchemyError, OSError) as exc:
+        logger.warning("readiness: database unreachable: %s", type(exc).__name__)
+        checks["database"] = "unreachable"
+    ready = checks.get("database") == "ok" and checks.get("schema") == "current"
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

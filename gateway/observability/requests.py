@@ -1,0 +1,121 @@
+"""Per-request context: the request id, the access log line, and the last-resort 500.
+
+A pure ASGI middleware (no ``BaseHTTPMiddleware``: it would copy every body). It wraps the
+whole application, so even an unexpected exception is answered in the documented error format
+with its ``X-Request-ID``, and every request gets exactly one access line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError
+
+access_logger = logging.getLogger("gateway.access")
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return new_request_id()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope)
+        token = request_id_var.set(request_id)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"request_id": request_id})
+            if not response_started:
+                await _send_internal_error(send_with_request_id)
+        finally:
+            request_id_var.reset(token)
+            if scope.get("path") not in _UNLOGGED_PATHS:
+                _log_access(scope, state, status, time.perf_counter() - started)
+
+
+async def _send_internal_error(send: Send) -> None:
+    body = json.dumps(GatewayError("internal error").to_body()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+    access_logger.info(
+        "%s %s %s",
+        scope.get("method"),
+        _route_template(scope),
+        status,
+        extra={
+            "request_id": state.get("request_id"),
+            "method": scope.get("method"),
+            "route": _route_template(scope),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "team": state.get("team"),
+            "job_id": state.get("job_id"),
+            "upstream_ms": state.get("upstream_ms"),
+            "estimate_usd": state.get("estimate_usd"),
+        },
+    )

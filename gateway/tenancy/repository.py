@@ -1,0 +1,51 @@
+"""Every query on teams and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.tenancy.models import ApiKey, Team
+
+
+async def get_team_by_name(session: AsyncSession, name: str) -> Team | None:
+    return (await session.execute(select(Team).where(Team.name == name))).scalar_one_or_none()
+
+
+async def list_teams(session: AsyncSession) -> Sequence[Team]:
+    return (await session.execute(select(Team).order_by(Team.name))).scalars().all()
+
+
+async def add(session: AsyncSession, row: Team | ApiKey) -> None:
+    session.add(row)
+    await session.flush()
+
+
+async def get_key_with_team(session: AsyncSession, key_id: str) -> tuple[ApiKey, Team] | None:
+    """The key row and its team in one round trip (the authentication hot path)."""
+    stmt = select(ApiKey, Team).join(Team, Team.id == ApiKey.team_id).where(ApiKey.id == key_id)
+    row = (await session.execute(stmt)).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def get_key(session: AsyncSession, key_id: str) -> ApiKey | None:
+    return await session.get(ApiKey, key_id)
+
+
+async def list_keys(session: AsyncSession, team_id: int) -> Sequence[ApiKey]:
+    stmt = select(ApiKey).where(ApiKey.team_id == team_id).order_by(ApiKey.created_at, ApiKey.id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def revoke_key(session: AsyncSession, key_id: str, now: datetime) -> bool:
+    """Revoke if not yet revoked; False when the key was already revoked or does not exist."""
+    stmt = (
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    result = await session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,159 @@
+"""The upstream client: the one place that talks to the paid API.
+
+``UpstreamClient`` is the interface; ``HttpUpstreamClient`` is the real implementation over
+one shared, pooled ``httpx.AsyncClient``. Tests and the demo point it at the built-in
+simulator (``gateway.upstream.simulator``), or hand it an ``httpx.MockTransport`` for answers
+the simulator cannot give (malformed bodies, resets).
+
+Failures become gateway errors here, so callers only see ``UpstreamResponse`` or an
+``UpstreamError`` subclass:
+
+    connect error, reset, 5xx, 3xx ..... UpstreamError (502 upstream_error)
+    upstream 401/403 ................... UpstreamError (502 upstream_auth_failed): the
+                                         gateway's own key is wrong, not the tenant's
+    timeout ............................ UpstreamTimeout (504 upstream_timeout)
+    other 4xx .......................... returned, to be passed through unchanged
+
+The real upstream key is added to each request here and nowhere else; it is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+import httpx
+
+from gateway.config import Settings
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.transport import build_transport
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_PATH = "/v1/videos/generations"
+JOBS_PATH = "/v1/jobs/"
+_PASS_THROUGH_HEADERS = ("content-type", "retry-after")
+_PASS_THROUGH_PREFIXES = ("x-ratelimit-",)
+_USER_AGENT = "video-billing-gateway/0.1"
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """An upstream answer the gateway passes on: status, exact body bytes, safe headers."""
+
+    status_code: int
+    body: bytes
+    headers: dict[str, str]
+    elapsed_seconds: float
+
+
+class UpstreamClient(Protocol):
+    async def submit(self, body: bytes, *, request_id: str) -> UpstreamResponse: ...
+
+    async def get_job(self, job_id: str, *, request_id: str) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpUpstreamClient:
+    """``UpstreamClient`` over HTTP.
+
+    >>> client = HttpUpstreamClient.from_settings(settings)
+    >>> answer = await client.submit(b'{"model": ...}', request_id="req-1")
+    """
+
+    def __init__(self, http: httpx.AsyncClient, api_key: str) -> None:
+        self._http = http
+        self._auth_header = f"Bearer {api_key}"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> HttpUpstreamClient:
+        timeout = httpx.Timeout(
+            connect=settings.upstream_connect_timeout_seconds,
+            read=settings.upstream_read_timeout_seconds,
+            write=settings.upstream_write_timeout_seconds,
+            pool=settings.upstream_pool_timeout_seconds,
+        )
+        if transport is None:
+            transport = build_transport(
+                settings.upstream_transport, max_connections=settings.upstream_max_connections
+            )
+        http = httpx.AsyncClient(
+            base_url=settings.upstream_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+        )
+        return cls(http, settings.upstream_api_key.get_secret_value())
+
+    async def submit(self, body: bytes, *, request_id: str) -> UpstreamResponse:
+        return await self._send(
+            "POST",
+            SUBMIT_PATH,
+            request_id,
+            content=body,
+            extra_headers={"Content-Type": "application/json"},
+        )
+
+    async def get_job(self, job_id: str, *, request_id: str) -> UpstreamResponse:
+        return await self._send("GET", JOBS_PATH + quote(job_id, safe=""), request_id)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        request_id: str,
+        *,
+        content: bytes | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> UpstreamResponse:
+        headers = {"Authorization": self._auth_header, "X-Request-ID": request_id}
+        if extra_headers:
+            headers.update(extra_headers)
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(method, path, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
+            raise UpstreamTimeout("the upstream did not answer in time") from None
+        except httpx.HTTPError as exc:
+            logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
+            raise UpstreamError("the upstream could not be reached") from None
+        elapsed = time.perf_counter() - started
+        status = response.status_code
+        if status in (401, 403):
+            logger.error(
+                "upstream refused the gateway's own credentials (HTTP %s); check "
+                "GATEWAY_UPSTREAM_API_KEY",
+                status,
+            )
+            raise UpstreamError(
+                "the gateway is not authorised by the upstream", code="upstream_auth_failed"
+            )
+        if status >= 500 or status < 200 or 300 <= status < 400:
+            logger.warning("upstream %s %s answered HTTP %s", method, path, status)
+            raise UpstreamError(f"the upstream answered HTTP {status}")
+        return UpstreamResponse(
+            status_code=status,
+            body=response.content,
+            headers=_pass_through_headers(response.headers),
+            elapsed_seconds=elapsed,
+        )
+
+
+def _pass_through_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in headers.items()
+        if name in _PASS_THROUGH_HEADERS or name.startswith(_PASS_THROUGH_PREFIXES)
+    }

@@ -1,0 +1,53 @@
+"""Creating teams and keys through the real service layer (as the CLI does)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.session import transaction
+from gateway.tenancy import service
+
+T = TypeVar("T")
+PEPPER = "test-pepper-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    team: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def in_session(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _run() -> T:
+        engine = create_engine(url)
+        try:
+            async with transaction(create_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(_run())
+
+
+def make_tenant(url: str, *, prefix: str = "team", expires_at: datetime | None = None) -> Tenant:
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    async def _create(session: AsyncSession) -> Tenant:
+        await service.create_team(session, name, monthly_budget_micro_usd=1_000_000_000)
+        issued = await service.create_key(session, name, pepper=PEPPER, expires_at=expires_at)
+        return Tenant(team=name, key=issued.token, key_id=issued.key.id)
+
+    return in_session(url, _create)
