@@ -137,9 +137,7 @@ StartGateway = Callable[..., ServerThread]
 
 
 @pytest.fixture
-def start_gateway(
-    postgres_url: str, simulator_server: ServerThread
-) -> Iterator[StartGateway]:
+def start_gateway(postgres_url: str, simulator_server: ServerThread) -> Iterator[StartGateway]:
     """Start a gateway with other settings: ``start_gateway(upstream_url=..., transport=...)``."""
     started: list[ServerThread] = []
 

@@ -52,7 +52,10 @@ def test_submit_then_poll_through_the_gateway(
     row = job_row(postgres_url, job["job_id"])
     assert row is not None
     assert (row.state, row.estimate_micro_usd, row.duration_ms, row.resolution) == (
-        "submitted", 1_730_000, 10_000, "720p"
+        "submitted",
+        1_730_000,
+        10_000,
+        "720p",
     )
     assert row.image_count == 1
     assert row.rate_card_version == "seed-2026-11"
@@ -80,11 +83,15 @@ def test_request_id_is_echoed_and_sent_upstream(
     assert response.headers["x-request-id"] == "trace-abc-123"
     assert simulator.submits()[-1]["request_id"] == "trace-abc-123"
 
-    generated = gateway.post(SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers)
+    generated = gateway.post(
+        SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
+    )
     assert len(generated.headers["x-request-id"]) == 32
     assert simulator.submits()[-1]["request_id"] == generated.headers["x-request-id"]
 
-    invalid = gateway.get("/v1/jobs/nope", headers={**tenant.headers, "X-Request-ID": "bad id <script>" + "x" * 200})
+    invalid = gateway.get(
+        "/v1/jobs/nope", headers={**tenant.headers, "X-Request-ID": "bad id <script>" + "x" * 200}
+    )
     assert len(invalid.headers["x-request-id"]) == 32  # replaced, not echoed
 
 
@@ -118,8 +125,12 @@ class RecordingUpstream:
         self.requests.append(request)
         body = self.submit_body if request.method == "POST" else self.poll_body
         return httpx.Response(
-            self.status, content=body, headers={"Content-Type": "application/json; charset=utf-8",
-                                                "X-Internal-Upstream": "hidden"}
+            self.status,
+            content=body,
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "X-Internal-Upstream": "hidden",
+            },
         )
 
 
@@ -131,7 +142,9 @@ def test_bodies_pass_through_byte_for_byte(start_gateway: StartGateway, tenant: 
     sent = b'{"prompt":"a  cat",   "model":"grok-imagine-video-1-5","duration":2.500}'
     with httpx.Client(base_url=server.url) as client:
         submitted = client.post(
-            SUBMIT_PATH, content=sent, headers={**tenant.headers, "Content-Type": "application/json"}
+            SUBMIT_PATH,
+            content=sent,
+            headers={**tenant.headers, "Content-Type": "application/json"},
         )
         polled = client.get("/v1/jobs/job_bytes01", headers=tenant.headers)
     assert submitted.content == submit_answer
@@ -152,7 +165,9 @@ def test_upstream_client_errors_pass_through(
     answer = b'{"error":{"type":"invalid_request_error","message":"upstream says no"}}'
     server = start_gateway(transport=httpx.MockTransport(RecordingUpstream(answer, answer, status)))
     with httpx.Client(base_url=server.url) as client:
-        response = client.post(SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers)
+        response = client.post(
+            SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
+        )
     assert response.status_code == status
     assert response.content == answer
 
@@ -170,7 +185,9 @@ def test_body_over_the_limit_is_refused_with_413(
             yield big[3000:]
 
         streamed = client.post(SUBMIT_PATH, content=chunks(), headers=tenant.headers)
-        small = client.post(SUBMIT_PATH, json={"model": MODEL, "prompt": "ok"}, headers=tenant.headers)
+        small = client.post(
+            SUBMIT_PATH, json={"model": MODEL, "prompt": "ok"}, headers=tenant.headers
+        )
     for response in (declared, streamed):
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
@@ -191,7 +208,7 @@ def test_unknown_route_and_method_use_the_error_format(
 
 
 SEED_SNIPPET = textwrap.dedent(
-    '''
+    """
     import requests
 
     response = requests.post(
@@ -215,7 +232,7 @@ SEED_SNIPPET = textwrap.dedent(
             print(status)
             break
         time.sleep(5)
-    '''
+    """
 )
 
 

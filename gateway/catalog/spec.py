@@ -84,6 +84,9 @@ class ImageRule(_Rule):
         return value
 
 
+# Money in the catalog is integer micro-USD; 0.05 or even 50000.0 is refused, not coerced.
+MicroUSD = Annotated[int, Field(strict=True, ge=0)]
+
 ParamRule = Annotated[
     StringRule | NumberRule | IntegerRule | BooleanRule | EnumRule | ImageRule,
     Field(discriminator="kind"),
@@ -95,8 +98,8 @@ class RateCardSpec(BaseModel):
 
     version: str = Field(min_length=1, max_length=64)
     effective_from: datetime
-    image_fee_micro_usd: int = Field(ge=0)
-    per_second_micro_usd: dict[str, int]
+    image_fee_micro_usd: MicroUSD
+    per_second_micro_usd: dict[str, MicroUSD]
 
     def to_rate_card(self) -> RateCard:
         return RateCard(

@@ -185,6 +185,7 @@ async def _run_sample(gateway_url: str, key: str) -> bool:
     usage = result.get("usage") or {}
     click.echo(f"  video: {result.get('video_url')}")
     click.echo(
-        f"  cost: ${estimate} priced by the gateway; ${usage.get('cost_usd')} billed upstream"
+        f"  cost: ${estimate} priced by the gateway; "
+        f"${usage.get('cost_usd')} billed by the upstream"
     )
     return status.get("status") in {"completed", "succeeded", "done"}

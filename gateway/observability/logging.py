@@ -18,7 +18,7 @@ from typing import Any
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
+    | {"message", "asctime", "taskName", "color_message"}  # uvicorn's ANSI duplicate of msg
 )
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (

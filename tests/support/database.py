@@ -40,11 +40,12 @@ def postgres_reachable() -> str | None:
     return None
 
 
-def create_postgres_database() -> str:
+def create_postgres_database(*, migrated: bool = True) -> str:
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = make_url(server_url()).set(database=name).render_as_string(hide_password=False)
-    migrate(url)
+    if migrated:
+        migrate(url)
     return url
 
 

@@ -1,0 +1,250 @@
+"""The ``gateway`` command line, as operators and scripts use it (PRODUCT §7 and §9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from gateway.cli import main
+from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from tests.support.tenants import PEPPER
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+MODEL = "grok-imagine-video-1-5"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def cli(sqlite_file: str) -> CliRunner:
+    return CliRunner(env={"GATEWAY_DATABASE_URL": sqlite_file, "GATEWAY_KEY_PEPPER": PEPPER})
+
+
+def invoke(runner: CliRunner, *args: str) -> Result:
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def test_db_upgrade_then_current(cli: CliRunner) -> None:
+    assert "BEHIND" in invoke(cli, "db", "current").output
+    upgraded = invoke(cli, "db", "upgrade")
+    assert upgraded.exit_code == 0 and "(head)" in upgraded.output
+    assert "at head" in invoke(cli, "db", "current").output
+
+
+def test_teams_and_keys_lifecycle(
+    cli: CliRunner, sqlite_file: str, start_gateway: StartGateway, simulator: SimulatorProbe
+) -> None:
+    invoke(cli, "db", "upgrade")
+    created = invoke(
+        cli,
+        "teams",
+        "create",
+        "video-lab",
+        "--monthly-budget-usd",
+        "250.5",
+        "--cost-center",
+        "CC-42",
+        "--max-concurrent-jobs",
+        "3",
+    )
+    assert created.exit_code == 0, created.output
+    teams = json.loads(invoke(cli, "teams", "list", "--json").output)
+    assert [
+        (t["name"], t["cost_center"], t["monthly_budget_usd"], t["max_concurrent_jobs"])
+        for t in teams
+    ] == [("video-lab", "CC-42", "250.500000", 3)]
+    assert "video-lab" in invoke(cli, "teams", "list").output
+
+    issued = json.loads(invoke(cli, "keys", "create", "--team", "video-lab", "--json").output)
+    assert set(issued) == {"id", "key", "team"}
+    assert issued["team"] == "video-lab"
+    assert issued["key"].startswith(f"gwk_{issued['id']}_")
+
+    listed = invoke(cli, "keys", "list", "--team", "video-lab", "--json").output
+    assert issued["id"] in listed and issued["key"] not in listed
+
+    server = start_gateway(database_url=sqlite_file)
+    headers = {"Authorization": f"Bearer {issued['key']}"}
+    body = {"model": MODEL, "prompt": "x"}
+    assert httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers).status_code == 200
+
+    revoked = invoke(cli, "keys", "revoke", issued["id"])
+    assert revoked.exit_code == 0 and issued["id"] in revoked.output
+    refused = httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "api_key_revoked"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["teams", "create", "dup"], "already exists"),
+        (["teams", "create", "neg", "--monthly-budget-usd", "-5"], "non-negative"),
+        (["teams", "create", "cents", "--monthly-budget-usd", "1.0000001"], "6 decimal places"),
+        (["teams", "create", "bad name"], "team name"),
+        (["keys", "create", "--team", "nobody"], "no team named"),
+        (["keys", "revoke", "nosuchkey"], "no API key"),
+    ],
+)
+def test_cli_errors_are_clear_and_exit_nonzero(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    invoke(cli, "db", "upgrade")
+    invoke(cli, "teams", "create", "dup")
+    result = invoke(cli, *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(extra)
+    return env
+
+
+def wait_for(url: str, timeout: float = 20) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_serve_refuses_a_schema_behind_then_serves_with_migrate(
+    tmp_path: Path, simulator: SimulatorProbe
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+    env = run_env(
+        GATEWAY_DATABASE_URL=database,
+        GATEWAY_UPSTREAM_URL=simulator.url,
+        GATEWAY_UPSTREAM_API_KEY=UPSTREAM_KEY,
+    )
+    port = free_port()
+    refused = subprocess.run(
+        [*GATEWAY, "serve", "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "gateway db upgrade" in refused.stderr and "--migrate" in refused.stderr
+
+    process = subprocess.Popen(
+        [*GATEWAY, "serve", "--port", str(port), "--migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ready"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done (the conventional exit).
+    assert process.returncode in (0, -signal.SIGTERM), stderr
+    assert "Application shutdown complete." in stderr
+    for line in stderr.splitlines():  # JSON logs by default
+        json.loads(line)
+
+
+def test_serve_refuses_sqlite_with_several_workers(tmp_path: Path) -> None:
+    env = run_env(GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
+    result = subprocess.run(
+        [*GATEWAY, "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1 and "Postgres" in result.stderr
+
+
+def test_simulator_command_honours_its_options() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *GATEWAY,
+            "simulator",
+            "--port",
+            str(port),
+            "--api-key",
+            "sim-key-1",
+            "--latency",
+            "0",
+            "--status-words",
+            "succeeded",
+        ],
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(base + "/_simulator/usage")
+        body = {"model": MODEL, "prompt": "x", "resolution": "480p", "duration": 5}
+        assert httpx.post(base + SUBMIT_PATH, json=body).status_code == 401
+        assert (
+            httpx.post(base + SUBMIT_PATH, json=body, headers={"x-api-key": "nope"}).status_code
+            == 401
+        )
+        job = httpx.post(base + SUBMIT_PATH, json=body, headers={"x-api-key": "sim-key-1"}).json()
+        polled = httpx.get(
+            f"{base}/v1/jobs/{job['job_id']}", headers={"Authorization": "Bearer sim-key-1"}
+        ).json()
+        assert polled["status"] == "succeeded"
+        usage = httpx.get(base + "/_simulator/usage").json()
+        assert usage["total_cost_usd"] == "0.480000"
+        assert usage["jobs"][0]["cost_usd"] == "0.480000"
+        csv_text = httpx.get(base + "/_simulator/usage?format=csv").text
+        assert (
+            csv_text.splitlines()[0]
+            == "job_id,status,billed,video_seconds,resolution,images,cost_usd"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_demo_once_completes_a_job_and_prints_its_cost() -> None:
+    result = subprocess.run(
+        [*GATEWAY, "demo", "--once", "--port", "0", "--latency", "0.3"],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "completed progress=1.0" in out
+    # $0.05 image + 6 s x $0.168 at 720p, priced by the gateway and billed by the simulator alike
+    assert "cost: $1.058000 priced by the gateway; $1.058000 billed by the upstream" in out
+    assert "curl http://127.0.0.1:" in out and "Authorization: Bearer $GATEWAY_KEY" in out

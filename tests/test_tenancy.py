@@ -1,0 +1,217 @@
+"""Tenants: API keys authenticate (Bearer or x-api-key), refusals are 401 and forward nothing,
+and a team never sees another team's job. Storage behaviour runs on Postgres and SQLite."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from gateway.tenancy import service
+from gateway.tenancy.keys import hash_key
+from gateway.tenancy.models import ApiKey
+from tests.conftest import SUBMIT_PATH, SimulatorProbe
+from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
+
+MODEL = "grok-imagine-video-1-5"
+BODY = {"model": MODEL, "prompt": "a cat"}
+
+
+def expire_key(url: str, key_id: str) -> None:
+    async def _expire(session: AsyncSession) -> None:
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(expires_at=past))
+
+    in_session(url, _expire)
+
+
+def revoke(url: str, key_id: str) -> None:
+    async def _revoke(session: AsyncSession) -> None:
+        await service.revoke_key(session, key_id)
+
+    in_session(url, _revoke)
+
+
+def tampered(key: str) -> str:
+    last = "A" if key[-1] != "A" else "B"
+    return key[:-1] + last
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        pytest.param({}, "missing_api_key", id="no header"),
+        pytest.param({"Authorization": "Bearer"}, "missing_api_key", id="empty bearer"),
+        pytest.param({"x-api-key": ""}, "missing_api_key", id="empty x-api-key"),
+        pytest.param(
+            {"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_authorization", id="basic scheme"
+        ),
+        pytest.param(
+            {"Authorization": "Bearer not-a-gateway-key"}, "invalid_api_key", id="malformed"
+        ),
+        pytest.param(
+            {"Authorization": "Bearer gwk_aaaaaaaaaaaaaaaa_" + "x" * 43},
+            "invalid_api_key",
+            id="well-formed unknown id",
+        ),
+        pytest.param(
+            {"x-api-key": "sk-upstream-looking-key"}, "invalid_api_key", id="malformed x-api-key"
+        ),
+    ],
+)
+def test_bad_credentials_are_401_and_nothing_is_forwarded(
+    gateway: httpx.Client, simulator: SimulatorProbe, headers: dict[str, str], code: str
+) -> None:
+    for response in (
+        gateway.post(SUBMIT_PATH, json=BODY, headers=headers),
+        gateway.get("/v1/jobs/job_anything", headers=headers),
+    ):
+        assert response.status_code == 401
+        assert response.json()["error"] == {
+            "type": "authentication_error",
+            "code": code,
+            "param": None,
+            "message": response.json()["error"]["message"],
+        }
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert simulator.requests() == []
+
+
+def test_right_id_wrong_secret_is_refused(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
+) -> None:
+    response = gateway.post(
+        SUBMIT_PATH, json=BODY, headers={"Authorization": f"Bearer {tampered(tenant.key)}"}
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert simulator.requests() == []
+
+
+def test_revoked_key_is_refused_at_once(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
+) -> None:
+    assert gateway.post(SUBMIT_PATH, json=BODY, headers=tenant.headers).status_code == 200
+    revoke(postgres_url, tenant.key_id)
+    refused = gateway.post(SUBMIT_PATH, json=BODY, headers=tenant.headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "api_key_revoked"
+    assert len(simulator.submits()) == 1
+
+
+def test_expired_key_is_refused(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
+) -> None:
+    expire_key(postgres_url, tenant.key_id)
+    refused = gateway.post(SUBMIT_PATH, json=BODY, headers={"x-api-key": tenant.key})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "api_key_expired"
+    assert simulator.requests() == []
+
+
+def test_other_teams_job_is_indistinguishable_from_an_unknown_one(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    team_a = make_tenant(postgres_url, prefix="alpha")
+    team_b = make_tenant(postgres_url, prefix="bravo")
+    job_id = gateway.post(SUBMIT_PATH, json=BODY, headers=team_a.headers).json()["job_id"]
+    assert gateway.get(f"/v1/jobs/{job_id}", headers=team_a.headers).status_code == 200
+    polls_before = len(simulator.requests())
+
+    foreign = gateway.get(f"/v1/jobs/{job_id}", headers=team_b.headers)
+    unknown_id = job_id[:-4] + "zzzz"
+    unknown = gateway.get(f"/v1/jobs/{unknown_id}", headers=team_b.headers)
+
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json()["error"]["code"] == unknown.json()["error"]["code"] == "job_not_found"
+    assert foreign.json()["error"]["message"].replace(job_id, "ID") == unknown.json()["error"][
+        "message"
+    ].replace(unknown_id, "ID")
+    assert len(simulator.requests()) == polls_before  # neither was forwarded
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/..%2F..%2Fadmin",
+        "/v1/jobs/%2E%2E",
+        "/v1/jobs/job%00x",
+        "/v1/jobs/job%20x",
+        "/v1/jobs/" + "a" * 200,
+    ],
+)
+def test_suspicious_job_ids_never_reach_upstream(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, path: str
+) -> None:
+    response = gateway.get(path, headers=tenant.headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert simulator.requests() == []
+
+
+# Storage: the service layer on both databases.
+
+
+def test_key_is_stored_only_as_a_peppered_hash(database_url: str) -> None:
+    tenant = make_tenant(database_url)
+
+    async def _row(session: AsyncSession) -> ApiKey:
+        return (
+            await session.execute(select(ApiKey).where(ApiKey.id == tenant.key_id))
+        ).scalar_one()
+
+    row = in_session(database_url, _row)
+    assert tenant.key not in (row.secret_hash, row.id, row.name)
+    assert row.secret_hash == hash_key(tenant.key, PEPPER)
+    assert row.secret_hash != hash_key(tenant.key, "another pepper")
+    assert tenant.key.startswith(f"gwk_{row.id}_")
+    assert len(tenant.key) == len("gwk_") + 16 + 1 + 43
+
+
+def test_authentication_rules_on_each_database(database_url: str) -> None:
+    tenant = make_tenant(database_url)
+
+    async def _auth(session: AsyncSession, token: str) -> str:
+        principal = await service.authenticate_key(session, token, pepper=PEPPER)
+        return principal.team_name
+
+    assert in_session(database_url, lambda s: _auth(s, tenant.key)) == tenant.team
+    for token, code in ((tampered(tenant.key), "invalid_api_key"),):
+        with pytest.raises(AuthenticationFailed) as failure:
+            in_session(database_url, lambda s, t=token: _auth(s, t))
+        assert getattr(failure.value, "code", None) == code
+    in_session(database_url, lambda s: service.authenticate_key(s, tenant.key, pepper=PEPPER))
+    revoke(database_url, tenant.key_id)
+    with pytest.raises(AuthenticationFailed) as revoked:
+        in_session(database_url, lambda s: _auth(s, tenant.key))
+    assert getattr(revoked.value, "code", None) == "api_key_revoked"
+
+
+def test_team_rules_on_each_database(database_url: str) -> None:
+    tenant = make_tenant(database_url)
+    with pytest.raises(Conflict):
+        in_session(database_url, lambda s: service.create_team(s, tenant.team))
+    for bad_name in ("", "has space", "-leading-dash", "x" * 65, "semi;colon"):
+        with pytest.raises(InvalidRequest):
+            in_session(database_url, lambda s, n=bad_name: service.create_team(s, n))
+    with pytest.raises(InvalidRequest):
+        in_session(
+            database_url, lambda s: service.create_team(s, "neg", monthly_budget_micro_usd=-1)
+        )
+    with pytest.raises(NotFound):
+        in_session(database_url, lambda s: service.create_key(s, "no-such-team", pepper=PEPPER))
+    with pytest.raises(NotFound):
+        in_session(database_url, lambda s: service.revoke_key(s, "nosuchkey0000000"))
+
+
+def test_revocation_is_idempotent_and_keeps_the_first_time(database_url: str) -> None:
+    tenant = make_tenant(database_url)
+    first = in_session(database_url, lambda s: service.revoke_key(s, tenant.key_id)).revoked_at
+    second = in_session(database_url, lambda s: service.revoke_key(s, tenant.key_id)).revoked_at
+    assert first is not None and first == second
+    keys = in_session(database_url, lambda s: service.list_keys(s, tenant.team))
+    assert [(k.id, k.revoked_at) for k in keys] == [(tenant.key_id, first)]

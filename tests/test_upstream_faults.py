@@ -1,0 +1,199 @@
+"""Upstream failures map to the documented errors, on both transports: 500/connect error → 502
+``upstream_error``, timeout → 504 ``upstream_timeout``, 429 passed through with Retry-After,
+an unreadable 2xx body → 502 ``upstream_invalid_response``."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.jobs.models import Job
+from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.tenants import Tenant, in_session
+
+MODEL = "grok-imagine-video-1-5"
+TRANSPORTS = ["aiohttp", "httpx"]
+
+
+def submit(url: str, tenant: Tenant, prompt: str) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return client.post(
+            SUBMIT_PATH, json={"model": MODEL, "prompt": prompt}, headers=tenant.headers
+        )
+
+
+def job_states(url: str, team: str) -> list[str]:
+    async def _states(session: AsyncSession) -> list[str]:
+        from gateway.tenancy.models import Team
+
+        stmt = select(Job.state).join(Team, Team.id == Job.team_id).where(Team.name == team)
+        return list((await session.execute(stmt)).scalars())
+
+    return in_session(url, _states)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["type"] == "upstream_error"
+    assert error["message"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_upstream_500_is_502(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    tenant: Tenant,
+    postgres_url: str,
+    transport: str,
+) -> None:
+    server = start_gateway(upstream_transport=transport)
+    response = submit(server.url, tenant, "a cat #sim:http500")
+    assert_error(response, 502, "upstream_error")
+    assert "simulated" not in response.text  # the upstream's own body is not leaked
+    assert [r["status"] for r in simulator.submits()] == [500]
+    assert job_states(postgres_url, tenant.team) == ["rejected"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_upstream_429_passes_through_with_retry_after(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    tenant: Tenant,
+    postgres_url: str,
+    transport: str,
+) -> None:
+    server = start_gateway(upstream_transport=transport)
+    response = submit(server.url, tenant, "a cat #sim:http429")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert job_states(postgres_url, tenant.team) == ["rejected"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_upstream_timeout_is_504(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    tenant: Tenant,
+    postgres_url: str,
+    transport: str,
+) -> None:
+    server = start_gateway(upstream_transport=transport, upstream_read_timeout_seconds=0.5)
+    response = submit(server.url, tenant, "a cat #sim:hang")
+    assert_error(response, 504, "upstream_timeout")
+    # Sent but unanswered: the job may exist upstream, so it is kept as "unknown", not dropped.
+    assert job_states(postgres_url, tenant.team) == ["unknown"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connection_refused_is_502_not_a_timeout(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    server = start_gateway(
+        upstream_transport=transport, upstream_url=f"http://127.0.0.1:{closed_port}"
+    )
+    response = submit(server.url, tenant, "a cat")
+    assert_error(response, 502, "upstream_error")
+    assert job_states(postgres_url, tenant.team) == ["rejected"]
+
+
+@pytest.fixture
+def slamming_server() -> Iterator[str]:
+    """Accepts a connection, reads the request, closes without answering."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(2)
+                with contextlib.suppress(OSError):
+                    connection.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connection_closed_without_answer_is_502(
+    start_gateway: StartGateway, tenant: Tenant, slamming_server: str, transport: str
+) -> None:
+    server = start_gateway(upstream_transport=transport, upstream_url=slamming_server)
+    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_error")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"<html>Bad gateway</html>", id="html"),
+        pytest.param(b'{"job_id": "job_1", "status": ', id="truncated json"),
+        pytest.param(b'["job_1"]', id="json array"),
+        pytest.param(b'{"status": "queued"}', id="no job id"),
+        pytest.param(b'{"job_id": 17}', id="job id not a string"),
+        pytest.param(b'{"job_id": "../../admin"}', id="job id path trick"),
+    ],
+)
+def test_unreadable_submit_answer_is_502(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, answer: bytes
+) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    server = start_gateway(transport=transport)
+    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_invalid_response")
+    assert job_states(postgres_url, tenant.team) == ["unknown"]
+
+
+def test_unreadable_poll_answer_is_502(start_gateway: StartGateway, tenant: Tenant) -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"job_id": "job_garbled1", "status": "queued"})
+        return httpx.Response(200, content=b"\x00\x01 not json")
+
+    server = start_gateway(transport=httpx.MockTransport(upstream))
+    assert submit(server.url, tenant, "a cat").status_code == 200
+    with httpx.Client(base_url=server.url) as client:
+        polled = client.get("/v1/jobs/job_garbled1", headers=tenant.headers)
+    assert_error(polled, 502, "upstream_invalid_response")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_upstream_refusing_our_key_is_a_gateway_fault_not_the_tenants(
+    start_gateway: StartGateway, tenant: Tenant, status: int
+) -> None:
+    """A 401 from upstream means GATEWAY_UPSTREAM_API_KEY is wrong; passing it on would tell
+    the tenant their own (valid) key was refused."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, json={"error": "no"}))
+    server = start_gateway(transport=transport)
+    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
+
+
+def test_wrong_upstream_key_against_the_simulator(
+    start_gateway: StartGateway, simulator: SimulatorProbe, tenant: Tenant
+) -> None:
+    server = start_gateway(upstream_api_key="sk-wrong-key-for-upstream")
+    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
+    assert [r["status"] for r in simulator.submits()] == [401]
