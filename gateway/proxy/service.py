@@ -167,7 +167,7 @@ async def _record_answer(
                 upstream_http_status=http_status,
                 upstream_job_id=upstream_job_id,
             )
-    except SQLAlchemyError:
+    except (SQLAlchemyError, OSError):
         logger.exception(
             "could not record the upstream's answer; job left pending",
             extra={

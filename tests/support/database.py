@@ -31,6 +31,11 @@ async def _admin(sql: str) -> None:
         await connection.close()
 
 
+def admin_sql(sql: str) -> None:
+    """Run one statement on the test server's maintenance database."""
+    asyncio.run(_admin(sql))
+
+
 def postgres_reachable() -> str | None:
     """None when the test server answers, else why not."""
     try:
