@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,13 +13,14 @@ from fastapi import FastAPI
 
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
-from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.session import transaction
 from gateway.kit.http import install_error_handlers
+from gateway.ledger.rates import register_catalog_rate_cards
+from gateway.ledger.reconciler import Reconciler
 from gateway.observability import health
 from gateway.observability.requests import RequestContextMiddleware
 from gateway.proxy import endpoints as proxy
-from gateway.runtime import Runtime
-from gateway.upstream.client import HttpUpstreamClient
+from gateway.runtime import Runtime, open_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -33,27 +36,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-        )
-        upstream = HttpUpstreamClient.from_settings(settings, transport=upstream_transport)
-        app.state.runtime = Runtime(
-            settings=settings,
-            catalog=catalog,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            upstream=upstream,
-            pepper=settings.key_pepper.get_secret_value(),
-        )
-        if not settings.upstream_api_key.get_secret_value():
-            logger.warning("GATEWAY_UPSTREAM_API_KEY is empty: the upstream will refuse calls")
-        try:
-            yield
-        finally:
-            await upstream.aclose()
-            await engine.dispose()
+        async with open_runtime(
+            settings, catalog=catalog, upstream_transport=upstream_transport
+        ) as runtime:
+            app.state.runtime = runtime
+            async with _background_reconciler(app, runtime):
+                yield
 
     app = FastAPI(
         title="Video billing gateway",
@@ -66,6 +54,41 @@ def create_app(
     app.include_router(health.router)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+@asynccontextmanager
+async def _background_reconciler(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+    settings = runtime.settings
+    if not settings.upstream_api_key.get_secret_value():
+        logger.warning("GATEWAY_UPSTREAM_API_KEY is empty: the upstream will refuse calls")
+    await _register_rate_cards(runtime)
+    if not settings.reconciler_enabled:
+        yield
+        return
+    stop = asyncio.Event()
+    app.state.reconciler = Reconciler(runtime)
+    task = asyncio.create_task(app.state.reconciler.run_forever(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        # Let the pass in progress finish; its settlements are single transactions.
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _register_rate_cards(runtime: Runtime) -> None:
+    """Each catalog model's own rate card becomes a version in the database if it is not one
+    yet (a new model is a data change). Failure is logged: readiness reports the database."""
+    try:
+        async with transaction(runtime.sessionmaker) as session:
+            await register_catalog_rate_cards(session, runtime.catalog)
+    except Exception:
+        logger.exception("could not register the catalog's rate cards at startup")
 
 
 def create_app_from_env() -> FastAPI:

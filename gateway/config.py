@@ -32,8 +32,11 @@ class Settings(BaseSettings):
 
     # Storage. SQLite is the embedded single-process default; Postgres is production.
     database_url: str = "sqlite+aiosqlite:///./gateway.db"
-    database_pool_size: int = Field(default=10, ge=1)
-    database_max_overflow: int = Field(default=20, ge=0)
+    database_pool_size: int = Field(default=20, ge=1)
+    """Postgres connections per process. Keep processes × (pool + overflow) under the server's
+    ``max_connections``; transactions are short, so requests queue briefly for a connection."""
+    database_max_overflow: int = Field(default=0, ge=0)
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Upstream (the paid API we front).
     upstream_url: str = "https://api.empiriolabs.ai"
@@ -48,6 +51,34 @@ class Settings(BaseSettings):
     # Tenancy.
     admin_token: SecretStr = SecretStr("")
     key_pepper: SecretStr = SecretStr("")
+
+    # Money.
+    default_budget_policy: Literal["unlimited", "deny"] = "unlimited"
+    """What a team without a monthly budget may spend: ``unlimited``, or nothing (``deny``)."""
+    moderation_error_codes: frozenset[str] = frozenset(
+        {"content_moderated", "content_policy_violation", "moderation_blocked"}
+    )
+    """Failure codes meaning "produced, then blocked": billed, like a success."""
+    success_status_words: frozenset[str] = frozenset({"completed", "succeeded", "done"})
+    failure_status_words: frozenset[str] = frozenset({"failed", "error", "expired"})
+    idempotency_key_ttl_hours: int = Field(default=24, ge=24)
+
+    # Reconciler (settles jobs nobody polls; one per replica, safe to run in many).
+    reconciler_enabled: bool = True
+    reconciler_interval_seconds: float = Field(default=15.0, gt=0)
+    reconciler_first_check_after_seconds: float = Field(default=30.0, ge=0)
+    reconciler_max_backoff_seconds: float = Field(default=600.0, gt=0)
+    reconciler_batch_size: int = Field(default=100, ge=1)
+    reconciler_concurrency: int = Field(default=8, ge=1)
+    unanswered_submit_release_after_seconds: float = Field(default=600.0, gt=0)
+    """A hold whose submit never got an answer (crash, timeout) is released after this."""
+    upstream_honors_idempotency_key: bool = False
+    """Set when the upstream answers a re-sent submit with the same ``Idempotency-Key`` with
+    the job it already created. Then a submit left unanswered (a replica killed mid-request, a
+    timeout) is re-sent by the reconciler to learn its job id, instead of being released."""
+    unanswered_submit_resend_after_seconds: float = Field(default=120.0, gt=0)
+    hold_max_age_seconds: float = Field(default=86_400.0, gt=0)
+    """Jobs held longer than this are flagged for review (and keep being polled)."""
 
     # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
     max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)

@@ -12,6 +12,8 @@ and never page anyone; only ``GatewayError`` itself (a bug) is a 500.
     ├── NotFound ............................ 404 not_found_error
     ├── MethodNotAllowed .................... 405 invalid_request_error / method_not_allowed
     ├── Conflict ............................ 409 invalid_request_error / conflict
+    ├── Unprocessable ....................... 422 invalid_request_error (idempotency key reuse)
+    ├── QuotaExceeded ....................... 429 quota_error / quota_exceeded, concurrency_limit
     ├── ServiceUnavailable .................. 503 api_error (e.g. ledger_unavailable)
     └── UpstreamError ....................... 502 upstream_error / upstream_error
         ├── UpstreamInvalidResponse ......... 502 upstream_error / upstream_invalid_response
@@ -45,6 +47,7 @@ class GatewayError(Exception):
         self.code = code or self.default_code
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
+        self.details: dict[str, str | None] = {}
 
     def to_body(self) -> dict[str, dict[str, str | None]]:
         return {
@@ -53,6 +56,7 @@ class GatewayError(Exception):
                 "code": self.code,
                 "param": self.param,
                 "message": self.message,
+                **self.details,
             }
         }
 
@@ -103,6 +107,20 @@ class Conflict(GatewayError):
     default_code = "conflict"
 
 
+class Unprocessable(GatewayError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    default_code = "unprocessable"
+
+
+class QuotaExceeded(GatewayError):
+    """The team's budget (or concurrency cap) leaves no room: not forwarded, not billed."""
+
+    status_code = 429
+    error_type = "quota_error"
+    default_code = "quota_exceeded"
+
+
 class ServiceUnavailable(GatewayError):
     """The gateway cannot meter the request, so it refuses rather than forward unmetered work."""
 
@@ -117,14 +135,19 @@ class UpstreamError(GatewayError):
     status_code = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
+    outcome_unknown = False
+    """True when the request may have been acted on although no answer came back (a connection
+    lost after sending, a timeout): a submit's hold must then wait, not be released."""
 
 
 class UpstreamInvalidResponse(UpstreamError):
     """The upstream answered 2xx with a body the gateway cannot read (not JSON, no job id)."""
 
     default_code = "upstream_invalid_response"
+    outcome_unknown = True
 
 
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     default_code = "upstream_timeout"
+    outcome_unknown = True

@@ -1,18 +1,22 @@
 """What a running gateway holds for its lifetime: settings, catalog, database, upstream client.
 
-Built once in the app's lifespan (``gateway.app``) and handed to routes as a dependency,
-instead of module-level globals.
+Built once (the app's lifespan, ``gateway reconcile``, tests) by ``open_runtime`` and handed
+to routes as a dependency, instead of module-level globals.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway.catalog.spec import Catalog
+from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
-from gateway.upstream.client import UpstreamClient
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
 
 @dataclass(frozen=True)
@@ -23,3 +27,31 @@ class Runtime:
     sessionmaker: async_sessionmaker[AsyncSession]
     upstream: UpstreamClient
     pepper: str
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[Runtime]:
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
+    upstream = HttpUpstreamClient.from_settings(settings, transport=upstream_transport)
+    try:
+        yield Runtime(
+            settings=settings,
+            catalog=catalog or load_catalog(settings.catalog_path),
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            upstream=upstream,
+            pepper=settings.key_pepper.get_secret_value(),
+        )
+    finally:
+        await upstream.aclose()
+        await engine.dispose()

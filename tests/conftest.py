@@ -110,6 +110,8 @@ def gateway_settings(database_url: str, upstream_url: str, **overrides: Any) -> 
         "key_pepper": SecretStr(PEPPER),
         "upstream_read_timeout_seconds": 5.0,
         "log_format": "json",
+        # Tests run the reconciler explicitly (or enable it) so that timing never decides.
+        "reconciler_enabled": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

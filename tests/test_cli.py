@@ -248,3 +248,5 @@ def test_demo_once_completes_a_job_and_prints_its_cost() -> None:
     # $0.05 image + 6 s x $0.168 at 720p, priced by the gateway and billed by the simulator alike
     assert "cost: $1.058000 priced by the gateway; $1.058000 billed by the upstream" in out
     assert "curl http://127.0.0.1:" in out and "Authorization: Bearer $GATEWAY_KEY" in out
+    # ... and captured once in the ledger, the hold released into it
+    assert "captured $1.058000, held $0.000000, remaining $98.942000 of $100.000000" in out

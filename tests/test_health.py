@@ -6,6 +6,7 @@ import socket
 import threading
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,3 +105,37 @@ def test_database_lost_after_forwarding_still_returns_the_upstream_answer(
     finally:
         admin_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         drop_postgres_database(url)
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "unavailable"),
+    [
+        ("53300", True),  # too many clients
+        ("08006", True),  # connection failure
+        ("57P01", True),  # admin shutdown
+        ("3D000", True),  # database does not exist
+        ("23505", False),  # unique violation: a bug or a race, not an outage
+        ("42P01", False),  # undefined table: a bug
+    ],
+)
+def test_database_outages_are_told_from_bugs(sqlstate: str, unavailable: bool) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from gateway.db.session import is_database_unavailable
+
+    error = DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+    assert is_database_unavailable(error) is unavailable
+
+
+def test_pool_exhaustion_is_unavailability() -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from gateway.db.session import is_database_unavailable
+
+    assert is_database_unavailable(PoolTimeout("QueuePool limit reached")) is True

@@ -107,9 +107,12 @@ def test_parse_usd_refuses_what_it_cannot_represent_exactly(bad: str) -> None:
 
 
 def test_no_float_in_the_money_path() -> None:
-    """Static check: pricing and the catalog's money types never touch float."""
+    """Static check: the money code (pricing, rate cards, quotas, holds, settlement, the
+    catalog's money types) never touches float or true division."""
     root = Path(__file__).resolve().parent.parent / "gateway"
-    for path in (root / "ledger" / "pricing.py", root / "catalog" / "spec.py"):
+    money = [p for p in (root / "ledger").glob("*.py") if p.name != "reconciler.py"]
+    assert len(money) >= 8
+    for path in [*money, root / "catalog" / "spec.py"]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             assert not (isinstance(node, ast.Name) and node.id == "float"), f"float in {path}"

@@ -52,7 +52,7 @@ def test_submit_then_poll_through_the_gateway(
     row = job_row(postgres_url, job["job_id"])
     assert row is not None
     assert (row.state, row.estimate_micro_usd, row.duration_ms, row.resolution) == (
-        "submitted",
+        "captured",
         1_730_000,
         10_000,
         "720p",
@@ -252,3 +252,33 @@ def test_seed_python_snippet_runs_unmodified_but_for_base_url_and_key(
     assert printed.startswith("{") and "'status': 'completed'" in printed
     assert "'video_url': 'https://sim.invalid/videos/job_" in printed
     assert len(simulator.submits()) == 1
+
+
+def test_client_hanging_up_mid_body_is_499_not_an_error(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    tenant: Tenant,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import socket
+    import time
+
+    server = start_gateway()
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(
+            b"POST /v1/videos/generations HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {tenant.key}\r\n".encode()
+            + b'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"model":'
+        )
+        time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        access = [r for r in caplog.records if r.name == "gateway.access"]
+        if access:
+            break
+        time.sleep(0.05)
+    assert [getattr(r, "status", None) for r in access] == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert simulator.requests() == []

@@ -768,3 +768,26 @@ async def test_job_ids_are_unique_and_well_formed() -> None:
 def test_config_rejects_nonsense(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message varies per field
         SimulatorConfig(**kwargs)
+
+
+async def test_idempotency_key_returns_the_same_job_without_billing_again() -> None:
+    app = create_simulator_app(SimulatorConfig())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://sim"
+    ) as c:
+        headers = {"Authorization": "Bearer k", "Idempotency-Key": "gw-1"}
+        body = {"model": "grok-imagine-video-1-5", "prompt": "a cat"}
+        first = await c.post("/v1/videos/generations", json=body, headers=headers)
+        again = await c.post("/v1/videos/generations", json=body, headers=headers)
+        other = await c.post(
+            "/v1/videos/generations", json={**body, "prompt": "a dog"}, headers=headers
+        )
+        fresh = await c.post(
+            "/v1/videos/generations", json=body, headers={"Authorization": "Bearer k"}
+        )
+        usage = (await c.get("/_simulator/usage")).json()
+    assert first.json()["job_id"] == again.json()["job_id"]
+    assert other.status_code == 422
+    assert fresh.json()["job_id"] != first.json()["job_id"]
+    assert len(usage["jobs"]) == 2
+    assert usage["total_cost_usd"] == "3.360000"

@@ -151,6 +151,7 @@ Video billing gateway demo
 
 Try it:
   export GATEWAY_KEY={key}
+  curl {gateway_url}/v1/usage -H "Authorization: Bearer $GATEWAY_KEY"
   curl {gateway_url}/v1/videos/generations \\
     -H "Authorization: Bearer $GATEWAY_KEY" -H "Content-Type: application/json" \\
     -d '{{"model": "grok-imagine-video-1-5", "prompt": "A fox runs through snow", "duration": 5}}'
@@ -181,11 +182,15 @@ async def _run_sample(gateway_url: str, key: str) -> bool:
             if status.get("status") in TERMINAL:
                 break
             await asyncio.sleep(0.5)
+        usage = (await client.get("/v1/usage")).json()
     result = status.get("result") or {}
-    usage = result.get("usage") or {}
+    billed_upstream = (result.get("usage") or {}).get("cost_usd")
     click.echo(f"  video: {result.get('video_url')}")
     click.echo(
-        f"  cost: ${estimate} priced by the gateway; "
-        f"${usage.get('cost_usd')} billed by the upstream"
+        f"  cost: ${estimate} priced by the gateway; ${billed_upstream} billed by the upstream"
+    )
+    click.echo(
+        f"  ledger for team {usage['team']} ({usage['period']}): captured ${usage['captured_usd']},"
+        f" held ${usage['held_usd']}, remaining ${usage['remaining_usd']} of ${usage['budget_usd']}"
     )
     return status.get("status") in {"completed", "succeeded", "done"}

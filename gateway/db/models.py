@@ -5,4 +5,6 @@ from __future__ import annotations
 
 def import_all_models() -> None:
     from gateway.jobs import models as _jobs  # noqa: F401
+    from gateway.ledger import models as _ledger  # noqa: F401
+    from gateway.proxy import idempotency_models as _idempotency  # noqa: F401
     from gateway.tenancy import models as _tenancy  # noqa: F401

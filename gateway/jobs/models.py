@@ -5,26 +5,43 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, UTCDateTime, utcnow
 
 
 class JobState(enum.StrEnum):
+    """Where a job is in its money life. Only the moves below exist, each a conditional update:
+
+    pending ──► submitted ──► captured | released
+       │   └──► unknown ────► captured | released
+       └──────────────────► released
+    """
+
     PENDING = "pending"
-    """Recorded before forwarding; the upstream has not answered yet."""
+    """Hold placed and committed; the upstream has not answered yet."""
     SUBMITTED = "submitted"
-    """The upstream accepted it and gave a job id."""
-    REJECTED = "rejected"
-    """Never accepted: the upstream refused it (4xx/5xx) or could not be reached."""
+    """The upstream accepted it and gave a job id; the hold is outstanding."""
     UNKNOWN = "unknown"
-    """Sent, but we do not know whether the upstream accepted it (timeout, unreadable answer)."""
+    """Sent, but whether the upstream accepted it is unknown (timeout, unreadable answer)."""
+    CAPTURED = "captured"
+    """Settled and billed (a video was produced, even if then blocked by moderation)."""
+    RELEASED = "released"
+    """Settled and not billed: refused, failed before any video, or never reached upstream."""
+
+
+OPEN_STATES = (JobState.PENDING, JobState.SUBMITTED, JobState.UNKNOWN)
+SETTLED_STATES = (JobState.CAPTURED, JobState.RELEASED)
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_team_id_created_at", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_team_id_created_at", "team_id", "created_at"),
+        Index("ix_jobs_team_id_state", "team_id", "state"),
+        Index("ix_jobs_state_next_check_at", "state", "next_check_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     """The gateway's own id (uuid4 hex); exists before the upstream answers."""
@@ -39,9 +56,34 @@ class Job(Base):
     resolution: Mapped[str] = mapped_column(String(16))
     image_count: Mapped[int] = mapped_column(Integer)
     estimate_micro_usd: Mapped[int] = mapped_column(BigInteger)
-    """Price of the request at submit, micro-USD, >= 0."""
+    """Price of the request at submit, micro-USD, >= 0; also the amount held."""
     rate_card_version: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(7))
+    """Billing period (``YYYY-MM``, UTC) of the submit; the job's cost belongs to it."""
     request_id: Mapped[str | None] = mapped_column(String(128))
     upstream_http_status: Mapped[int | None] = mapped_column(Integer)
+    upstream_status: Mapped[str | None] = mapped_column(String(32))
+    """The upstream's terminal status word (``completed``, ``failed``, ...)."""
+    upstream_error_code: Mapped[str | None] = mapped_column(String(64))
+    terminal_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The upstream's terminal poll answer, replayed to later polls without calling upstream."""
+    check_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the reconciler should poll this job next (only open jobs)."""
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Set when the hold outlived the configured maximum age."""
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobRequest(Base):
+    """The client's submit body, kept only while the upstream's answer is unknown, so the
+    reconciler can re-send it (see ``Settings.upstream_honors_idempotency_key``)."""
+
+    __tablename__ = "job_requests"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
-from gateway.jobs.models import Job, JobState
+from gateway.jobs.models import Job, JobRequest, JobState
 
 
 async def insert(session: AsyncSession, job: Job) -> None:
@@ -27,15 +30,119 @@ async def move_from_pending(
     *,
     upstream_http_status: int | None,
     upstream_job_id: str | None = None,
+    next_check_at: datetime | None = None,
+    from_states: tuple[JobState, ...] = (JobState.PENDING,),
 ) -> bool:
-    """Record the upstream's answer to the submit. Only a pending job moves (True if it did)."""
+    """Record the upstream's answer to the submit. Only a job still in ``from_states`` moves
+    (True if it did), so a late answer never overrides a settlement."""
     values: dict[str, object] = {
         "state": state.value,
         "upstream_http_status": upstream_http_status,
+        "next_check_at": next_check_at,
         "updated_at": utcnow(),
     }
     if upstream_job_id is not None:
         values["upstream_job_id"] = upstream_job_id
-    stmt = update(Job).where(Job.id == job_id, Job.state == JobState.PENDING.value).values(**values)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_([s.value for s in from_states]))
+        .values(**values)
+    )
     result = await session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def keep_request(session: AsyncSession, job_id: str, body: bytes, now: datetime) -> None:
+    session.add(JobRequest(job_id=job_id, body=body, created_at=now))
+    await session.flush()
+
+
+async def drop_request(session: AsyncSession, job_id: str) -> None:
+    await session.execute(delete(JobRequest).where(JobRequest.job_id == job_id))
+
+
+async def unanswered_due_for_resend(
+    session: AsyncSession, *, now: datetime, limit: int
+) -> Sequence[tuple[Job, bytes]]:
+    """Unanswered submits whose body is kept and whose next try is due, locked for this pass."""
+    stmt = (
+        select(Job, JobRequest.body)
+        .join(JobRequest, JobRequest.job_id == Job.id)
+        .where(
+            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+            Job.next_check_at <= now,
+        )
+        .order_by(Job.next_check_at)
+        .limit(limit)
+        .with_for_update(of=Job, skip_locked=True)
+    )
+    return [(job, body) for job, body in (await session.execute(stmt)).all()]
+
+
+async def record_http_status(session: AsyncSession, job_id: str, status: int | None) -> None:
+    if status is not None:
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(upstream_http_status=status)
+        )
+
+
+async def due_for_check(
+    session: AsyncSession, *, now: datetime, limit: int, everything: bool = False
+) -> Sequence[Job]:
+    """Submitted jobs whose next check is due, locked so other replicas skip them."""
+    stmt = select(Job).where(Job.state == JobState.SUBMITTED.value)
+    if not everything:
+        stmt = stmt.where(Job.next_check_at <= now)
+    stmt = stmt.order_by(Job.next_check_at).limit(limit).with_for_update(skip_locked=True)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def schedule_next_check(
+    session: AsyncSession, job_id: str, *, at: datetime, attempts: int
+) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.SUBMITTED.value)
+        .values(next_check_at=at, check_attempts=attempts)
+    )
+
+
+async def schedule_unanswered_check(
+    session: AsyncSession, job_id: str, *, at: datetime, attempts: int
+) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]))
+        .values(next_check_at=at, check_attempts=attempts)
+    )
+
+
+async def unanswered_before(session: AsyncSession, cutoff: datetime, limit: int) -> Sequence[Job]:
+    """Pending or unknown jobs created before ``cutoff``: their submit never got an answer."""
+    stmt = (
+        select(Job)
+        .where(
+            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+            Job.created_at < cutoff,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def flag_old_holds(session: AsyncSession, cutoff: datetime, now: datetime) -> Sequence[str]:
+    stmt = (
+        update(Job)
+        .where(
+            Job.state.in_(
+                [JobState.PENDING.value, JobState.SUBMITTED.value, JobState.UNKNOWN.value]
+            ),
+            Job.created_at < cutoff,
+            Job.flagged_at.is_(None),
+        )
+        .values(flagged_at=now, needs_review=True)
+        .returning(Job.id)
+    )
+    return (await session.execute(stmt)).scalars().all()

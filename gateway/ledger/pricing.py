@@ -14,6 +14,8 @@ from decimal import Decimal
 from fractions import Fraction
 
 MICROS_PER_USD = 1_000_000
+ESTIMATE_HEADER = "X-Gateway-Cost-Estimate-USD"
+"""Response header carrying a submit's price (the amount held)."""
 # Amounts are stored in signed 64-bit columns; stay far from the edge so sums cannot overflow.
 MAX_MICRO_USD = 10**15  # one billion USD
 _HALF = Fraction(1, 2)

@@ -15,6 +15,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError
@@ -23,6 +24,10 @@ access_logger = logging.getLogger("gateway.access")
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+CLIENT_CLOSED_REQUEST = 499
+QUOTA_HEADER = b"x-quota-remaining-usd"
+# Set by authentication (and updated by holds and settlements) for every tenant request.
+QUOTA_REMAINING_STATE = "quota_remaining_usd"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -65,11 +70,21 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), header]
+                extra = [header]
+                remaining = state.get(QUOTA_REMAINING_STATE)
+                if remaining is not None:
+                    extra.append((QUOTA_HEADER, str(remaining).encode()))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            # The client went away mid-request (nothing to answer); nginx's 499 in the log.
+            status = CLIENT_CLOSED_REQUEST
+            logger.info(
+                "client disconnected before the request was read", extra={"request_id": request_id}
+            )
         except Exception:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if not response_started:

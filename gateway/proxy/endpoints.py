@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
 
 from gateway.kit.http import RuntimeDep, read_body_capped
+from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
 from gateway.proxy import service
+from gateway.proxy.schemas import UsageOut
 from gateway.proxy.service import ProxiedResponse
-from gateway.tenancy.auth import CurrentPrincipal
+from gateway.tenancy.auth import CurrentPrincipal, remember_balance
 
 router = APIRouter(tags=["video generation"])
 
@@ -16,18 +20,28 @@ def _to_response(request: Request, result: ProxiedResponse) -> Response:
     request.state.job_id = result.job_id
     if result.upstream_seconds is not None:
         request.state.upstream_ms = round(result.upstream_seconds * 1000, 2)
-    if "X-Gateway-Cost-Estimate-USD" in result.headers:
-        request.state.estimate_usd = result.headers["X-Gateway-Cost-Estimate-USD"]
+    if ESTIMATE_HEADER in result.headers:
+        request.state.estimate_usd = result.headers[ESTIMATE_HEADER]
+    if result.balance is not None:
+        remember_balance(request, result.balance)
     return Response(content=result.body, status_code=result.status_code, headers=result.headers)
 
 
 @router.post("/v1/videos/generations", summary="Submit a video generation job")
 async def submit_generation(
-    request: Request, principal: CurrentPrincipal, runtime: RuntimeDep
+    request: Request,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
     result = await service.submit_generation(
-        runtime, principal, raw, request_id=request.state.request_id
+        runtime,
+        principal,
+        raw,
+        request_id=request.state.request_id,
+        idempotency_key=idempotency_key,
+        on_balance=lambda balance: remember_balance(request, balance),
     )
     return _to_response(request, result)
 
@@ -38,3 +52,18 @@ async def get_job(
 ) -> Response:
     result = await service.poll_job(runtime, principal, job_id, request_id=request.state.request_id)
     return _to_response(request, result)
+
+
+@router.get("/v1/usage", summary="The calling team's money for the current period")
+async def get_usage(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep) -> UsageOut:
+    balance = await service.usage(runtime, principal)
+    remember_balance(request, balance)
+    remaining = balance.remaining
+    return UsageOut(
+        team=principal.team_name,
+        period=balance.period,
+        budget_usd=format_usd(balance.budget) if balance.budget is not None else None,
+        captured_usd=format_usd(balance.captured),
+        held_usd=format_usd(balance.held),
+        remaining_usd=format_usd(remaining) if remaining is not None else None,
+    )

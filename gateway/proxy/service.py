@@ -1,9 +1,14 @@
-"""The drop-in proxy: submit and poll, with the gateway's record kept around each call.
+"""The drop-in proxy: submit and poll, with the money kept right around each call.
 
-Submit order matters for money: validate and price first (nothing is forwarded or recorded for
-a bad request), then record the job *before* forwarding (a database that cannot be written
-means 503 and nothing forwarded: fail closed), then forward, then record the upstream's answer.
-The network call sits between two short transactions, never inside one.
+Submit, in order: validate and price (a bad request is never recorded, forwarded or billed);
+then one transaction claims the Idempotency-Key, reserves the hold against the team's budget
+and records the job and its ``hold`` entry (if the database cannot be written: 503, nothing
+forwarded); then forward; then record the upstream's answer: accepted (the hold stays until the
+job settles), refused (released at once), or unknown (kept for the reconciler). The network
+call always sits between two short transactions, never inside one.
+
+Poll: only the owning team's jobs; a settled job is answered from the gateway's record without
+calling upstream; a terminal answer from upstream settles the job, exactly once.
 """
 
 from __future__ import annotations
@@ -12,18 +17,35 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.catalog.validation import parse_submission
+from gateway.config import Settings
 from gateway.db.base import utcnow
-from gateway.db.session import transaction
-from gateway.errors import NotFound, UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
+from gateway.db.session import read_only, transaction
+from gateway.errors import (
+    GatewayError,
+    NotFound,
+    UpstreamError,
+    UpstreamInvalidResponse,
+)
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
-from gateway.ledger.pricing import format_usd, price_request
+from gateway.ledger import quotas, settlement
+from gateway.ledger.holds import place_hold
+from gateway.ledger.periods import period_of
+from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd, price_request
+from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.rates import rate_card_in_force
+from gateway.proxy import idempotency
+from gateway.proxy.idempotency import StoredResponse
 from gateway.runtime import Runtime
 from gateway.tenancy.service import Principal
 from gateway.upstream.client import UpstreamResponse
@@ -33,6 +55,7 @@ logger = logging.getLogger(__name__)
 # What an upstream job id may look like before we use it in a query or an upstream URL.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _MAX_JOB_ID_LENGTH = 128
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 @dataclass(frozen=True)
@@ -44,55 +67,203 @@ class ProxiedResponse:
     headers: dict[str, str] = field(default_factory=dict)
     job_id: str | None = None
     upstream_seconds: float | None = None
+    balance: BalanceView | None = None
+
+
+def team_quota(principal: Principal) -> TeamQuota:
+    return TeamQuota(
+        team_id=principal.team_id,
+        monthly_budget_micro_usd=principal.monthly_budget_micro_usd,
+        max_concurrent_jobs=principal.max_concurrent_jobs,
+    )
 
 
 async def submit_generation(
-    runtime: Runtime, principal: Principal, raw_body: bytes, *, request_id: str
+    runtime: Runtime,
+    principal: Principal,
+    raw_body: bytes,
+    *,
+    request_id: str,
+    idempotency_key: str | None = None,
+    on_balance: Callable[[BalanceView], None] = lambda _: None,
 ) -> ProxiedResponse:
+    """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
+    the response's quota header is right even when an error is raised after the hold."""
     request = parse_submission(raw_body, runtime.catalog)
     units = request.billable_units()
-    card = request.model.pricing.rate_card.to_rate_card()
-    estimate = price_request(units, card)
-    job = Job(
-        id=uuid.uuid4().hex,
-        team_id=principal.team_id,
-        api_key_id=principal.key_id,
-        state=JobState.PENDING.value,
-        model=request.model.id,
-        duration_ms=_to_milliseconds(units.duration_seconds),
-        resolution=units.resolution,
-        image_count=units.image_count,
-        estimate_micro_usd=estimate,
-        rate_card_version=card.version,
-        request_id=request_id,
-        created_at=utcnow(),
-    )
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
+    settings = runtime.settings
+    now = utcnow()
+    period = period_of(now)
+    job_id = uuid.uuid4().hex
+
     async with transaction(runtime.sessionmaker) as session:
-        await jobs.insert(session, job)
+        if idempotency_key is not None:
+            stored = await idempotency.claim(
+                session,
+                team_id=principal.team_id,
+                key=idempotency_key,
+                fingerprint=idempotency.request_fingerprint(raw_body),
+                job_id=job_id,
+                now=now,
+                ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
+            )
+            if stored is not None:
+                return ProxiedResponse(
+                    stored.status_code,
+                    stored.body,
+                    {**stored.headers, REPLAYED_HEADER: "true"},
+                    job_id=None,
+                )
+        card = await rate_card_in_force(session, request.model.id, now)
+        estimate = price_request(units, card)
+        job = Job(
+            id=job_id,
+            team_id=principal.team_id,
+            api_key_id=principal.key_id,
+            state=JobState.PENDING.value,
+            model=request.model.id,
+            duration_ms=int(Decimal(units.duration_seconds) * 1000),
+            resolution=units.resolution,
+            image_count=units.image_count,
+            estimate_micro_usd=estimate,
+            rate_card_version=card.version,
+            period=period,
+            request_id=request_id,
+            check_attempts=0,
+            needs_review=False,
+            next_check_at=now + _unanswered_recheck(settings),
+            created_at=now,
+            updated_at=now,
+        )
+        balance = await place_hold(
+            session, team_quota(principal), job, policy=settings.default_budget_policy, now=now
+        )
+        if settings.upstream_honors_idempotency_key:
+            # Kept until the upstream's answer is recorded, so a crash can be recovered.
+            await jobs.keep_request(session, job_id, raw_body, now)
+    on_balance(balance)
 
+    after = _AfterForward(runtime, job, idempotency_key, on_balance)
+    estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
-        answer = await runtime.upstream.submit(raw_body, request_id=request_id)
-    except UpstreamTimeout:
-        # The upstream may or may not have started the job: keep it visible for review.
-        await _record_answer(runtime, job.id, JobState.UNKNOWN, None)
-        raise
-    except UpstreamError:
-        await _record_answer(runtime, job.id, JobState.REJECTED, None)
+        answer = await runtime.upstream.submit(
+            raw_body, request_id=request_id, idempotency_key=job_id
+        )
+    except UpstreamError as exc:
+        if exc.outcome_unknown:
+            # Sent, but no answer: the upstream may have started the job, so the hold stays.
+            await after.unknown(exc)
+        else:
+            await after.refused("upstream_unreachable")
         raise
 
-    estimate_header = {"X-Gateway-Cost-Estimate-USD": format_usd(estimate)}
     if answer.status_code >= 400:
-        await _record_answer(runtime, job.id, JobState.REJECTED, answer.status_code)
-        return _pass_through(answer, extra=estimate_header)
+        released = await after.refused("upstream_refused", answer=answer)
+        return _pass_through(answer, extra=estimate_header, balance=released or balance)
     try:
         upstream_job_id = _accepted_job_id(answer)
-    except UpstreamInvalidResponse:
-        await _record_answer(runtime, job.id, JobState.UNKNOWN, answer.status_code)
+    except UpstreamInvalidResponse as exc:
+        await after.unknown(exc)
         raise
-    await _record_answer(
-        runtime, job.id, JobState.SUBMITTED, answer.status_code, upstream_job_id=upstream_job_id
-    )
-    return _pass_through(answer, extra=estimate_header, job_id=upstream_job_id)
+    response = _pass_through(answer, extra=estimate_header, job_id=upstream_job_id, balance=balance)
+    await after.accepted(upstream_job_id, answer, response)
+    return response
+
+
+@dataclass
+class _AfterForward:
+    """Records the upstream's answer to a submit. If this write fails, the client still gets
+    the upstream's answer: the upstream has acted, and hiding its job id would only cause a
+    retry and a second job. The job then stays open and the reconciler settles it."""
+
+    runtime: Runtime
+    job: Job
+    idempotency_key: str | None
+    on_balance: Callable[[BalanceView], None]
+
+    async def accepted(
+        self, upstream_job_id: str, answer: UpstreamResponse, response: ProxiedResponse
+    ) -> None:
+        first_check = utcnow() + timedelta(
+            seconds=self.runtime.settings.reconciler_first_check_after_seconds
+        )
+        async with self._recording("submitted") as session:
+            await jobs.move_from_pending(
+                session,
+                self.job.id,
+                JobState.SUBMITTED,
+                upstream_http_status=answer.status_code,
+                upstream_job_id=upstream_job_id,
+                next_check_at=first_check,
+            )
+            await jobs.drop_request(session, self.job.id)
+            await self._store_response(session, response)
+
+    async def refused(
+        self, reason: str, *, answer: UpstreamResponse | None = None
+    ) -> BalanceView | None:
+        """Nothing was created upstream: release the hold, let the key be used again."""
+        balance = None
+        async with self._recording("released") as session:
+            balance = await settlement.apply_settlement(
+                session, self.job, settlement.release(reason), now=utcnow()
+            )
+            await jobs.record_http_status(
+                session, self.job.id, answer.status_code if answer else None
+            )
+            await jobs.drop_request(session, self.job.id)
+            if self.idempotency_key is not None:
+                await idempotency.forget(
+                    session, team_id=self.job.team_id, key=self.idempotency_key
+                )
+        if balance is None:
+            return None
+        view = BalanceView.of(self.job.period, balance)
+        self.on_balance(view)
+        return view
+
+    async def unknown(self, error: GatewayError) -> None:
+        """Sent, outcome unknown: keep the hold, and replay this error to a retry with the same
+        key rather than risk a second job."""
+        next_check = utcnow() + _unanswered_recheck(self.runtime.settings)
+        async with self._recording("unknown") as session:
+            await jobs.move_from_pending(
+                session,
+                self.job.id,
+                JobState.UNKNOWN,
+                upstream_http_status=None,
+                next_check_at=next_check,
+            )
+            stored = ProxiedResponse(
+                error.status_code,
+                json.dumps(error.to_body()).encode(),
+                {"content-type": "application/json"},
+            )
+            await self._store_response(session, stored)
+
+    async def _store_response(self, session: AsyncSession, response: ProxiedResponse) -> None:
+        if self.idempotency_key is None:
+            return
+        await idempotency.complete(
+            session,
+            team_id=self.job.team_id,
+            key=self.idempotency_key,
+            response=StoredResponse(response.status_code, response.body, dict(response.headers)),
+        )
+
+    @asynccontextmanager
+    async def _recording(self, outcome: str) -> AsyncIterator[AsyncSession]:
+        """A transaction whose database failure is logged, not raised (see class docstring)."""
+        try:
+            async with transaction(self.runtime.sessionmaker) as session:
+                yield session
+        except (SQLAlchemyError, OSError):
+            logger.exception(
+                "could not record the upstream's answer; the job stays open for the reconciler",
+                extra={"gateway_job_id": self.job.id, "outcome": outcome},
+            )
 
 
 async def poll_job(
@@ -102,18 +273,63 @@ async def poll_job(
     not_found = NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
     if not _JOB_ID.fullmatch(job_id):
         raise not_found
-    async with transaction(runtime.sessionmaker) as session:
+    async with read_only(runtime.sessionmaker) as session:
         job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None:
         raise not_found
+    if job.terminal_body is not None:
+        # Settled: the gateway's own record answers; the upstream is not asked again.
+        return ProxiedResponse(
+            200, job.terminal_body, {"content-type": "application/json"}, job_id=job_id
+        )
     answer = await runtime.upstream.get_job(job_id, request_id=request_id)
+    balance: BalanceView | None = None
     if answer.status_code < 400:
-        _json_object(answer)
-    return _pass_through(answer, job_id=job_id)
+        body = settlement.parse_poll_body(answer.body)
+        if body is None:
+            logger.warning("upstream answered a poll with a body that is not a JSON object")
+            raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
+        balance = await settle_if_terminal(runtime, job, body, answer.body)
+    return _pass_through(answer, job_id=job_id, balance=balance)
+
+
+async def settle_if_terminal(
+    runtime: Runtime, job: Job, body: dict[str, object], raw: bytes
+) -> BalanceView | None:
+    settled = await settlement.settle_from_poll(
+        runtime.sessionmaker,
+        settlement.vocabulary_from(runtime.settings),
+        job,
+        body,
+        raw,
+        now=utcnow(),
+    )
+    return BalanceView.of(job.period, settled.balance) if settled else None
+
+
+async def usage(runtime: Runtime, principal: Principal) -> BalanceView:
+    async with read_only(runtime.sessionmaker) as session:
+        return await quotas.balance_view(
+            session,
+            team_quota(principal),
+            period_of(utcnow()),
+            runtime.settings.default_budget_policy,
+        )
+
+
+def _unanswered_recheck(settings: Settings) -> timedelta:
+    """When the reconciler should look again at a submit still without an answer."""
+    if settings.upstream_honors_idempotency_key:
+        return timedelta(seconds=settings.unanswered_submit_resend_after_seconds)
+    return timedelta(seconds=settings.unanswered_submit_release_after_seconds)
 
 
 def _pass_through(
-    answer: UpstreamResponse, *, extra: dict[str, str] | None = None, job_id: str | None = None
+    answer: UpstreamResponse,
+    *,
+    extra: dict[str, str] | None = None,
+    job_id: str | None = None,
+    balance: BalanceView | None = None,
 ) -> ProxiedResponse:
     headers = dict(answer.headers)
     if extra:
@@ -124,60 +340,14 @@ def _pass_through(
         headers=headers,
         job_id=job_id,
         upstream_seconds=answer.elapsed_seconds,
+        balance=balance,
     )
 
 
-def _json_object(answer: UpstreamResponse) -> dict[str, object]:
-    try:
-        body = json.loads(answer.body)
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
-        logger.warning(
-            "upstream answered HTTP %s with a body that is not a JSON object", answer.status_code
-        )
-        raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
-    return body
-
-
 def _accepted_job_id(answer: UpstreamResponse) -> str:
-    job_id = _json_object(answer).get("job_id")
+    body = settlement.parse_poll_body(answer.body)
+    job_id = body.get("job_id") if body is not None else None
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         logger.warning("upstream accepted a submit without a usable job_id")
         raise UpstreamInvalidResponse("the upstream's answer has no usable job_id")
     return job_id
-
-
-async def _record_answer(
-    runtime: Runtime,
-    job_id: str,
-    state: JobState,
-    http_status: int | None,
-    *,
-    upstream_job_id: str | None = None,
-) -> None:
-    """Record the upstream's answer. The client still gets that answer if this write fails:
-    the upstream has already acted, and hiding its job id would only cause a duplicate."""
-    try:
-        async with transaction(runtime.sessionmaker) as session:
-            await jobs.move_from_pending(
-                session,
-                job_id,
-                state,
-                upstream_http_status=http_status,
-                upstream_job_id=upstream_job_id,
-            )
-    except (SQLAlchemyError, OSError):
-        logger.exception(
-            "could not record the upstream's answer; job left pending",
-            extra={
-                "gateway_job_id": job_id,
-                "upstream_job_id": upstream_job_id,
-                "state": state.value,
-            },
-        )
-
-
-def _to_milliseconds(seconds: Decimal | int) -> int:
-    # Durations are validated to at most 3 decimal places, so this is exact.
-    return int(Decimal(seconds) * 1000)

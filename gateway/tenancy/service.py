@@ -36,6 +36,8 @@ class Principal:
     team_id: int
     team_name: str
     key_id: str | None
+    monthly_budget_micro_usd: int | None = None
+    max_concurrent_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,4 +174,10 @@ async def authenticate_key(session: AsyncSession, token: str, *, pepper: str) ->
         raise AuthenticationFailed("this API key has expired", code="api_key_expired")
     if team.disabled_at is not None:
         raise PermissionDenied("this team is disabled", code="team_disabled")
-    return Principal(team_id=team.id, team_name=team.name, key_id=key.id)
+    return Principal(
+        team_id=team.id,
+        team_name=team.name,
+        key_id=key.id,
+        monthly_budget_micro_usd=team.monthly_budget_micro_usd,
+        max_concurrent_jobs=team.max_concurrent_jobs,
+    )

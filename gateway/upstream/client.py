@@ -8,7 +8,8 @@ the simulator cannot give (malformed bodies, resets).
 Failures become gateway errors here, so callers only see ``UpstreamResponse`` or an
 ``UpstreamError`` subclass:
 
-    connect error, reset, 5xx, 3xx ..... UpstreamError (502 upstream_error)
+    connect error, 5xx, 3xx ............ UpstreamError (502 upstream_error)
+    connection lost after sending ...... UpstreamError (502), ``outcome_unknown``
     upstream 401/403 ................... UpstreamError (502 upstream_auth_failed): the
                                          gateway's own key is wrong, not the tenant's
     timeout ............................ UpstreamTimeout (504 upstream_timeout)
@@ -51,7 +52,9 @@ class UpstreamResponse:
 
 
 class UpstreamClient(Protocol):
-    async def submit(self, body: bytes, *, request_id: str) -> UpstreamResponse: ...
+    async def submit(
+        self, body: bytes, *, request_id: str, idempotency_key: str | None = None
+    ) -> UpstreamResponse: ...
 
     async def get_job(self, job_id: str, *, request_id: str) -> UpstreamResponse: ...
 
@@ -93,13 +96,16 @@ class HttpUpstreamClient:
         )
         return cls(http, settings.upstream_api_key.get_secret_value())
 
-    async def submit(self, body: bytes, *, request_id: str) -> UpstreamResponse:
+    async def submit(
+        self, body: bytes, *, request_id: str, idempotency_key: str | None = None
+    ) -> UpstreamResponse:
+        """Forward a submit. ``idempotency_key`` (the gateway's job id) lets an upstream that
+        honours it answer a re-sent submit with the job it already created."""
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         return await self._send(
-            "POST",
-            SUBMIT_PATH,
-            request_id,
-            content=body,
-            extra_headers={"Content-Type": "application/json"},
+            "POST", SUBMIT_PATH, request_id, content=body, extra_headers=headers
         )
 
     async def get_job(self, job_id: str, *, request_id: str) -> UpstreamResponse:
@@ -126,9 +132,15 @@ class HttpUpstreamClient:
         except httpx.TimeoutException as exc:
             logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
             raise UpstreamTimeout("the upstream did not answer in time") from None
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            # Never sent: the upstream cannot have acted on it.
             logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
             raise UpstreamError("the upstream could not be reached") from None
+        except httpx.HTTPError as exc:
+            logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
+            lost = UpstreamError("the connection to the upstream was lost before it answered")
+            lost.outcome_unknown = True
+            raise lost from None
         elapsed = time.perf_counter() - started
         status = response.status_code
         if status in (401, 403):

@@ -42,11 +42,23 @@ def in_session(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     return asyncio.run(_run())
 
 
-def make_tenant(url: str, *, prefix: str = "team", expires_at: datetime | None = None) -> Tenant:
+def make_tenant(
+    url: str,
+    *,
+    prefix: str = "team",
+    expires_at: datetime | None = None,
+    budget_micro_usd: int | None = 1_000_000_000,
+    max_concurrent_jobs: int | None = None,
+) -> Tenant:
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
 
     async def _create(session: AsyncSession) -> Tenant:
-        await service.create_team(session, name, monthly_budget_micro_usd=1_000_000_000)
+        await service.create_team(
+            session,
+            name,
+            monthly_budget_micro_usd=budget_micro_usd,
+            max_concurrent_jobs=max_concurrent_jobs,
+        )
         issued = await service.create_key(session, name, pepper=PEPPER, expires_at=expires_at)
         return Tenant(team=name, key=issued.token, key_id=issued.key.id)
 

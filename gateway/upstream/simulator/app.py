@@ -21,11 +21,15 @@ Prompt markers (see :mod:`.markers`)
 ``#sim:fail``        the job fails before producing video (not billed)
 ``#sim:moderated``   produced, then blocked: ``failed`` + ``content_moderated`` (billed)
 ``#sim:duration=N``  the job reports, and is billed for, N seconds instead of the requested ones
+
+``Idempotency-Key`` on submit is honoured like a real API would: a key seen with an accepted
+job answers that same job again (nothing new created or billed); with another body, 422.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -122,7 +126,8 @@ class _Endpoints:
         denied = check_key(request.headers, self.config.api_key)
         if denied is not None:
             return denied
-        submission = parse_submission(await request.body())
+        body = await request.body()
+        submission = parse_submission(body)
         if isinstance(submission, Rejection):
             return error_response(
                 400,
@@ -131,13 +136,48 @@ class _Endpoints:
                 submission.message,
                 param=submission.param,
             )
+        key = request.headers.get("idempotency-key")
+        fingerprint = hashlib.sha256(body).hexdigest()
+        if key is not None and key in self.state.idempotency:
+            # A retry of an accepted submit: the same job again, nothing new created or billed.
+            seen_fingerprint, job_id = self.state.idempotency[key]
+            if seen_fingerprint != fingerprint:
+                return error_response(
+                    422,
+                    "invalid_request_error",
+                    "idempotency_key_reused",
+                    "Idempotency-Key already used with another body",
+                )
+            if job_id is None:
+                return error_response(
+                    409,
+                    "invalid_request_error",
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is in progress",
+                )
+            return json_response({"job_id": job_id, "status": "queued"})
+        if key is not None:
+            self.state.idempotency[key] = (fingerprint, None)  # claimed while in progress
         markers = parse_markers(submission.prompt)
-        if markers.slow_seconds is not None:
-            await asyncio.sleep(float(markers.slow_seconds))
-        if markers.fault is not None:
-            return await self._fault(markers.fault)
+        try:
+            if markers.slow_seconds is not None:
+                await asyncio.sleep(float(markers.slow_seconds))
+            if markers.fault is not None:
+                return await self._fault(markers.fault)
+        except BaseException:
+            self._free_key(key)
+            raise
+        finally:
+            if markers.fault is not None:
+                self._free_key(key)  # nothing was created: the key may be used again
         job = self.state.create_job(submission, markers)
+        if key is not None:
+            self.state.idempotency[key] = (fingerprint, job.job_id)
         return json_response({"job_id": job.job_id, "status": "queued"})
+
+    def _free_key(self, key: str | None) -> None:
+        if key is not None:
+            self.state.idempotency.pop(key, None)
 
     async def _fault(self, fault: Fault) -> Response:
         """The submit misbehaves as asked; no job is created, so nothing is billed."""

@@ -108,6 +108,8 @@ class SimulatorState:
     config: SimulatorConfig
     clock: Callable[[], float]
     jobs: dict[str, Job] = field(default_factory=dict)
+    idempotency: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Idempotency-Key → (SHA-256 of the body, job id; None while the submit is in progress)."""
     requests: deque[RequestRecord] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT))
 
     def create_job(self, submission: Submission, markers: Markers) -> Job:
@@ -173,6 +175,7 @@ class SimulatorState:
     def reset(self) -> None:
         """Forget all jobs and requests (between test cases or benchmark runs)."""
         self.jobs.clear()
+        self.idempotency.clear()
         self.requests.clear()
 
 

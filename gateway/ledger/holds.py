@@ -1,0 +1,30 @@
+"""Opening a job's account: reserve its price against the budget, record the job and its hold
+entry, all in the caller's transaction (so they commit together or not at all)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.jobs import repository as jobs
+from gateway.jobs.models import Job, JobState
+from gateway.ledger import quotas
+from gateway.ledger.models import EntryKind, LedgerEntry
+from gateway.ledger.quotas import BalanceView, BudgetPolicy, TeamQuota
+
+
+async def place_hold(
+    session: AsyncSession, team: TeamQuota, job: Job, *, policy: BudgetPolicy, now: datetime
+) -> BalanceView:
+    """Hold ``job.estimate_micro_usd`` for the new ``job`` in its period, or raise
+    ``QuotaExceeded``. The job is inserted ``pending``; nothing is committed here."""
+    assert job.state == JobState.PENDING.value
+    assert job.team_id == team.team_id
+    balance = await quotas.reserve_hold(
+        session, team, period=job.period, amount=job.estimate_micro_usd, now=now, policy=policy
+    )
+    await jobs.insert(session, job)
+    session.add(LedgerEntry.for_job(job, EntryKind.HOLD, job.estimate_micro_usd, now=now))
+    await session.flush()
+    return balance

@@ -1,0 +1,148 @@
+"""Money tables: rate card versions, the per-team per-period balance, the append-only ledger."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.db.base import Base, BigIntPK, UTCDateTime, utcnow
+from gateway.jobs.models import Job
+
+
+class RateCardRow(Base):
+    """One version of a model's prices. Versions are only ever added, never edited."""
+
+    __tablename__ = "rate_cards"
+    __table_args__ = (
+        UniqueConstraint("model", "version", name="uq_rate_cards_model_version"),
+        Index("ix_rate_cards_model_effective_from", "model", "effective_from"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    image_fee_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    """Fee per source image, micro-USD, >= 0."""
+    per_second_micro_usd: Mapped[dict[str, int]] = mapped_column(JSON)
+    """Resolution → micro-USD per second of video, each >= 0."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TeamBalance(Base):
+    """A team's money for one period. The database itself refuses overspend (the CHECK)."""
+
+    __tablename__ = "team_balances"
+    __table_args__ = (
+        CheckConstraint("held_micro_usd >= 0", name="held_non_negative"),
+        CheckConstraint("captured_micro_usd >= 0", name="captured_non_negative"),
+        CheckConstraint(
+            "budget_micro_usd IS NULL OR held_micro_usd + captured_micro_usd <= budget_micro_usd",
+            name="within_budget",
+        ),
+    )
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    """``YYYY-MM`` (UTC)."""
+    budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    """The period's budget, micro-USD; NULL = unlimited."""
+    held_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Sum of the holds of this period's jobs not yet settled, micro-USD."""
+    captured_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Sum of this period's captures, micro-USD."""
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EntryKind(enum.StrEnum):
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    CORRECTION = "correction"
+
+
+class LedgerEntry(Base):
+    """Append-only: rows are inserted, never updated or deleted (triggers enforce it).
+
+    Per job: exactly one ``hold``; at most one settlement (``capture`` or ``release``), both
+    enforced by partial unique indexes; any number of ``correction`` entries for review.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("kind IN ('hold', 'capture', 'release', 'correction')", name="kind_known"),
+        CheckConstraint("amount_micro_usd >= 0", name="amount_non_negative"),
+        Index(
+            "uq_ledger_entries_one_hold_per_job",
+            "job_id",
+            unique=True,
+            postgresql_where=text("kind = 'hold'"),
+            sqlite_where=text("kind = 'hold'"),
+        ),
+        Index(
+            "uq_ledger_entries_one_settlement_per_job",
+            "job_id",
+            unique=True,
+            postgresql_where=text("kind IN ('capture', 'release')"),
+            sqlite_where=text("kind IN ('capture', 'release')"),
+        ),
+        Index("ix_ledger_entries_team_id_period", "team_id", "period"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    period: Mapped[str] = mapped_column(String(7))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    """Non-negative micro-USD. hold: amount reserved; capture: amount billed; release: amount
+    given back; correction: amount to review (e.g. produced beyond the hold)."""
+    rate_card_version: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    video_ms: Mapped[int | None] = mapped_column(BigInteger)
+    """On a capture: the video length the upstream reported producing, if it did."""
+    upstream_cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    """On a capture: what the upstream says it charged, beside our own figure."""
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @classmethod
+    def for_job(
+        cls,
+        job: Job,
+        kind: EntryKind,
+        amount_micro_usd: int,
+        *,
+        now: datetime,
+        reason: str | None = None,
+        video_ms: int | None = None,
+        upstream_cost_micro_usd: int | None = None,
+        needs_review: bool = False,
+    ) -> LedgerEntry:
+        """An entry of ``job``'s account, in its period, at its rate card version."""
+        return cls(
+            job_id=job.id,
+            team_id=job.team_id,
+            period=job.period,
+            kind=kind.value,
+            amount_micro_usd=amount_micro_usd,
+            rate_card_version=job.rate_card_version,
+            reason=reason,
+            video_ms=video_ms,
+            upstream_cost_micro_usd=upstream_cost_micro_usd,
+            needs_review=needs_review,
+            created_at=now,
+        )

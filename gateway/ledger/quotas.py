@@ -1,0 +1,129 @@
+"""Quotas: reserving a hold against a team's budget, atomically, across any number of replicas.
+
+The reservation is one conditional update of the team's balance row for the period
+(``held = held + :amount WHERE held + captured + :amount <= budget``); the database's row
+lock orders concurrent reservations and the table's CHECK constraint refuses any overspend
+that slipped past the code. The optional concurrency cap is counted under that same lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import QuotaExceeded
+from gateway.ledger import repository
+from gateway.ledger.pricing import format_usd
+from gateway.ledger.repository import BalanceRow
+
+
+@dataclass(frozen=True)
+class TeamQuota:
+    """What the quota rules need to know about a team."""
+
+    team_id: int
+    monthly_budget_micro_usd: int | None
+    max_concurrent_jobs: int | None
+
+
+@dataclass(frozen=True)
+class BalanceView:
+    """A team's money for one period, micro-USD. ``budget`` None means unlimited."""
+
+    period: str
+    budget: int | None
+    held: int
+    captured: int
+
+    @property
+    def remaining(self) -> int | None:
+        if self.budget is None:
+            return None
+        return max(self.budget - self.held - self.captured, 0)
+
+    def remaining_header(self) -> str:
+        remaining = self.remaining
+        return "unlimited" if remaining is None else format_usd(remaining)
+
+    @classmethod
+    def of(cls, period: str, row: BalanceRow) -> BalanceView:
+        return cls(period, row.budget_micro_usd, row.held_micro_usd, row.captured_micro_usd)
+
+
+BudgetPolicy = Literal["unlimited", "deny"]
+
+
+def period_budget(team: TeamQuota, policy: BudgetPolicy) -> int | None:
+    """The budget a new period starts with: the team's, else the configured default."""
+    if team.monthly_budget_micro_usd is not None:
+        return team.monthly_budget_micro_usd
+    return None if policy == "unlimited" else 0
+
+
+async def balance_view(
+    session: AsyncSession, team: TeamQuota, period: str, policy: BudgetPolicy
+) -> BalanceView:
+    row = await repository.get_balance(session, team.team_id, period)
+    if row is None:
+        return BalanceView(period, period_budget(team, policy), 0, 0)
+    return BalanceView.of(period, row)
+
+
+async def reserve_hold(
+    session: AsyncSession,
+    team: TeamQuota,
+    *,
+    period: str,
+    amount: int,
+    now: datetime,
+    policy: BudgetPolicy,
+) -> BalanceView:
+    """Reserve ``amount`` for a new job, or raise ``QuotaExceeded`` (429) with the figures."""
+    row = await repository.try_reserve(session, team.team_id, period, amount, now)
+    if row is None:
+        current = await repository.get_balance(session, team.team_id, period)
+        if current is None:
+            budget = period_budget(team, policy)
+            await repository.create_balance_if_missing(session, team.team_id, period, budget, now)
+            row = await repository.try_reserve(session, team.team_id, period, amount, now)
+            current = await repository.get_balance(session, team.team_id, period)
+        if row is None:
+            assert current is not None
+            raise _over_budget(BalanceView.of(period, current), amount)
+    if team.max_concurrent_jobs is not None:
+        # Counted while this transaction holds the balance row's lock, so two submits of the
+        # same team cannot both see room for one more job.
+        in_flight = await repository.count_open_jobs(session, team.team_id)
+        if in_flight >= team.max_concurrent_jobs:
+            error = QuotaExceeded(
+                f"the team already has {in_flight} jobs in flight, its limit is "
+                f"{team.max_concurrent_jobs}; retry when one finishes",
+                code="concurrency_limit",
+            )
+            error.details = {
+                "jobs_in_flight": str(in_flight),
+                "max_concurrent_jobs": str(team.max_concurrent_jobs),
+            }
+            raise error
+    return BalanceView.of(period, row)
+
+
+def _over_budget(balance: BalanceView, amount: int) -> QuotaExceeded:
+    used = balance.held + balance.captured
+    budget = balance.budget or 0
+    error = QuotaExceeded(
+        f"this request costs {format_usd(amount)} USD but the team's budget for "
+        f"{balance.period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is "
+        f"used or held; not forwarded, not billed",
+        code="quota_exceeded",
+    )
+    error.details = {
+        "period": balance.period,
+        "budget_usd": format_usd(budget),
+        "used_usd": format_usd(used),
+        "requested_usd": format_usd(amount),
+    }
+    return error

@@ -1,0 +1,275 @@
+"""The reconciler: settles jobs nobody polls, so every job is settled whether or not anyone
+asks. One runs in each replica; they share the work safely (rows are claimed with
+``FOR UPDATE SKIP LOCKED`` and settlement itself is exactly-once). ``gateway reconcile`` runs
+one pass now.
+
+Each pass:
+1. resolves submits that never got an answer (the replica died between recording the job and
+   recording the upstream's answer, or the submit timed out). Where the upstream honours
+   ``Idempotency-Key`` (``GATEWAY_UPSTREAM_HONORS_IDEMPOTENCY_KEY``), their kept request is
+   re-sent with the same key: the upstream answers with the job it already created (or creates
+   it now), so nothing is lost and nothing runs twice. Holds still unanswered after
+   ``GATEWAY_UNANSWERED_SUBMIT_RELEASE_AFTER_SECONDS`` are released; those whose outcome is
+   unknown are flagged for review, since the upstream may have run them;
+2. polls submitted jobs whose next check is due, with exponential backoff per job, and pauses
+   for the upstream's ``Retry-After`` when it answers 429;
+3. flags jobs held longer than ``GATEWAY_HOLD_MAX_AGE_SECONDS`` (they keep being polled);
+4. purges expired idempotency keys.
+
+Shutdown waits for the pass in progress; each settlement is one transaction, so a cancelled
+pass leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway.db.base import utcnow
+from gateway.db.session import transaction
+from gateway.errors import UpstreamError
+from gateway.jobs import repository as jobs
+from gateway.jobs.models import Job, JobState
+from gateway.ledger import settlement
+from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
+from gateway.proxy import idempotency
+from gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+_DEFAULT_PAUSE_SECONDS = 30.0
+
+
+@dataclass
+class ReconcileReport:
+    polled: int = 0
+    recovered: int = 0
+    settled: int = 0
+    still_running: int = 0
+    released_unanswered: int = 0
+    flagged: int = 0
+    upstream_errors: int = 0
+    rate_limited: bool = False
+    purged_idempotency_keys: int = 0
+
+
+class Reconciler:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.clock = clock
+        self._paused_until: datetime | None = None
+        self.last_run_at: datetime | None = None
+
+    async def run_once(self, *, everything: bool = False) -> ReconcileReport:
+        """One pass. ``everything`` polls every submitted job now, whatever its schedule."""
+        report = ReconcileReport()
+        now = self.clock()
+        report.released_unanswered = await self._release_unanswered(now)
+        if self.settings.upstream_honors_idempotency_key:
+            await self._resend_unanswered(now, report, everything=everything)
+        if self._paused_until is None or now >= self._paused_until:
+            self._paused_until = None
+            await self._poll_due(now, report, everything=everything)
+        else:
+            report.rate_limited = True
+        report.flagged = await self._flag_old_holds(now)
+        async with transaction(self.runtime.sessionmaker) as session:
+            report.purged_idempotency_keys = await idempotency.purge_expired(session, now)
+        self.last_run_at = now
+        return report
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        interval = self.settings.reconciler_interval_seconds
+        while not stop.is_set():
+            try:
+                report = await self.run_once()
+                if report.settled or report.released_unanswered or report.flagged:
+                    logger.info("reconciler pass", extra=vars(report))
+            except Exception:  # a failed pass must not end the loop; the next one retries
+                logger.exception("reconciler pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def _release_unanswered(self, now: datetime) -> int:
+        cutoff = now - timedelta(seconds=self.settings.unanswered_submit_release_after_seconds)
+        released = 0
+        async with transaction(self.runtime.sessionmaker) as session:
+            for job in await jobs.unanswered_before(
+                session, cutoff, self.settings.reconciler_batch_size
+            ):
+                unknown = job.state == JobState.UNKNOWN.value
+                plan = settlement.release(
+                    "submit_outcome_unknown" if unknown else "submit_unanswered",
+                    needs_review=unknown,
+                )
+                if await settlement.apply_settlement(session, job, plan, now=now):
+                    await jobs.drop_request(session, job.id)
+                    await idempotency.resolve_for_job(session, job.id, None)
+                    released += 1
+                    logger.warning(
+                        "released the hold of a submit that never got an answer",
+                        extra={"gateway_job_id": job.id, "state": job.state},
+                    )
+        return released
+
+    async def _resend_unanswered(
+        self, now: datetime, report: ReconcileReport, *, everything: bool
+    ) -> None:
+        # ``everything``: every unanswered submit now, whatever its schedule (re-sending one
+        # still in flight elsewhere is safe: the upstream answers both with one job).
+        horizon = now + timedelta(days=36500) if everything else now
+        async with transaction(self.runtime.sessionmaker) as session:
+            due = list(
+                await jobs.unanswered_due_for_resend(
+                    session, now=horizon, limit=self.settings.reconciler_batch_size
+                )
+            )
+            for job, _ in due:
+                await jobs.schedule_unanswered_check(
+                    session,
+                    job.id,
+                    at=now + self._backoff(job.check_attempts),
+                    attempts=job.check_attempts + 1,
+                )
+        for job, body in due:
+            if await self._resend(job, body):
+                report.recovered += 1
+
+    async def _resend(self, job: Job, body: bytes) -> bool:
+        """Re-send an unanswered submit under its original key; True if its job id is known now."""
+        try:
+            answer = await self.runtime.upstream.submit(
+                body, request_id=f"recover-{job.id}", idempotency_key=job.id
+            )
+        except UpstreamError:
+            return False
+        if answer.status_code >= 400:
+            if answer.status_code in (409, 429):  # busy or rate-limited: try again later
+                return False
+            async with transaction(self.runtime.sessionmaker) as session:
+                await settlement.apply_settlement(
+                    session, job, settlement.release("upstream_refused"), now=self.clock()
+                )
+                await jobs.drop_request(session, job.id)
+                await idempotency.resolve_for_job(session, job.id, None)
+            return False
+        parsed = settlement.parse_poll_body(answer.body)
+        upstream_job_id = parsed.get("job_id") if parsed else None
+        if not isinstance(upstream_job_id, str) or not upstream_job_id:
+            return False
+        async with transaction(self.runtime.sessionmaker) as session:
+            moved = await jobs.move_from_pending(
+                session,
+                job.id,
+                JobState.SUBMITTED,
+                upstream_http_status=answer.status_code,
+                upstream_job_id=upstream_job_id,
+                next_check_at=self.clock(),
+                from_states=(JobState.PENDING, JobState.UNKNOWN),
+            )
+            await jobs.drop_request(session, job.id)
+            if moved:
+                estimate = {ESTIMATE_HEADER: format_usd(job.estimate_micro_usd)}
+                await idempotency.resolve_for_job(
+                    session,
+                    job.id,
+                    idempotency.StoredResponse(
+                        answer.status_code, answer.body, {**answer.headers, **estimate}
+                    ),
+                )
+        if moved:
+            logger.warning(
+                "recovered the upstream job of a submit left unanswered",
+                extra={"gateway_job_id": job.id, "upstream_job_id": upstream_job_id},
+            )
+        return moved
+
+    async def _poll_due(self, now: datetime, report: ReconcileReport, *, everything: bool) -> None:
+        async with transaction(self.runtime.sessionmaker) as session:
+            due = list(
+                await jobs.due_for_check(
+                    session,
+                    now=now,
+                    limit=self.settings.reconciler_batch_size,
+                    everything=everything,
+                )
+            )
+            for job in due:
+                await jobs.schedule_next_check(
+                    session,
+                    job.id,
+                    at=now + self._backoff(job.check_attempts),
+                    attempts=job.check_attempts + 1,
+                )
+        limit = asyncio.Semaphore(self.settings.reconciler_concurrency)
+
+        async def check(job: Job) -> None:
+            async with limit:
+                if self._paused_until is not None:
+                    return
+                await self._check(job, report)
+
+        await asyncio.gather(*(check(job) for job in due))
+
+    async def _check(self, job: Job, report: ReconcileReport) -> None:
+        assert job.upstream_job_id is not None
+        try:
+            answer = await self.runtime.upstream.get_job(
+                job.upstream_job_id, request_id=f"reconcile-{job.id}"
+            )
+        except UpstreamError:
+            report.upstream_errors += 1
+            return
+        report.polled += 1
+        if answer.status_code == 429:
+            pause = _retry_after_seconds(answer.headers.get("retry-after"))
+            self._paused_until = self.clock() + timedelta(seconds=pause)
+            report.rate_limited = True
+            logger.warning("upstream rate-limited the reconciler", extra={"pause_s": pause})
+            return
+        if answer.status_code >= 400:
+            report.upstream_errors += 1
+            logger.warning(
+                "upstream does not know a held job",
+                extra={"gateway_job_id": job.id, "http_status": answer.status_code},
+            )
+            return
+        body = settlement.parse_poll_body(answer.body)
+        if body is None:
+            report.upstream_errors += 1
+            return
+        settled = await settlement.settle_from_poll(
+            self.runtime.sessionmaker,
+            settlement.vocabulary_from(self.settings),
+            job,
+            body,
+            answer.body,
+            now=self.clock(),
+        )
+        if settled is not None:
+            report.settled += 1
+        elif settlement.read_terminal(body, settlement.vocabulary_from(self.settings)) is None:
+            report.still_running += 1
+
+    async def _flag_old_holds(self, now: datetime) -> int:
+        cutoff = now - timedelta(seconds=self.settings.hold_max_age_seconds)
+        async with transaction(self.runtime.sessionmaker) as session:
+            flagged = await jobs.flag_old_holds(session, cutoff, now)
+        for job_id in flagged:
+            logger.warning("hold older than the maximum age", extra={"gateway_job_id": job_id})
+        return len(flagged)
+
+    def _backoff(self, attempts: int) -> timedelta:
+        first = max(self.settings.reconciler_interval_seconds, 1.0)
+        seconds = min(first * 2**attempts, self.settings.reconciler_max_backoff_seconds)
+        return timedelta(seconds=seconds)
+
+
+def _retry_after_seconds(value: str | None) -> float:
+    if value is not None and value.strip().isdigit():
+        return float(min(int(value.strip()), 3600))
+    return _DEFAULT_PAUSE_SECONDS

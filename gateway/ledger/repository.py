@@ -1,0 +1,111 @@
+"""Every query on balances and ledger entries. Amounts move only by conditional, relative
+updates (``held = held + :x``), never by writing back a value read earlier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.session import dialect_name
+from gateway.jobs.models import OPEN_STATES, Job
+from gateway.ledger.models import LedgerEntry, TeamBalance
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    budget_micro_usd: int | None
+    held_micro_usd: int
+    captured_micro_usd: int
+
+
+_RETURNED = (
+    TeamBalance.budget_micro_usd,
+    TeamBalance.held_micro_usd,
+    TeamBalance.captured_micro_usd,
+)
+
+
+async def try_reserve(
+    session: AsyncSession, team_id: int, period: str, amount: int, now: datetime
+) -> BalanceRow | None:
+    """Add ``amount`` to held if it fits the budget; the row stays locked until commit.
+
+    None when it does not fit, or when the period has no balance row yet.
+    """
+    stmt = (
+        update(TeamBalance)
+        .where(
+            TeamBalance.team_id == team_id,
+            TeamBalance.period == period,
+            (TeamBalance.budget_micro_usd.is_(None))
+            | (
+                TeamBalance.held_micro_usd + TeamBalance.captured_micro_usd + amount
+                <= TeamBalance.budget_micro_usd
+            ),
+        )
+        .values(held_micro_usd=TeamBalance.held_micro_usd + amount, updated_at=now)
+        .returning(*_RETURNED)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return BalanceRow(*row) if row is not None else None
+
+
+async def get_balance(session: AsyncSession, team_id: int, period: str) -> BalanceRow | None:
+    stmt = select(*_RETURNED).where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+    row = (await session.execute(stmt)).one_or_none()
+    return BalanceRow(*row) if row is not None else None
+
+
+async def create_balance_if_missing(
+    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+) -> None:
+    """Open the period's balance row; a concurrent creator winning the race is fine."""
+    values = {
+        "team_id": team_id,
+        "period": period,
+        "budget_micro_usd": budget,
+        "held_micro_usd": 0,
+        "captured_micro_usd": 0,
+        "updated_at": now,
+    }
+    insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
+    await session.execute(insert(TeamBalance).values(**values).on_conflict_do_nothing())
+
+
+async def move_settled_amounts(
+    session: AsyncSession,
+    team_id: int,
+    period: str,
+    *,
+    hold: int,
+    captured: int,
+    now: datetime,
+) -> BalanceRow:
+    """Settle one hold: it leaves ``held``; ``captured`` (≤ hold) joins ``captured``."""
+    stmt = (
+        update(TeamBalance)
+        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+        .values(
+            held_micro_usd=TeamBalance.held_micro_usd - hold,
+            captured_micro_usd=TeamBalance.captured_micro_usd + captured,
+            updated_at=now,
+        )
+        .returning(*_RETURNED)
+    )
+    return BalanceRow(*(await session.execute(stmt)).one())
+
+
+async def count_open_jobs(session: AsyncSession, team_id: int) -> int:
+    stmt = select(func.count()).where(
+        Job.team_id == team_id, Job.state.in_([s.value for s in OPEN_STATES])
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def add_entries(session: AsyncSession, *entries: LedgerEntry) -> None:
+    session.add_all(entries)
+    await session.flush()

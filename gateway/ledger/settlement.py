@@ -1,0 +1,309 @@
+"""Settlement: every job ends in exactly one capture or release, however it is discovered.
+
+A client's poll, the reconciler in any replica, or the submit path itself (an upstream refusal)
+may all try to settle the same job at once. Only one wins: the job's state moves from open to
+settled with a conditional update, and the ledger's unique index on (job, settlement) backs it.
+The winner writes the entry and moves the amounts on the balance row in the same transaction.
+
+What is billed (PRODUCT §4): a success, and a failure whose code means "produced, then blocked
+by moderation". The capture is the price of the seconds the upstream reports producing, priced
+on the job's own rate card version and never more than the hold; an excess is written as a
+``correction`` flagged for review. With no reported duration, the hold is captured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
+from gateway.db.session import transaction
+from gateway.jobs.models import OPEN_STATES, Job, JobState
+from gateway.ledger import repository
+from gateway.ledger.models import EntryKind, LedgerEntry
+from gateway.ledger.pricing import BillableUnits, format_usd, parse_usd, price_request
+from gateway.ledger.rates import rate_card_version
+from gateway.ledger.repository import BalanceRow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatusVocabulary:
+    """How the upstream says "done": configurable, because upstreams disagree."""
+
+    success: Collection[str]
+    failure: Collection[str]
+    moderation_codes: Collection[str]
+
+
+def vocabulary_from(settings: Settings) -> StatusVocabulary:
+    return StatusVocabulary(
+        success=settings.success_status_words,
+        failure=settings.failure_status_words,
+        moderation_codes=settings.moderation_error_codes,
+    )
+
+
+@dataclass(frozen=True)
+class TerminalOutcome:
+    """What a terminal poll answer means for money."""
+
+    billed: bool
+    status_word: str
+    error_code: str | None
+    produced_seconds: Decimal | None
+    upstream_cost_micro_usd: int | None
+
+
+def read_terminal(body: Mapping[str, Any], vocabulary: StatusVocabulary) -> TerminalOutcome | None:
+    """The outcome if ``body`` (a parsed poll answer) is terminal, else None."""
+    status = body.get("status")
+    if not isinstance(status, str):
+        return None
+    word = status.strip().lower()
+    if word in vocabulary.success:
+        billed, error_code = True, None
+    elif word in vocabulary.failure:
+        error = body.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        error_code = code if isinstance(code, str) else None
+        billed = error_code is not None and error_code in vocabulary.moderation_codes
+    else:
+        return None
+    usage = _usage(body)
+    return TerminalOutcome(
+        billed=billed,
+        status_word=word[:32],
+        error_code=error_code[:64] if error_code else None,
+        produced_seconds=_produced_seconds(body, usage) if billed else None,
+        upstream_cost_micro_usd=_upstream_cost(usage) if billed else None,
+    )
+
+
+def parse_poll_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _usage(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    result = body.get("result")
+    for holder in (result, body):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            usage: Mapping[str, Any] = holder["usage"]
+            return usage
+    return {}
+
+
+# A reported length beyond this is not believed (it would price absurdly): the hold is captured.
+_MAX_BELIEVABLE_SECONDS = Decimal(86_400)
+
+
+def _number(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        return None
+    number = Decimal(value)
+    if not number.is_finite() or not 0 <= number <= _MAX_BELIEVABLE_SECONDS:
+        return None
+    return number
+
+
+def _produced_seconds(body: Mapping[str, Any], usage: Mapping[str, Any]) -> Decimal | None:
+    result = body.get("result")
+    candidates = [usage.get("video_seconds")]
+    if isinstance(result, dict):
+        candidates.append(result.get("duration"))
+    for candidate in candidates:
+        seconds = _number(candidate)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _upstream_cost(usage: Mapping[str, Any]) -> int | None:
+    cost = usage.get("cost_usd")
+    if isinstance(cost, int | Decimal) and not isinstance(cost, bool):
+        cost = str(cost)
+    if not isinstance(cost, str):
+        return None
+    try:
+        return parse_usd(cost)
+    except ValueError:
+        logger.warning("upstream reported an unreadable cost", extra={"cost": cost[:32]})
+        return None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One planned settlement of one job."""
+
+    state: JobState
+    captured: int
+    """Micro-USD billed (0 for a release); never more than the hold."""
+    excess: int = 0
+    """Micro-USD produced beyond the hold: written as a correction for review, not billed."""
+    reason: str | None = None
+    video_ms: int | None = None
+    upstream_cost_micro_usd: int | None = None
+    upstream_status: str | None = None
+    upstream_error_code: str | None = None
+    terminal_body: bytes | None = None
+    needs_review: bool = False
+
+
+def release(reason: str, *, needs_review: bool = False) -> Settlement:
+    return Settlement(JobState.RELEASED, 0, reason=reason, needs_review=needs_review)
+
+
+async def plan_from_outcome(
+    session: AsyncSession, job: Job, outcome: TerminalOutcome, terminal_body: bytes
+) -> Settlement:
+    common: dict[str, Any] = {
+        "upstream_status": outcome.status_word,
+        "upstream_error_code": outcome.error_code,
+        "terminal_body": terminal_body,
+    }
+    if not outcome.billed:
+        return Settlement(JobState.RELEASED, 0, reason=outcome.error_code or "failed", **common)
+    hold = job.estimate_micro_usd
+    reason = "moderation_blocked" if outcome.error_code else "completed"
+    if outcome.produced_seconds is None:
+        price, video_ms = hold, None
+    else:
+        card = await rate_card_version(session, job.model, job.rate_card_version)
+        units = BillableUnits(outcome.produced_seconds, job.resolution, job.image_count)
+        price = price_request(units, card)
+        video_ms = int(outcome.produced_seconds * 1000)
+    captured = min(price, hold)
+    return Settlement(
+        JobState.CAPTURED,
+        captured,
+        excess=price - captured,
+        reason=reason,
+        video_ms=video_ms,
+        upstream_cost_micro_usd=outcome.upstream_cost_micro_usd,
+        needs_review=price > hold,
+        **common,
+    )
+
+
+async def apply_settlement(
+    session: AsyncSession, job: Job, plan: Settlement, *, now: datetime
+) -> BalanceRow | None:
+    """Settle ``job`` as planned, once. Returns the new balance, or None if it was already
+    settled (by another poll, replica or the reconciler): then nothing is written."""
+    moved = await session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state.in_([s.value for s in OPEN_STATES]))
+        .values(
+            state=plan.state.value,
+            settled_at=now,
+            updated_at=now,
+            next_check_at=None,
+            upstream_status=plan.upstream_status,
+            upstream_error_code=plan.upstream_error_code,
+            terminal_body=plan.terminal_body,
+            needs_review=Job.needs_review | plan.needs_review,
+        )
+    )
+    if not getattr(moved, "rowcount", 0):
+        return None
+    hold = job.estimate_micro_usd
+    captured = plan.state is JobState.CAPTURED
+    entries = [
+        LedgerEntry.for_job(
+            job,
+            EntryKind.CAPTURE if captured else EntryKind.RELEASE,
+            plan.captured if captured else hold,
+            now=now,
+            reason=plan.reason,
+            video_ms=plan.video_ms,
+            upstream_cost_micro_usd=plan.upstream_cost_micro_usd,
+            needs_review=plan.needs_review,
+        )
+    ]
+    if plan.excess:
+        entries.append(
+            LedgerEntry.for_job(
+                job,
+                EntryKind.CORRECTION,
+                plan.excess,
+                now=now,
+                reason="produced_beyond_hold",
+                video_ms=plan.video_ms,
+                needs_review=True,
+            )
+        )
+        logger.warning(
+            "upstream produced more than was held; excess recorded for review",
+            extra={"gateway_job_id": job.id, "excess_usd": format_usd(plan.excess)},
+        )
+    await repository.add_entries(session, *entries)
+    _compare_with_upstream_cost(job, plan)
+    return await repository.move_settled_amounts(
+        session, job.team_id, job.period, hold=hold, captured=plan.captured, now=now
+    )
+
+
+def _compare_with_upstream_cost(job: Job, plan: Settlement) -> None:
+    if plan.upstream_cost_micro_usd is None:
+        return
+    ours = plan.captured + plan.excess
+    if plan.upstream_cost_micro_usd != ours:
+        logger.warning(
+            "upstream-reported cost differs from the gateway's price",
+            extra={
+                "gateway_job_id": job.id,
+                "upstream_job_id": job.upstream_job_id,
+                "gateway_usd": format_usd(ours),
+                "upstream_usd": format_usd(plan.upstream_cost_micro_usd),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Settled:
+    plan: Settlement
+    balance: BalanceRow
+
+
+async def settle_from_poll(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vocabulary: StatusVocabulary,
+    job: Job,
+    body: Mapping[str, Any],
+    raw: bytes,
+    *,
+    now: datetime,
+) -> Settled | None:
+    """Settle ``job`` if this poll answer is terminal. Safe to call from any number of
+    concurrent polls and replicas: exactly one settles, the others change nothing."""
+    outcome = read_terminal(body, vocabulary)
+    if outcome is None:
+        return None
+    async with transaction(sessionmaker) as session:
+        plan = await plan_from_outcome(session, job, outcome, raw)
+        balance = await apply_settlement(session, job, plan, now=now)
+    if balance is None:
+        return None
+    logger.info(
+        "job settled",
+        extra={
+            "gateway_job_id": job.id,
+            "upstream_job_id": job.upstream_job_id,
+            "outcome": plan.state.value,
+            "captured_usd": format_usd(plan.captured),
+        },
+    )
+    return Settled(plan, balance)

@@ -1,0 +1,164 @@
+"""``Idempotency-Key`` on submit (the IETF httpapi draft's semantics, PRODUCT §5).
+
+The key is claimed in the same transaction as the hold, so a retry can never create a second
+job or a second hold. Then:
+
+- same key, same body, first answer stored → that answer is replayed (``Idempotent-Replayed``);
+- same key, other body → 422 ``idempotency_key_reused``;
+- same key while the first request is still in flight → 409 ``idempotency_key_in_use``.
+
+When the upstream refused the first request (nothing was created, nothing billed), the claim is
+dropped so the client may retry with the same key. Keys are kept for
+``GATEWAY_IDEMPOTENCY_KEY_TTL_HOURS`` (at least 24 h), then purged by the reconciler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.errors import Conflict, InvalidRequest, Unprocessable
+from gateway.proxy.idempotency_models import IdempotencyKey
+
+IN_FLIGHT = "in_flight"
+COMPLETED = "completed"
+_VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status_code: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def request_fingerprint(raw_body: bytes) -> str:
+    return hashlib.sha256(raw_body).hexdigest()
+
+
+def check_key(key: str) -> str:
+    if not _VALID_KEY.fullmatch(key):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            code="invalid_idempotency_key",
+            param="Idempotency-Key",
+        )
+    return key
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    team_id: int,
+    key: str,
+    fingerprint: str,
+    job_id: str,
+    now: datetime,
+    ttl: timedelta,
+) -> StoredResponse | None:
+    """Claim ``key`` for this request; returns a stored answer to replay instead, if any."""
+    row = IdempotencyKey(
+        team_id=team_id,
+        key=key,
+        request_hash=fingerprint,
+        state=IN_FLIGHT,
+        job_id=job_id,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+            await session.flush()
+        return None
+    except IntegrityError:
+        pass
+    existing = (
+        await session.execute(
+            select(IdempotencyKey).where(
+                IdempotencyKey.team_id == team_id, IdempotencyKey.key == key
+            )
+        )
+    ).scalar_one()
+    if existing.expires_at <= now:
+        await session.delete(existing)
+        await session.flush()
+        return await claim(
+            session,
+            team_id=team_id,
+            key=key,
+            fingerprint=fingerprint,
+            job_id=job_id,
+            now=now,
+            ttl=ttl,
+        )
+    if existing.request_hash != fingerprint:
+        raise Unprocessable(
+            "this Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    if existing.state != COMPLETED or existing.status_code is None:
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed; retry later",
+            code="idempotency_key_in_use",
+            param="Idempotency-Key",
+        )
+    return StoredResponse(
+        status_code=existing.status_code,
+        body=existing.response_body or b"",
+        headers=dict(existing.response_headers or {}),
+    )
+
+
+async def complete(
+    session: AsyncSession, *, team_id: int, key: str, response: StoredResponse
+) -> None:
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
+        .values(
+            state=COMPLETED,
+            status_code=response.status_code,
+            response_body=response.body,
+            response_headers=response.headers,
+        )
+    )
+
+
+async def forget(session: AsyncSession, *, team_id: int, key: str) -> None:
+    await session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
+    )
+
+
+async def resolve_for_job(
+    session: AsyncSession, job_id: str, response: StoredResponse | None
+) -> None:
+    """The reconciler settled what a crashed or timed-out submit left open: a retry with the
+    client's key now replays the upstream's real answer, or (``None``: nothing was created)
+    the key is free to be used again."""
+    if response is None:
+        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id == job_id))
+        return
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.job_id == job_id)
+        .values(
+            state=COMPLETED,
+            status_code=response.status_code,
+            response_body=response.body,
+            response_headers=response.headers,
+        )
+    )
+
+
+async def purge_expired(session: AsyncSession, now: datetime) -> int:
+    result = await session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,66 @@
+"""Real gateway replicas: ``python -m gateway serve`` subprocesses sharing one database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class GatewayProcess:
+    """One replica. ``kill()`` is SIGKILL (no cleanup at all); ``start()`` brings it back."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.env.update(env)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not become ready in 30 s")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,543 @@
+"""Money through the real HTTP path: holds at submit, exactly one capture or release per job,
+quotas and concurrency caps, Idempotency-Key, terminal polls from the record, the reconciler.
+Where the simulator bills a job, the ledger must agree with it to the micro-dollar."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.ledger.pricing import parse_usd
+from gateway.ledger.reconciler import Reconciler, ReconcileReport
+from gateway.runtime import open_runtime
+from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
+from tests.conftest import (
+    SUBMIT_PATH,
+    UPSTREAM_KEY,
+    SimulatorProbe,
+    StartGateway,
+    gateway_settings,
+)
+from tests.support.database import migrate
+from tests.support.ledger import team_ledger
+from tests.support.servers import running
+from tests.support.tenants import Tenant, make_tenant
+
+MODEL = "grok-imagine-video-1-5"
+
+
+def submit(
+    client: httpx.Client, tenant: Tenant, prompt: str = "a cat", **fields: Any
+) -> httpx.Response:
+    return client.post(
+        SUBMIT_PATH, json={"model": MODEL, "prompt": prompt, **fields}, headers=tenant.headers
+    )
+
+
+def simulator_cost(simulator: SimulatorProbe, job_id: str) -> int:
+    (row,) = [r for r in simulator.usage()["jobs"] if r["job_id"] == job_id]
+    return parse_usd(row["cost_usd"])
+
+
+def reconcile(database_url: str, upstream_url: str, **overrides: Any) -> ReconcileReport:
+    settings = gateway_settings(database_url, upstream_url, **overrides)
+
+    async def _pass() -> ReconcileReport:
+        async with open_runtime(settings) as runtime:
+            return await Reconciler(runtime).run_once(everything=True)
+
+    return asyncio.run(_pass())
+
+
+def test_hold_at_submit_capture_at_completion(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=10_000_000)
+    submitted = submit(gateway, tenant, image="https://example.com/cat.png")
+    assert submitted.headers["x-gateway-cost-estimate-usd"] == "1.730000"
+    assert submitted.headers["x-quota-remaining-usd"] == "8.270000"
+    usage = gateway.get("/v1/usage", headers=tenant.headers).json()
+    assert usage["held_usd"] == "1.730000" and usage["captured_usd"] == "0.000000"
+
+    job_id = submitted.json()["job_id"]
+    polled = gateway.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+    assert polled.json()["status"] == "completed"
+    assert polled.headers["x-quota-remaining-usd"] == "8.270000"
+    usage = gateway.get("/v1/usage", headers=tenant.headers).json()
+    assert usage == {
+        "team": tenant.team,
+        "period": usage["period"],
+        "budget_usd": "10.000000",
+        "captured_usd": "1.730000",
+        "held_usd": "0.000000",
+        "remaining_usd": "8.270000",
+    }
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_730_000), ("capture", 1_730_000)]
+    assert simulator_cost(simulator, job_id) == 1_730_000
+
+
+@pytest.mark.parametrize(
+    ("prompt", "state", "entries"),
+    [
+        ("ok", "captured", [("hold", 1_680_000), ("capture", 1_680_000)]),
+        ("x #sim:fail", "released", [("hold", 1_680_000), ("release", 1_680_000)]),
+        ("x #sim:moderated", "captured", [("hold", 1_680_000), ("capture", 1_680_000)]),
+        ("x #sim:duration=4", "captured", [("hold", 1_680_000), ("capture", 672_000)]),
+        ("x #sim:duration=2.5", "captured", [("hold", 1_680_000), ("capture", 420_000)]),
+        (
+            "x #sim:duration=12",
+            "captured",
+            [("hold", 1_680_000), ("capture", 1_680_000), ("correction", 336_000)],
+        ),
+    ],
+)
+def test_each_outcome_settles_as_the_upstream_billed(
+    gateway: httpx.Client,
+    simulator: SimulatorProbe,
+    postgres_url: str,
+    prompt: str,
+    state: str,
+    entries: list[tuple[str, int]],
+) -> None:
+    tenant = make_tenant(postgres_url)
+    job_id = submit(gateway, tenant, prompt).json()["job_id"]
+    gateway.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+    ledger = team_ledger(postgres_url, tenant.team)
+    job = ledger.job_by_upstream_id(job_id)
+    assert job.state == state
+    assert ledger.entries_of(job.id) == entries
+    # capture + any correction = exactly what the upstream billed for this job
+    billed = sum(amount for kind, amount in entries if kind in ("capture", "correction"))
+    assert billed == simulator_cost(simulator, job_id)
+    assert ledger.balance.held_micro_usd == 0
+
+
+@pytest.mark.parametrize(("prompt", "status"), [("#sim:http500", 502), ("#sim:http429", 429)])
+def test_upstream_refusal_releases_the_hold(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str, prompt: str, status: int
+) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
+    response = submit(gateway, tenant, prompt)
+    assert response.status_code == status
+    assert response.headers["x-quota-remaining-usd"] == "2.000000"
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_680_000), ("release", 1_680_000)]
+    assert (ledger.balance.held_micro_usd, ledger.balance.captured_micro_usd) == (0, 0)
+    assert submit(gateway, tenant).status_code == 200  # the budget is whole again
+
+
+def test_over_budget_is_429_with_figures_and_not_forwarded(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=3_000_000)
+    assert submit(gateway, tenant).status_code == 200
+    refused = submit(gateway, tenant)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("quota_error", "quota_exceeded")
+    assert (error["budget_usd"], error["used_usd"], error["requested_usd"]) == (
+        "3.000000",
+        "1.680000",
+        "1.680000",
+    )
+    assert "3.000000" in error["message"] and "1.680000" in error["message"]
+    assert refused.headers["x-quota-remaining-usd"] == "1.320000"
+    assert len(simulator.submits()) == 1
+    cheaper = submit(gateway, tenant, resolution="480p", duration=5)  # 0.48 still fits
+    assert cheaper.status_code == 200
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert len(ledger.jobs) == 2 and [e.kind for e in ledger.entries] == ["hold", "hold"]
+
+
+def test_concurrency_cap_is_429_until_a_job_finishes(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url, max_concurrent_jobs=1)
+    first = submit(gateway, tenant).json()["job_id"]
+    refused = submit(gateway, tenant)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "concurrency_limit"
+    gateway.get(f"/v1/jobs/{first}", headers=tenant.headers)  # completes and settles it
+    assert submit(gateway, tenant).status_code == 200
+    assert len(simulator.submits()) == 2
+
+
+def test_settled_job_is_answered_from_the_record(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    job_id = submit(gateway, tenant).json()["job_id"]
+    first = gateway.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+    polls_before = len(simulator.requests())
+    again = [gateway.get(f"/v1/jobs/{job_id}", headers=tenant.headers) for _ in range(3)]
+    assert len(simulator.requests()) == polls_before  # the upstream was not asked again
+    assert all(r.status_code == 200 and r.content == first.content for r in again)
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert [e.kind for e in ledger.entries] == ["hold", "capture"]
+
+
+def test_usage_for_an_unlimited_team(gateway: httpx.Client, postgres_url: str) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=None)
+    usage = gateway.get("/v1/usage", headers=tenant.headers)
+    body = usage.json()
+    assert (body["budget_usd"], body["remaining_usd"], body["held_usd"]) == (None, None, "0.000000")
+    assert usage.headers["x-quota-remaining-usd"] == "unlimited"
+    assert gateway.get("/v1/usage").status_code == 401
+
+
+def test_quota_header_on_every_tenant_response(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=5_000_000)
+    invalid = gateway.post(SUBMIT_PATH, json={"model": MODEL}, headers=tenant.headers)
+    unknown = gateway.get("/v1/jobs/job_nope", headers=tenant.headers)
+    assert invalid.status_code == 400 and unknown.status_code == 404
+    assert (
+        invalid.headers["x-quota-remaining-usd"]
+        == unknown.headers["x-quota-remaining-usd"]
+        == "5.000000"
+    )
+
+
+# Idempotency-Key
+
+
+def test_idempotent_retry_replays_the_first_answer(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    headers = {**tenant.headers, "Idempotency-Key": "order-42"}
+    body = {"model": MODEL, "prompt": "once only"}
+    first = gateway.post(SUBMIT_PATH, json=body, headers=headers)
+    replay = gateway.post(SUBMIT_PATH, json=body, headers=headers)
+    assert first.status_code == replay.status_code == 200
+    assert replay.content == first.content
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert replay.headers["x-gateway-cost-estimate-usd"] == "1.680000"
+    assert len(simulator.submits()) == 1
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert len(ledger.jobs) == 1 and [e.kind for e in ledger.entries] == ["hold"]
+
+    other_body = gateway.post(SUBMIT_PATH, json={**body, "duration": 5}, headers=headers)
+    assert other_body.status_code == 422
+    assert other_body.json()["error"]["code"] == "idempotency_key_reused"
+    other_team = make_tenant(postgres_url)  # keys are per team
+    assert (
+        gateway.post(
+            SUBMIT_PATH, json=body, headers={**other_team.headers, "Idempotency-Key": "order-42"}
+        ).headers.get("idempotent-replayed")
+        is None
+    )
+
+
+def test_idempotent_duplicate_in_flight_is_409(
+    gateway_server: Any, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    headers = {**tenant.headers, "Idempotency-Key": "slow-1"}
+    body = {"model": MODEL, "prompt": "take your time #sim:slow=1.5"}
+    results: dict[str, httpx.Response] = {}
+
+    def first() -> None:
+        results["first"] = httpx.post(
+            gateway_server.url + SUBMIT_PATH, json=body, headers=headers, timeout=30
+        )
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.5)
+    concurrent = httpx.post(gateway_server.url + SUBMIT_PATH, json=body, headers=headers)
+    thread.join()
+    assert concurrent.status_code == 409
+    assert concurrent.json()["error"]["code"] == "idempotency_key_in_use"
+    assert results["first"].status_code == 200
+    later = httpx.post(gateway_server.url + SUBMIT_PATH, json=body, headers=headers)
+    assert later.status_code == 200 and later.content == results["first"].content
+    assert len(simulator.submits()) == 1
+
+
+def test_idempotency_key_may_be_reused_after_an_upstream_refusal(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Nothing was created or billed, so a retry with the same key must really retry."""
+    tenant = make_tenant(postgres_url)
+    headers = {**tenant.headers, "Idempotency-Key": "retry-me"}
+    refused = gateway.post(
+        SUBMIT_PATH, json={"model": MODEL, "prompt": "#sim:http500"}, headers=headers
+    )
+    assert refused.status_code == 502
+    again = gateway.post(
+        SUBMIT_PATH, json={"model": MODEL, "prompt": "#sim:http500"}, headers=headers
+    )
+    assert again.status_code == 502 and "idempotent-replayed" not in again.headers
+    assert len(simulator.submits()) == 2
+
+
+def test_invalid_idempotency_key_is_400(gateway: httpx.Client, postgres_url: str) -> None:
+    tenant = make_tenant(postgres_url)
+    response = gateway.post(
+        SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "x"},
+        headers={**tenant.headers, "Idempotency-Key": "x" * 256},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+
+
+# The reconciler
+
+
+def test_reconciler_settles_jobs_nobody_polls(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    ids = [
+        submit(gateway, tenant, p).json()["job_id"]
+        for p in ("ok", "#sim:fail", "#sim:moderated", "#sim:duration=3")
+    ]
+    report = reconcile(postgres_url, simulator.url)
+    assert report.settled >= 4
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert {j.state for j in ledger.jobs} == {"captured", "released"}
+    for upstream_id in ids:
+        job = ledger.job_by_upstream_id(upstream_id)
+        billed = sum(a for k, a in ledger.entries_of(job.id) if k in ("capture", "correction"))
+        assert billed == simulator_cost(simulator, upstream_id)
+    assert ledger.balance.held_micro_usd == 0
+    # A later client poll is answered from the record the reconciler wrote.
+    polls_before = len(simulator.requests())
+    assert gateway.get(f"/v1/jobs/{ids[0]}", headers=tenant.headers).json()["status"] == "completed"
+    assert len(simulator.requests()) == polls_before
+
+
+def test_reconciler_releases_a_submit_that_never_got_an_answer(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
+    server = start_gateway(upstream_read_timeout_seconds=0.3)
+    timed_out = httpx.post(
+        server.url + SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "#sim:hang"},
+        headers=tenant.headers,
+    )
+    assert timed_out.status_code == 504
+    assert timed_out.headers["x-quota-remaining-usd"] == "0.320000"  # the hold stays...
+    assert reconcile(postgres_url, simulator.url).released_unanswered == 0  # ...until the timeout
+    report = reconcile(postgres_url, simulator.url, unanswered_submit_release_after_seconds=0.01)
+    assert report.released_unanswered == 1
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert [e.kind for e in ledger.entries] == ["hold", "release"]
+    assert ledger.jobs[0].needs_review is True  # the upstream might have run it: look at it
+    assert ledger.balance.held_micro_usd == 0
+
+
+def test_reconcile_command(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    submit(gateway, tenant)
+    env = {
+        "GATEWAY_DATABASE_URL": postgres_url,
+        "GATEWAY_UPSTREAM_URL": simulator.url,
+        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "reconcile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["settled"] >= 1
+    assert [e.kind for e in team_ledger(postgres_url, tenant.team).entries] == ["hold", "capture"]
+
+
+# Other vocabularies, rate changes, and the embedded database
+
+
+def test_succeeded_vocabulary_is_billed(start_gateway: StartGateway, postgres_url: str) -> None:
+    app = create_simulator_app(SimulatorConfig(api_key=UPSTREAM_KEY, status_words="succeeded"))
+    with running(app) as other_simulator:
+        server = start_gateway(upstream_url=other_simulator.url)
+        tenant = make_tenant(postgres_url)
+        with httpx.Client(base_url=server.url) as client:
+            job_id = submit(client, tenant).json()["job_id"]
+            assert (
+                client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()["status"]
+                == "succeeded"
+            )
+    assert [e.kind for e in team_ledger(postgres_url, tenant.team).entries] == ["hold", "capture"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite-file", "postgres-fresh"])
+def test_rate_change_prices_new_jobs_only(
+    start_gateway: StartGateway, simulator: SimulatorProbe, tmp_path: Path, backend: str
+) -> None:
+    from tests.support.database import create_postgres_database, drop_postgres_database
+
+    if backend == "sqlite-file":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'rates.db'}"
+        migrate(url)
+    else:
+        url = create_postgres_database()
+    try:
+        tenant = make_tenant(url)
+        server = start_gateway(database_url=url)
+        with httpx.Client(base_url=server.url) as client:
+            before = submit(client, tenant)
+            env = {"GATEWAY_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+            added = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "rates",
+                    "set",
+                    "--version",
+                    "2026-12-promo",
+                    "--image-fee-usd",
+                    "0.04",
+                    "--per-second-usd",
+                    "480p=0.08",
+                    "--per-second-usd",
+                    "720p=0.15",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert added.returncode == 0, added.stderr
+            after = submit(client, tenant)
+            client.get(f"/v1/jobs/{before.json()['job_id']}", headers=tenant.headers)
+        assert before.headers["x-gateway-cost-estimate-usd"] == "1.680000"
+        assert after.headers["x-gateway-cost-estimate-usd"] == "1.500000"
+        ledger = team_ledger(url, tenant.team)
+        assert [j.rate_card_version for j in ledger.jobs] == ["seed-2026-11", "2026-12-promo"]
+        # The earlier job settles on its own version, whatever is in force now.
+        assert ledger.entries_of(ledger.jobs[0].id)[-1] == ("capture", 1_680_000)
+        listed = subprocess.run(
+            [sys.executable, "-m", "gateway", "rates", "list", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert [r["version"] for r in json.loads(listed.stdout)] == [
+            "seed-2026-11",
+            "2026-12-promo",
+        ]
+    finally:
+        if backend == "postgres-fresh":
+            drop_postgres_database(url)
+
+
+def test_money_flow_on_the_embedded_database(
+    start_gateway: StartGateway, simulator: SimulatorProbe, sqlite_url: str
+) -> None:
+    tenant = make_tenant(sqlite_url, budget_micro_usd=4_000_000)
+    server = start_gateway(database_url=sqlite_url)
+    with httpx.Client(base_url=server.url) as client:
+        ids = [submit(client, tenant, p).json()["job_id"] for p in ("a", "b #sim:fail")]
+        assert submit(client, tenant).status_code == 429  # 3 x 1.68 > 4.00
+        for job_id in ids:
+            client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+        usage = client.get("/v1/usage", headers=tenant.headers).json()
+    assert (usage["captured_usd"], usage["held_usd"], usage["remaining_usd"]) == (
+        "1.680000",
+        "0.000000",
+        "2.320000",
+    )
+
+
+class AnswerLost(httpx.AsyncBaseTransport):
+    """The network between gateway and upstream: delivers the submit, then loses the answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lose_next_submit_answer = True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and self.lose_next_submit_answer:
+            self.lose_next_submit_answer = False
+            await response.aclose()
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("honors", [True, False])
+def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str, honors: bool
+) -> None:
+    """The upstream created (and will bill) the job but the gateway never heard its id."""
+    tenant = make_tenant(postgres_url)
+    server = start_gateway(transport=AnswerLost(), upstream_honors_idempotency_key=honors)
+    lost = httpx.post(
+        server.url + SUBMIT_PATH, json={"model": MODEL, "prompt": "lost"}, headers=tenant.headers
+    )
+    assert lost.status_code == 504
+    (upstream_job,) = simulator.usage()["jobs"]
+    overrides = {
+        "upstream_honors_idempotency_key": honors,
+        "unanswered_submit_release_after_seconds": 3600.0,
+    }
+    report = reconcile(postgres_url, simulator.url, **overrides)
+    ledger = team_ledger(postgres_url, tenant.team)
+    if honors:
+        assert report.recovered == 1
+        # Re-sent under the gateway's job id as Idempotency-Key: the same upstream job, no new one.
+        assert [j["job_id"] for j in simulator.usage()["jobs"]] == [upstream_job["job_id"]]
+        reconcile(postgres_url, simulator.url, **overrides)  # polls and settles it
+        ledger = team_ledger(postgres_url, tenant.team)
+        job = ledger.job_by_upstream_id(upstream_job["job_id"])
+        assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("capture", 1_680_000)]
+        assert simulator_cost(simulator, upstream_job["job_id"]) == 1_680_000
+    else:
+        # Without that guarantee the gateway cannot find the job: the hold waits for review.
+        assert report.recovered == 0
+        assert ledger.jobs[0].state == "unknown"
+        assert ledger.balance.held_micro_usd == 1_680_000
+
+
+def test_background_reconciler_in_a_replica_settles_unpolled_jobs(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    server = start_gateway(
+        reconciler_enabled=True,
+        reconciler_interval_seconds=0.2,
+        reconciler_first_check_after_seconds=0,
+    )
+    job_id = httpx.post(
+        server.url + SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "nobody polls"},
+        headers=tenant.headers,
+    ).json()["job_id"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if team_ledger(postgres_url, tenant.team).jobs[0].state == "captured":
+            break
+        time.sleep(0.2)
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.job_by_upstream_id(job_id).state == "captured"
+    assert [e.kind for e in ledger.entries] == ["hold", "capture"]

@@ -1,0 +1,146 @@
+"""Two gateway processes (real replicas, not two app objects) sharing one Postgres and one
+simulator: no interleaving of concurrent requests overspends a budget, and a job polled by many
+clients through both replicas at once is settled exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe
+from tests.support.ledger import team_ledger
+from tests.support.processes import GatewayProcess
+from tests.support.servers import ServerThread
+from tests.support.tenants import PEPPER, Tenant, make_tenant
+
+MODEL = "grok-imagine-video-1-5"
+PRICE = 1_680_000  # 10 s at 720p, the defaults
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    postgres_url: str, simulator_server: ServerThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[GatewayProcess]]:
+    env = {
+        "GATEWAY_DATABASE_URL": postgres_url,
+        "GATEWAY_UPSTREAM_URL": simulator_server.url,
+        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "GATEWAY_KEY_PEPPER": PEPPER,
+        "GATEWAY_RECONCILER_ENABLED": "false",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+    }
+    logs = tmp_path_factory.mktemp("replicas")
+    processes = [GatewayProcess(env, logs, name) for name in ("replica-a", "replica-b")]
+    try:
+        for process in processes:
+            process.start()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def sample_usage(
+    dsn: str, team: str, samples: list[tuple[int, int]], stop: asyncio.Event
+) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        while not stop.is_set():
+            row = await connection.fetchrow(
+                "SELECT b.budget_micro_usd, b.held_micro_usd + b.captured_micro_usd AS used "
+                "FROM team_balances b JOIN teams t ON t.id = b.team_id WHERE t.name = $1",
+                team,
+            )
+            if row is not None:
+                samples.append((row["budget_micro_usd"], row["used"]))
+            await asyncio.sleep(0.002)
+    finally:
+        await connection.close()
+
+
+def test_concurrent_submits_across_replicas_never_overspend(
+    replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    fits = 7
+    budget = fits * PRICE
+    tenant = make_tenant(postgres_url, budget_micro_usd=budget)
+    samples: list[tuple[int, int]] = []
+
+    async def storm() -> list[httpx.Response]:
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(
+            sample_usage(asyncpg_dsn(postgres_url), tenant.team, samples, stop)
+        )
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        replicas[i % 2].url + SUBMIT_PATH,
+                        json={"model": MODEL, "prompt": f"storm {i}"},
+                        headers=tenant.headers,
+                    )
+                    for i in range(200)
+                )
+            )
+        stop.set()
+        await sampler
+        return list(responses)
+
+    responses = asyncio.run(storm())
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: fits, 429: 200 - fits}
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {
+        "quota_exceeded"
+    }
+    assert len(simulator.submits()) == fits  # the refused ones never reached the upstream
+
+    assert len(samples) > 20
+    assert all(used <= sample_budget == budget for sample_budget, used in samples)
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert (ledger.balance.held_micro_usd, ledger.balance.captured_micro_usd) == (budget, 0)
+    assert [e.kind for e in ledger.entries] == ["hold"] * fits
+    assert len(ledger.jobs) == fits
+
+
+def test_fifty_concurrent_polls_through_both_replicas_settle_once(
+    replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant: Tenant = make_tenant(postgres_url)
+    job_id = httpx.post(
+        replicas[0].url + SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "poll me"},
+        headers=tenant.headers,
+    ).json()["job_id"]
+
+    async def poll_storm() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.get(
+                            f"{replicas[i % 2].url}/v1/jobs/{job_id}", headers=tenant.headers
+                        )
+                        for i in range(50)
+                    )
+                )
+            )
+
+    responses = asyncio.run(poll_storm())
+    assert {r.status_code for r in responses} == {200}
+    assert {r.json()["status"] for r in responses} == {"completed"}
+    assert len({r.content for r in responses}) == 1  # the record replays the upstream's bytes
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.entries_of(ledger.jobs[0].id) == [("hold", PRICE), ("capture", PRICE)]
+    assert (ledger.balance.held_micro_usd, ledger.balance.captured_micro_usd) == (0, PRICE)
