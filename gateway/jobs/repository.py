@@ -52,9 +52,9 @@ async def move_from_pending(
     return bool(getattr(result, "rowcount", 0))
 
 
-async def keep_request(session: AsyncSession, job_id: str, body: bytes, now: datetime) -> None:
+def keep_request(session: AsyncSession, job_id: str, body: bytes, now: datetime) -> None:
+    """Stage the request body; it is written with the job at the next flush."""
     session.add(JobRequest(job_id=job_id, body=body, created_at=now))
-    await session.flush()
 
 
 async def drop_request(session: AsyncSession, job_id: str) -> None:

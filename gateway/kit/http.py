@@ -25,7 +25,8 @@ from gateway.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI runs plain-def dependencies in a thread pool."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

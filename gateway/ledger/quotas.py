@@ -95,9 +95,11 @@ async def reserve_hold(
             raise _over_budget(BalanceView.of(period, current), amount)
     if team.max_concurrent_jobs is not None:
         # Counted while this transaction holds the balance row's lock, so two submits of the
-        # same team cannot both see room for one more job.
+        # same team cannot both see room for one more job. The caller's own new job, already
+        # written in this transaction, is among those counted.
         in_flight = await repository.count_open_jobs(session, team.team_id)
-        if in_flight >= team.max_concurrent_jobs:
+        if in_flight > team.max_concurrent_jobs:
+            in_flight -= 1
             error = QuotaExceeded(
                 f"the team already has {in_flight} jobs in flight, its limit is "
                 f"{team.max_concurrent_jobs}; retry when one finishes",

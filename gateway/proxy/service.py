@@ -137,12 +137,12 @@ async def submit_generation(
             created_at=now,
             updated_at=now,
         )
+        if settings.upstream_honors_idempotency_key:
+            # Kept until the upstream's answer is recorded, so a crash can be recovered.
+            jobs.keep_request(session, job_id, raw_body, now)
         balance = await place_hold(
             session, team_quota(principal), job, policy=settings.default_budget_policy, now=now
         )
-        if settings.upstream_honors_idempotency_key:
-            # Kept until the upstream's answer is recorded, so a crash can be recovered.
-            await jobs.keep_request(session, job_id, raw_body, now)
     on_balance(balance)
 
     after = _AfterForward(runtime, job, idempotency_key, on_balance)
