@@ -15,9 +15,15 @@ from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
 from gateway.kit.http import install_error_handlers
+from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
 from gateway.ledger.reconciler import Reconciler
 from gateway.observability import health
+from gateway.observability.background import (
+    deliver_alerts,
+    reconcile_and_count,
+    refresh_ledger_gauges,
+)
 from gateway.observability.requests import RequestContextMiddleware
 from gateway.proxy import endpoints as proxy
 from gateway.runtime import Runtime, open_runtime
@@ -40,7 +46,7 @@ def create_app(
             settings, catalog=catalog, upstream_transport=upstream_transport
         ) as runtime:
             app.state.runtime = runtime
-            async with _background_reconciler(app, runtime):
+            async with _background_work(app, runtime):
                 yield
 
     app = FastAPI(
@@ -57,26 +63,44 @@ def create_app(
 
 
 @asynccontextmanager
-async def _background_reconciler(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
+    """Each replica refreshes its ledger gauges, runs a reconciler and delivers budget alerts;
+    on shutdown each loop finishes the pass in progress (all of them are transactional)."""
     settings = runtime.settings
     if not settings.upstream_api_key.get_secret_value():
         logger.warning("GATEWAY_UPSTREAM_API_KEY is empty: the upstream will refuse calls")
     await _register_rate_cards(runtime)
-    if not settings.reconciler_enabled:
-        yield
-        return
     stop = asyncio.Event()
-    app.state.reconciler = Reconciler(runtime)
-    task = asyncio.create_task(app.state.reconciler.run_forever(stop))
+    loops = [
+        run_periodically(
+            "ledger gauges",
+            settings.metrics_refresh_interval_seconds,
+            lambda: refresh_ledger_gauges(runtime),
+            stop,
+        )
+    ]
+    if settings.reconciler_enabled:
+        reconciler = Reconciler(runtime)
+        app.state.reconciler = reconciler
+        loops.append(
+            run_periodically(
+                "reconciler",
+                settings.reconciler_interval_seconds,
+                lambda: reconcile_and_count(reconciler, runtime.metrics),
+                stop,
+            )
+        )
+    if settings.alert_webhook_url:
+        loops.append(run_periodically("budget alerts", 5.0, lambda: deliver_alerts(runtime), stop))
+    tasks = [asyncio.create_task(loop) for loop in loops]
     try:
         yield
     finally:
         stop.set()
-        # Let the pass in progress finish; its settlements are single transactions.
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except TimeoutError:
+        _, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:
             task.cancel()
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

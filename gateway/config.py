@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     hold_max_age_seconds: float = Field(default=86_400.0, gt=0)
     """Jobs held longer than this are flagged for review (and keep being polled)."""
 
+    # Observability.
+    metrics_refresh_interval_seconds: float = Field(default=15.0, gt=0)
+    """How often each process re-reads the ledger gauges (budgets, spend, holds) from the DB."""
+    alert_webhook_url: str | None = None
+    """Where budget alerts (soft limit crossed, hard limit hit) are POSTed as JSON."""
+    alert_webhook_secret: SecretStr = SecretStr("")
+    """If set, each webhook body is signed: ``X-Gateway-Signature: sha256=<hex HMAC>``."""
+    alert_webhook_max_attempts: int = Field(default=8, ge=1)
+
     # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
     max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)
     catalog_path: Path | None = None
@@ -110,5 +119,10 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redaction safety net."""
-        values = (self.upstream_api_key, self.admin_token, self.key_pepper)
+        values = (
+            self.upstream_api_key,
+            self.admin_token,
+            self.key_pepper,
+            self.alert_webhook_secret,
+        )
         return [v.get_secret_value() for v in values if v.get_secret_value()]

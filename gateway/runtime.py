@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.ledger.alerts import BudgetAlerts
+from gateway.observability.metrics import Metrics
 from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
 
@@ -27,6 +29,8 @@ class Runtime:
     sessionmaker: async_sessionmaker[AsyncSession]
     upstream: UpstreamClient
     pepper: str
+    metrics: Metrics
+    alerts: BudgetAlerts
 
 
 @asynccontextmanager
@@ -42,16 +46,29 @@ async def open_runtime(
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
     )
-    upstream = HttpUpstreamClient.from_settings(settings, transport=upstream_transport)
+    metrics = Metrics()
+    upstream = HttpUpstreamClient.from_settings(
+        settings, transport=upstream_transport, metrics=metrics
+    )
+    sessionmaker = create_sessionmaker(engine)
+    webhook = (
+        httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False, trust_env=False)
+        if settings.alert_webhook_url
+        else None
+    )
     try:
         yield Runtime(
             settings=settings,
             catalog=catalog or load_catalog(settings.catalog_path),
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             upstream=upstream,
             pepper=settings.key_pepper.get_secret_value(),
+            metrics=metrics,
+            alerts=BudgetAlerts(sessionmaker, settings, webhook),
         )
     finally:
+        if webhook is not None:
+            await webhook.aclose()
         await upstream.aclose()
         await engine.dispose()

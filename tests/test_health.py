@@ -20,7 +20,10 @@ def test_health_and_readiness(gateway: httpx.Client, simulator: SimulatorProbe) 
     assert gateway.get("/healthz").json() == {"status": "ok"}
     ready = gateway.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "schema": "current"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "schema": "current", "upstream": "reachable"},
+    }
 
 
 def test_not_ready_when_schema_is_missing(start_gateway: StartGateway, postgres_url: str) -> None:
@@ -57,6 +60,7 @@ def test_database_down_fails_closed_with_503(
         assert response.json()["error"]["code"] == "ledger_unavailable"
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "unreachable"
+    assert ready.json()["checks"]["upstream"] == "reachable"  # reported, whatever the database
     assert alive.status_code == 200
     assert simulator.requests() == []
 

@@ -21,6 +21,7 @@ def team_to_dict(team: Team) -> dict[str, object]:
         "cost_center": team.cost_center,
         "monthly_budget_usd": format_usd(budget) if budget is not None else None,
         "max_concurrent_jobs": team.max_concurrent_jobs,
+        "soft_limit_percent": team.soft_limit_percent,
         "created_at": team.created_at.isoformat(),
         "disabled": team.disabled_at is not None,
     }
@@ -36,12 +37,18 @@ def teams() -> None:
 @click.option("--monthly-budget-usd", help="Budget per calendar month (UTC), e.g. 250 or 99.50.")
 @click.option("--cost-center", help="Cost center that finance charges this team's spend to.")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1), help="Cap on jobs in flight.")
+@click.option(
+    "--soft-limit-percent",
+    type=click.IntRange(1, 100),
+    help="Alert when this share of the budget is used or held (e.g. 80).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the team as JSON.")
 def create(
     name: str,
     monthly_budget_usd: str | None,
     cost_center: str | None,
     max_concurrent_jobs: int | None,
+    soft_limit_percent: int | None,
     as_json: bool,
 ) -> None:
     """Create team NAME."""
@@ -60,6 +67,7 @@ def create(
             cost_center=cost_center,
             monthly_budget_micro_usd=budget,
             max_concurrent_jobs=max_concurrent_jobs,
+            soft_limit_percent=soft_limit_percent,
         )
 
     team = run_in_session(settings, _create)

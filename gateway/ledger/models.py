@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    Integer,
     String,
     UniqueConstraint,
     text,
@@ -146,3 +147,30 @@ class LedgerEntry(Base):
             needs_review=needs_review,
             created_at=now,
         )
+
+
+class BudgetAlert(Base):
+    """A team crossed a threshold in a period: raised once (the unique key), delivered to the
+    webhook with retries. ``threshold`` is ``soft_limit`` or ``hard_limit``."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (
+        UniqueConstraint("team_id", "period", "threshold", name="uq_budget_alerts_once"),
+        Index("ix_budget_alerts_pending", "delivered_at", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    period: Mapped[str] = mapped_column(String(7))
+    threshold: Mapped[str] = mapped_column(String(16))
+    budget_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    used_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    """Held + captured when the threshold was crossed, micro-USD."""
+    limit_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    """The threshold's own figure (the soft limit, or the budget), micro-USD."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(255))

@@ -27,6 +27,7 @@ class TeamQuota:
     team_id: int
     monthly_budget_micro_usd: int | None
     max_concurrent_jobs: int | None
+    soft_limit_percent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ async def reserve_hold(
             current = await repository.get_balance(session, team.team_id, period)
         if row is None:
             assert current is not None
-            raise _over_budget(BalanceView.of(period, current), amount)
+            raise BudgetExhausted(BalanceView.of(period, current), amount)
     if team.max_concurrent_jobs is not None:
         # Counted while this transaction holds the balance row's lock, so two submits of the
         # same team cannot both see room for one more job. The caller's own new job, already
@@ -113,19 +114,23 @@ async def reserve_hold(
     return BalanceView.of(period, row)
 
 
-def _over_budget(balance: BalanceView, amount: int) -> QuotaExceeded:
-    used = balance.held + balance.captured
-    budget = balance.budget or 0
-    error = QuotaExceeded(
-        f"this request costs {format_usd(amount)} USD but the team's budget for "
-        f"{balance.period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is "
-        f"used or held; not forwarded, not billed",
-        code="quota_exceeded",
-    )
-    error.details = {
-        "period": balance.period,
-        "budget_usd": format_usd(budget),
-        "used_usd": format_usd(used),
-        "requested_usd": format_usd(amount),
-    }
-    return error
+class BudgetExhausted(QuotaExceeded):
+    """429 ``quota_exceeded``: the request does not fit what is left of the period's budget.
+    Carries the balance, for the hard-limit alert."""
+
+    def __init__(self, balance: BalanceView, amount: int) -> None:
+        used = balance.held + balance.captured
+        budget = balance.budget or 0
+        super().__init__(
+            f"this request costs {format_usd(amount)} USD but the team's budget for "
+            f"{balance.period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is "
+            f"used or held; not forwarded, not billed",
+            code="quota_exceeded",
+        )
+        self.balance = balance
+        self.details = {
+            "period": balance.period,
+            "budget_usd": format_usd(budget),
+            "used_usd": format_usd(used),
+            "requested_usd": format_usd(amount),
+        }

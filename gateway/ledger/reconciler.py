@@ -23,7 +23,6 @@ pass leaves nothing half-written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from gateway.ledger import settlement
 from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
 from gateway.proxy import idempotency
 from gateway.runtime import Runtime
+from gateway.tenancy.repository import team_names
 
 logger = logging.getLogger(__name__)
 _DEFAULT_PAUSE_SECONDS = 30.0
@@ -63,11 +63,14 @@ class Reconciler:
         self.clock = clock
         self._paused_until: datetime | None = None
         self.last_run_at: datetime | None = None
+        self._team_names: dict[int, str] = {}
 
     async def run_once(self, *, everything: bool = False) -> ReconcileReport:
         """One pass. ``everything`` polls every submitted job now, whatever its schedule."""
         report = ReconcileReport()
         now = self.clock()
+        async with transaction(self.runtime.sessionmaker) as session:
+            self._team_names = await team_names(session)
         report.released_unanswered = await self._release_unanswered(now)
         if self.settings.upstream_honors_idempotency_key:
             await self._resend_unanswered(now, report, everything=everything)
@@ -82,21 +85,9 @@ class Reconciler:
         self.last_run_at = now
         return report
 
-    async def run_forever(self, stop: asyncio.Event) -> None:
-        interval = self.settings.reconciler_interval_seconds
-        while not stop.is_set():
-            try:
-                report = await self.run_once()
-                if report.settled or report.released_unanswered or report.flagged:
-                    logger.info("reconciler pass", extra=vars(report))
-            except Exception:  # a failed pass must not end the loop; the next one retries
-                logger.exception("reconciler pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-
     async def _release_unanswered(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=self.settings.unanswered_submit_release_after_seconds)
-        released = 0
+        released: list[tuple[Job, settlement.Settlement]] = []
         async with transaction(self.runtime.sessionmaker) as session:
             for job in await jobs.unanswered_before(
                 session, cutoff, self.settings.reconciler_batch_size
@@ -109,12 +100,14 @@ class Reconciler:
                 if await settlement.apply_settlement(session, job, plan, now=now):
                     await jobs.drop_request(session, job.id)
                     await idempotency.resolve_for_job(session, job.id, None)
-                    released += 1
+                    released.append((job, plan))
                     logger.warning(
                         "released the hold of a submit that never got an answer",
                         extra={"gateway_job_id": job.id, "state": job.state},
                     )
-        return released
+        for job, plan in released:  # counted once committed
+            self._record(job, plan)
+        return len(released)
 
     async def _resend_unanswered(
         self, now: datetime, report: ReconcileReport, *, everything: bool
@@ -150,12 +143,13 @@ class Reconciler:
         if answer.status_code >= 400:
             if answer.status_code in (409, 429):  # busy or rate-limited: try again later
                 return False
+            plan = settlement.release("upstream_refused")
             async with transaction(self.runtime.sessionmaker) as session:
-                await settlement.apply_settlement(
-                    session, job, settlement.release("upstream_refused"), now=self.clock()
-                )
+                settled = await settlement.apply_settlement(session, job, plan, now=self.clock())
                 await jobs.drop_request(session, job.id)
                 await idempotency.resolve_for_job(session, job.id, None)
+            if settled is not None:
+                self._record(job, plan)
             return False
         parsed = settlement.parse_poll_body(answer.body)
         upstream_job_id = parsed.get("job_id") if parsed else None
@@ -252,6 +246,7 @@ class Reconciler:
         )
         if settled is not None:
             report.settled += 1
+            self._record(job, settled.plan)
         elif settlement.read_terminal(body, settlement.vocabulary_from(self.settings)) is None:
             report.still_running += 1
 
@@ -262,6 +257,10 @@ class Reconciler:
         for job_id in flagged:
             logger.warning("hold older than the maximum age", extra={"gateway_job_id": job_id})
         return len(flagged)
+
+    def _record(self, job: Job, plan: settlement.Settlement) -> None:
+        team = self._team_names.get(job.team_id, str(job.team_id))
+        self.runtime.metrics.record_settlement(team, job, plan)
 
     def _backoff(self, attempts: int) -> timedelta:
         first = max(self.settings.reconciler_interval_seconds, 1.0)

@@ -1,11 +1,12 @@
-"""Kubernetes-style probes: ``/healthz`` (the process is alive) and ``/readyz`` (it can serve:
-the database answers and its schema is at the migrations' head)."""
+"""Operator routes: ``/healthz`` (the process is alive), ``/readyz`` (it can serve: the
+database answers and its schema is at the migrations' head; upstream reachability is reported
+but not fatal), and ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +16,12 @@ from gateway.kit.http import RuntimeDep
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(runtime: RuntimeDep) -> Response:
+    body, content_type = runtime.metrics.exposition()
+    return Response(content=body, media_type=content_type)
 
 
 @router.get("/healthz", summary="Liveness")
@@ -34,6 +41,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     except (SQLAlchemyError, OSError) as exc:
         logger.warning("readiness: database unreachable: %s", type(exc).__name__)
         checks["database"] = "unreachable"
+    # Reported, not fatal: a replica that cannot reach the upstream still answers polls of
+    # settled jobs, usage and admin; taking it out of rotation would not help.
+    checks["upstream"] = await runtime.upstream.probe()
     ready = checks.get("database") == "ok" and checks.get("schema") == "current"
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},

@@ -92,7 +92,9 @@ class RequestContextMiddleware:
         finally:
             request_id_var.reset(token)
             if scope.get("path") not in _UNLOGGED_PATHS:
-                _log_access(scope, state, status, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                _log_access(scope, state, status, elapsed)
+                _count(scope, state, status, elapsed)
 
 
 async def _send_internal_error(send: Send) -> None:
@@ -108,6 +110,19 @@ async def _send_internal_error(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _count(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    if runtime is None:  # before startup completed
+        return
+    route = _route_template(scope)
+    metrics = runtime.metrics
+    metrics.requests.labels(
+        route, scope.get("method", ""), str(status), state.get("team") or ""
+    ).inc()
+    metrics.request_duration.labels(route).observe(elapsed)
 
 
 def _route_template(scope: Scope) -> str:
@@ -132,5 +147,6 @@ def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float
             "job_id": state.get("job_id"),
             "upstream_ms": state.get("upstream_ms"),
             "estimate_usd": state.get("estimate_usd"),
+            "captured_usd": state.get("captured_usd"),
         },
     )

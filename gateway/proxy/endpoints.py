@@ -24,6 +24,8 @@ def _to_response(request: Request, result: ProxiedResponse) -> Response:
         request.state.estimate_usd = result.headers[ESTIMATE_HEADER]
     if result.balance is not None:
         remember_balance(request, result.balance)
+    if result.captured_micro_usd is not None:
+        request.state.captured_usd = format_usd(result.captured_micro_usd)
     return Response(content=result.body, status_code=result.status_code, headers=result.headers)
 
 

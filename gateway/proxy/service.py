@@ -19,20 +19,22 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.catalog.validation import parse_submission
+from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.session import read_only, transaction
 from gateway.errors import (
     GatewayError,
+    InvalidRequest,
     NotFound,
+    QuotaExceeded,
     UpstreamError,
     UpstreamInvalidResponse,
 )
@@ -42,7 +44,7 @@ from gateway.ledger import quotas, settlement
 from gateway.ledger.holds import place_hold
 from gateway.ledger.periods import period_of
 from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd, price_request
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
@@ -68,6 +70,8 @@ class ProxiedResponse:
     job_id: str | None = None
     upstream_seconds: float | None = None
     balance: BalanceView | None = None
+    captured_micro_usd: int | None = None
+    """Set when this response settled its job with a capture (for the access log)."""
 
 
 def team_quota(principal: Principal) -> TeamQuota:
@@ -75,6 +79,7 @@ def team_quota(principal: Principal) -> TeamQuota:
         team_id=principal.team_id,
         monthly_budget_micro_usd=principal.monthly_budget_micro_usd,
         max_concurrent_jobs=principal.max_concurrent_jobs,
+        soft_limit_percent=principal.soft_limit_percent,
     )
 
 
@@ -89,63 +94,36 @@ async def submit_generation(
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
-    request = parse_submission(raw_body, runtime.catalog)
-    units = request.billable_units()
-    if idempotency_key is not None:
-        idempotency.check_key(idempotency_key)
-    settings = runtime.settings
-    now = utcnow()
-    period = period_of(now)
-    job_id = uuid.uuid4().hex
-
-    async with transaction(runtime.sessionmaker) as session:
+    metrics = runtime.metrics
+    try:
+        request = parse_submission(raw_body, runtime.catalog)
         if idempotency_key is not None:
-            stored = await idempotency.claim(
-                session,
-                team_id=principal.team_id,
-                key=idempotency_key,
-                fingerprint=idempotency.request_fingerprint(raw_body),
-                job_id=job_id,
-                now=now,
-                ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
-            )
-            if stored is not None:
-                return ProxiedResponse(
-                    stored.status_code,
-                    stored.body,
-                    {**stored.headers, REPLAYED_HEADER: "true"},
-                    job_id=None,
-                )
-        card = await rate_card_in_force(session, request.model.id, now)
-        estimate = price_request(units, card)
-        job = Job(
-            id=job_id,
-            team_id=principal.team_id,
-            api_key_id=principal.key_id,
-            state=JobState.PENDING.value,
-            model=request.model.id,
-            duration_ms=int(Decimal(units.duration_seconds) * 1000),
-            resolution=units.resolution,
-            image_count=units.image_count,
-            estimate_micro_usd=estimate,
-            rate_card_version=card.version,
-            period=period,
-            request_id=request_id,
-            check_attempts=0,
-            needs_review=False,
-            next_check_at=now + _unanswered_recheck(settings),
-            created_at=now,
-            updated_at=now,
+            idempotency.check_key(idempotency_key)
+    except InvalidRequest as exc:
+        metrics.validation_rejections.labels(exc.code).inc()
+        raise
+    quota = team_quota(principal)
+    job_id = uuid.uuid4().hex
+    try:
+        opened = await _open_job(
+            runtime, principal, quota, request, raw_body, job_id, request_id, idempotency_key
         )
-        if settings.upstream_honors_idempotency_key:
-            # Kept until the upstream's answer is recorded, so a crash can be recovered.
-            jobs.keep_request(session, job_id, raw_body, now)
-        balance = await place_hold(
-            session, team_quota(principal), job, policy=settings.default_budget_policy, now=now
-        )
+    except BudgetExhausted as exc:
+        metrics.quota_rejections.labels(principal.team_name).inc()
+        await runtime.alerts.after_budget_refusal(quota, exc.balance)
+        raise
+    except QuotaExceeded:
+        metrics.concurrency_rejections.labels(principal.team_name).inc()
+        raise
+    if isinstance(opened, ProxiedResponse):
+        metrics.idempotent_replays.inc()
+        return opened
+    job, balance = opened.job, opened.balance
     on_balance(balance)
+    await runtime.alerts.after_hold(quota, balance)
+    estimate = job.estimate_micro_usd
 
-    after = _AfterForward(runtime, job, idempotency_key, on_balance)
+    after = _AfterForward(runtime, job, principal.team_name, idempotency_key, on_balance)
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
         answer = await runtime.upstream.submit(
@@ -165,11 +143,78 @@ async def submit_generation(
     try:
         upstream_job_id = _accepted_job_id(answer)
     except UpstreamInvalidResponse as exc:
+        metrics.upstream_errors.labels("invalid_response").inc()
         await after.unknown(exc)
         raise
     response = _pass_through(answer, extra=estimate_header, job_id=upstream_job_id, balance=balance)
     await after.accepted(upstream_job_id, answer, response)
     return response
+
+
+@dataclass(frozen=True)
+class _Opened:
+    job: Job
+    balance: BalanceView
+
+
+async def _open_job(
+    runtime: Runtime,
+    principal: Principal,
+    quota: TeamQuota,
+    request: ValidatedRequest,
+    raw_body: bytes,
+    job_id: str,
+    request_id: str,
+    idempotency_key: str | None,
+) -> _Opened | ProxiedResponse:
+    """One transaction: claim the key (or return the stored answer to replay), price by the
+    rate card in force, reserve the hold, record the job and its hold entry."""
+    settings = runtime.settings
+    units = request.billable_units()
+    now = utcnow()
+    async with transaction(runtime.sessionmaker) as session:
+        if idempotency_key is not None:
+            stored = await idempotency.claim(
+                session,
+                team_id=principal.team_id,
+                key=idempotency_key,
+                fingerprint=idempotency.request_fingerprint(raw_body),
+                job_id=job_id,
+                now=now,
+                ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
+            )
+            if stored is not None:
+                return ProxiedResponse(
+                    stored.status_code, stored.body, {**stored.headers, REPLAYED_HEADER: "true"}
+                )
+        card = await rate_card_in_force(session, request.model.id, now)
+        estimate = price_request(units, card)
+        job = Job(
+            id=job_id,
+            team_id=principal.team_id,
+            api_key_id=principal.key_id,
+            state=JobState.PENDING.value,
+            model=request.model.id,
+            duration_ms=int(Decimal(units.duration_seconds) * 1000),
+            resolution=units.resolution,
+            image_count=units.image_count,
+            estimate_micro_usd=estimate,
+            rate_card_version=card.version,
+            period=period_of(now),
+            request_id=request_id,
+            check_attempts=0,
+            needs_review=False,
+            next_check_at=now + _unanswered_recheck(settings),
+            created_at=now,
+            updated_at=now,
+        )
+        if settings.upstream_honors_idempotency_key:
+            # Kept until the upstream's answer is recorded, so a crash can be recovered.
+            jobs.keep_request(session, job_id, raw_body, now)
+        balance = await place_hold(
+            session, quota, job, policy=settings.default_budget_policy, now=now
+        )
+    return _Opened(job, balance)
 
 
 @dataclass
@@ -180,6 +225,7 @@ class _AfterForward:
 
     runtime: Runtime
     job: Job
+    team_name: str
     idempotency_key: str | None
     on_balance: Callable[[BalanceView], None]
 
@@ -206,10 +252,9 @@ class _AfterForward:
     ) -> BalanceView | None:
         """Nothing was created upstream: release the hold, let the key be used again."""
         balance = None
+        plan = settlement.release(reason)
         async with self._recording("released") as session:
-            balance = await settlement.apply_settlement(
-                session, self.job, settlement.release(reason), now=utcnow()
-            )
+            balance = await settlement.apply_settlement(session, self.job, plan, now=utcnow())
             await jobs.record_http_status(
                 session, self.job.id, answer.status_code if answer else None
             )
@@ -220,6 +265,7 @@ class _AfterForward:
                 )
         if balance is None:
             return None
+        self.runtime.metrics.record_settlement(self.team_name, self.job, plan)
         view = BalanceView.of(self.job.period, balance)
         self.on_balance(view)
         return view
@@ -283,28 +329,31 @@ async def poll_job(
             200, job.terminal_body, {"content-type": "application/json"}, job_id=job_id
         )
     answer = await runtime.upstream.get_job(job_id, request_id=request_id)
-    balance: BalanceView | None = None
-    if answer.status_code < 400:
-        body = settlement.parse_poll_body(answer.body)
-        if body is None:
-            logger.warning("upstream answered a poll with a body that is not a JSON object")
-            raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
-        balance = await settle_if_terminal(runtime, job, body, answer.body)
-    return _pass_through(answer, job_id=job_id, balance=balance)
-
-
-async def settle_if_terminal(
-    runtime: Runtime, job: Job, body: dict[str, object], raw: bytes
-) -> BalanceView | None:
+    if answer.status_code >= 400:
+        return _pass_through(answer, job_id=job_id)
+    body = settlement.parse_poll_body(answer.body)
+    if body is None:
+        logger.warning("upstream answered a poll with a body that is not a JSON object")
+        runtime.metrics.upstream_errors.labels("invalid_response").inc()
+        raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
     settled = await settlement.settle_from_poll(
         runtime.sessionmaker,
         settlement.vocabulary_from(runtime.settings),
         job,
         body,
-        raw,
+        answer.body,
         now=utcnow(),
     )
-    return BalanceView.of(job.period, settled.balance) if settled else None
+    response = _pass_through(answer, job_id=job_id)
+    if settled is None:
+        return response
+    runtime.metrics.record_settlement(principal.team_name, job, settled.plan)
+    captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None
+    return replace(
+        response,
+        balance=BalanceView.of(job.period, settled.balance),
+        captured_micro_usd=captured,
+    )
 
 
 async def usage(runtime: Runtime, principal: Principal) -> BalanceView:

@@ -19,6 +19,8 @@ class Team(Base):
     monthly_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     """Budget per calendar month (UTC), micro-USD, >= 0. NULL: the configured default policy."""
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    soft_limit_percent: Mapped[int | None] = mapped_column(Integer)
+    """Percentage of the budget (1-100) past which an alert is raised; NULL: none."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

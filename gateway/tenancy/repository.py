@@ -15,6 +15,11 @@ async def get_team_by_name(session: AsyncSession, name: str) -> Team | None:
     return (await session.execute(select(Team).where(Team.name == name))).scalar_one_or_none()
 
 
+async def team_names(session: AsyncSession) -> dict[int, str]:
+    rows = await session.execute(select(Team.id, Team.name))
+    return {team_id: name for team_id, name in rows}
+
+
 async def list_teams(session: AsyncSession) -> Sequence[Team]:
     return (await session.execute(select(Team).order_by(Team.name))).scalars().all()
 

@@ -38,6 +38,7 @@ class Principal:
     key_id: str | None
     monthly_budget_micro_usd: int | None = None
     max_concurrent_jobs: int | None = None
+    soft_limit_percent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ async def create_team(
     cost_center: str | None = None,
     monthly_budget_micro_usd: int | None = None,
     max_concurrent_jobs: int | None = None,
+    soft_limit_percent: int | None = None,
 ) -> Team:
     if not _TEAM_NAME.fullmatch(name):
         raise InvalidRequest(
@@ -76,6 +78,12 @@ async def create_team(
             code="out_of_range",
             param="max_concurrent_jobs",
         )
+    if soft_limit_percent is not None and not 1 <= soft_limit_percent <= 100:
+        raise InvalidRequest(
+            "soft limit must be a percentage between 1 and 100",
+            code="out_of_range",
+            param="soft_limit_percent",
+        )
     if cost_center is not None and not 1 <= len(cost_center) <= 64:
         raise InvalidRequest(
             "cost center must be 1-64 characters", code="invalid_length", param="cost_center"
@@ -87,6 +95,7 @@ async def create_team(
         cost_center=cost_center,
         monthly_budget_micro_usd=monthly_budget_micro_usd,
         max_concurrent_jobs=max_concurrent_jobs,
+        soft_limit_percent=soft_limit_percent,
         created_at=utcnow(),
     )
     try:
@@ -180,4 +189,5 @@ async def authenticate_key(session: AsyncSession, token: str, *, pepper: str) ->
         key_id=key.id,
         monthly_budget_micro_usd=team.monthly_budget_micro_usd,
         max_concurrent_jobs=team.max_concurrent_jobs,
+        soft_limit_percent=team.soft_limit_percent,
     )

@@ -30,12 +30,14 @@ import httpx
 
 from gateway.config import Settings
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.observability.metrics import Metrics
 from gateway.upstream.transport import build_transport
 
 logger = logging.getLogger(__name__)
 
 SUBMIT_PATH = "/v1/videos/generations"
 JOBS_PATH = "/v1/jobs/"
+POLL_ROUTE = "/v1/jobs/{job_id}"
 _PASS_THROUGH_HEADERS = ("content-type", "retry-after")
 _PASS_THROUGH_PREFIXES = ("x-ratelimit-",)
 _USER_AGENT = "video-billing-gateway/0.1"
@@ -60,6 +62,8 @@ class UpstreamClient(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def probe(self) -> str: ...
+
 
 class HttpUpstreamClient:
     """``UpstreamClient`` over HTTP.
@@ -68,13 +72,20 @@ class HttpUpstreamClient:
     >>> answer = await client.submit(b'{"model": ...}', request_id="req-1")
     """
 
-    def __init__(self, http: httpx.AsyncClient, api_key: str) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, api_key: str, metrics: Metrics | None = None
+    ) -> None:
         self._http = http
         self._auth_header = f"Bearer {api_key}"
+        self._metrics = metrics
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> HttpUpstreamClient:
         timeout = httpx.Timeout(
             connect=settings.upstream_connect_timeout_seconds,
@@ -94,7 +105,7 @@ class HttpUpstreamClient:
             trust_env=False,
             headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
         )
-        return cls(http, settings.upstream_api_key.get_secret_value())
+        return cls(http, settings.upstream_api_key.get_secret_value(), metrics)
 
     async def submit(
         self, body: bytes, *, request_id: str, idempotency_key: str | None = None
@@ -105,14 +116,27 @@ class HttpUpstreamClient:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         return await self._send(
-            "POST", SUBMIT_PATH, request_id, content=body, extra_headers=headers
+            "POST", SUBMIT_PATH, request_id, content=body, extra_headers=headers, route=SUBMIT_PATH
         )
 
     async def get_job(self, job_id: str, *, request_id: str) -> UpstreamResponse:
-        return await self._send("GET", JOBS_PATH + quote(job_id, safe=""), request_id)
+        return await self._send(
+            "GET", JOBS_PATH + quote(job_id, safe=""), request_id, route=POLL_ROUTE
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def probe(self) -> str:
+        """``reachable`` if the upstream answers HTTP at all (any status), else why not.
+        Sends no key and costs nothing upstream."""
+        try:
+            await self._http.get("/", timeout=2.0)
+        except httpx.TimeoutException:
+            return "unreachable: timeout"
+        except httpx.HTTPError as exc:
+            return f"unreachable: {type(exc).__name__}"
+        return "reachable"
 
     async def _send(
         self,
@@ -122,6 +146,7 @@ class HttpUpstreamClient:
         *,
         content: bytes | None = None,
         extra_headers: dict[str, str] | None = None,
+        route: str,
     ) -> UpstreamResponse:
         headers = {"Authorization": self._auth_header, "X-Request-ID": request_id}
         if extra_headers:
@@ -131,19 +156,27 @@ class HttpUpstreamClient:
             response = await self._http.request(method, path, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
+            self._error("timeout")
             raise UpstreamTimeout("the upstream did not answer in time") from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
             # Never sent: the upstream cannot have acted on it.
             logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
+            self._error("connect")
             raise UpstreamError("the upstream could not be reached") from None
         except httpx.HTTPError as exc:
             logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
+            self._error("connection_lost")
             lost = UpstreamError("the connection to the upstream was lost before it answered")
             lost.outcome_unknown = True
             raise lost from None
         elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.upstream_duration.labels(route).observe(elapsed)
         status = response.status_code
+        if status == 429:
+            self._error("rate_limited")
         if status in (401, 403):
+            self._error("auth")
             logger.error(
                 "upstream refused the gateway's own credentials (HTTP %s); check "
                 "GATEWAY_UPSTREAM_API_KEY",
@@ -154,6 +187,7 @@ class HttpUpstreamClient:
             )
         if status >= 500 or status < 200 or 300 <= status < 400:
             logger.warning("upstream %s %s answered HTTP %s", method, path, status)
+            self._error("server_error")
             raise UpstreamError(f"the upstream answered HTTP {status}")
         return UpstreamResponse(
             status_code=status,
@@ -161,6 +195,10 @@ class HttpUpstreamClient:
             headers=_pass_through_headers(response.headers),
             elapsed_seconds=elapsed,
         )
+
+    def _error(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.upstream_errors.labels(kind).inc()
 
 
 def _pass_through_headers(headers: httpx.Headers) -> dict[str, str]:

@@ -1,0 +1,221 @@
+"""Prometheus metrics (prefix ``gateway_``).
+
+Two kinds, and dashboards must treat them differently:
+
+- **Per-process counters and histograms** (requests, latencies, upstream errors, settlements,
+  billed dollars, rejections, ...): each process counts what it did. Sum them across
+  processes and replicas: ``sum by (team) (rate(gateway_billed_usd_total[5m]))``.
+- **Ledger gauges** (budgets, spend, holds, jobs in flight, oldest hold, reconciler lag): read
+  from the shared database on a schedule, so every replica reports the same truth. Take the
+  ``max`` across replicas, never the sum: ``max by (team) (gateway_team_spend_usd)``.
+
+With ``gateway serve --workers N`` the workers share ``PROMETHEUS_MULTIPROC_DIR`` and
+``/metrics`` aggregates them (prometheus-client's multiprocess mode): counters are summed,
+ledger gauges keep the most recent value of a live worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.jobs.models import Job, JobState
+from gateway.ledger.pricing import MICROS_PER_USD
+from gateway.ledger.settlement import Settlement
+from gateway.ledger.snapshot import LedgerSnapshot
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Ledger gauges: every worker writes the same database figures; keep the latest live one.
+_LEDGER_GAUGE: Final = "livemostrecent"
+
+
+def _usd(micro_usd: int) -> float:
+    # Observability only: the ledger itself stays in integer micro-USD.
+    return micro_usd / MICROS_PER_USD
+
+
+class Metrics:
+    """Every metric the gateway exports, in one registry per application."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        registry = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "HTTP requests answered, by route template, method, status and team.",
+            ["route", "method", "status", "team"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time the upstream took to answer, by the gateway route that called it.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Upstream calls that failed: connect, connection_lost, timeout, server_error, "
+            "auth, invalid_response, rate_limited.",
+            ["kind"],
+            registry=registry,
+        )
+        self.billed = Counter(
+            "gateway_billed_usd_total",
+            "USD captured by settlements this process made (sum across processes).",
+            ["team", "model", "resolution"],
+            registry=registry,
+        )
+        self.video_seconds = Counter(
+            "gateway_video_seconds_total",
+            "Seconds of video billed by settlements this process made.",
+            ["team", "model", "resolution"],
+            registry=registry,
+        )
+        self.settlements = Counter(
+            "gateway_settlements_total",
+            "Jobs settled by this process: captured, released, moderation_billed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.corrections = Counter(
+            "gateway_corrections_total",
+            "Settlements where the upstream produced more than was held (written for review).",
+            registry=registry,
+        )
+        self.cost_mismatches = Counter(
+            "gateway_cost_mismatch_total",
+            "Settlements where the upstream's reported cost differs from the gateway's price.",
+            registry=registry,
+        )
+        self.quota_rejections = Counter(
+            "gateway_quota_rejections_total",
+            "Submits refused (429) because the team's budget had no room.",
+            ["team"],
+            registry=registry,
+        )
+        self.concurrency_rejections = Counter(
+            "gateway_concurrency_rejections_total",
+            "Submits refused (429) by the team's cap on jobs in flight.",
+            ["team"],
+            registry=registry,
+        )
+        self.validation_rejections = Counter(
+            "gateway_validation_rejections_total",
+            "Submits refused by validation (400/413), by error code.",
+            ["code"],
+            registry=registry,
+        )
+        self.idempotent_replays = Counter(
+            "gateway_idempotent_replays_total",
+            "Submits answered by replaying the first answer for their Idempotency-Key.",
+            registry=registry,
+        )
+        self.reconciler_runs = Counter(
+            "gateway_reconciler_runs_total",
+            "Reconciler passes by this process, by result (ok, failed).",
+            ["result"],
+            registry=registry,
+        )
+        self.alerts_sent = Counter(
+            "gateway_alert_webhooks_total",
+            "Soft/hard limit webhook deliveries, by result (delivered, failed, gave_up).",
+            ["result"],
+            registry=registry,
+        )
+        # Ledger gauges (read from the database; the same on every replica).
+        self.team_budget = self._ledger_gauge(
+            "gateway_team_budget_usd", "The team's budget for the current period.", ["team"]
+        )
+        self.team_soft_limit = self._ledger_gauge(
+            "gateway_team_soft_limit_usd",
+            "The team's soft limit for the current period (budget × soft-limit percentage).",
+            ["team"],
+        )
+        self.team_spend = self._ledger_gauge(
+            "gateway_team_spend_usd", "USD captured for the team in the current period.", ["team"]
+        )
+        self.team_held = self._ledger_gauge(
+            "gateway_team_held_usd", "USD held for the team's unsettled jobs this period.", ["team"]
+        )
+        self.jobs_in_flight = self._ledger_gauge(
+            "gateway_jobs_in_flight", "The team's jobs not yet settled.", ["team"]
+        )
+        self.holds_outstanding = self._ledger_gauge(
+            "gateway_holds_outstanding_usd", "USD held for all unsettled jobs.", []
+        )
+        self.oldest_hold_age = self._ledger_gauge(
+            "gateway_oldest_hold_age_seconds", "Age of the oldest unsettled job.", []
+        )
+        self.reconciler_lag = self._ledger_gauge(
+            "gateway_reconciler_lag_seconds",
+            "How overdue the most overdue reconciler check is (0 when none is due).",
+            [],
+        )
+
+    def _ledger_gauge(self, name: str, documentation: str, labels: list[str]) -> Gauge:
+        return Gauge(
+            name,
+            documentation,
+            labels,
+            registry=self.registry,
+            multiprocess_mode=_LEDGER_GAUGE,
+        )
+
+    def record_settlement(self, team: str, job: Job, plan: Settlement) -> None:
+        """Count one settlement this process made (call after its transaction committed)."""
+        if plan.state is not JobState.CAPTURED:
+            self.settlements.labels("released").inc()
+            return
+        moderated = plan.upstream_error_code is not None
+        self.settlements.labels("moderation_billed" if moderated else "captured").inc()
+        self.billed.labels(team, job.model, job.resolution).inc(_usd(plan.captured))
+        video_ms = plan.video_ms if plan.video_ms is not None else job.duration_ms
+        self.video_seconds.labels(team, job.model, job.resolution).inc(video_ms / 1000)
+        if plan.excess:
+            self.corrections.inc()
+        ours = plan.captured + plan.excess
+        if plan.upstream_cost_micro_usd is not None and plan.upstream_cost_micro_usd != ours:
+            self.cost_mismatches.inc()
+
+    def set_ledger_figures(self, snapshot: LedgerSnapshot) -> None:
+        for figures in snapshot.teams:
+            team = figures.team
+            if figures.budget_micro_usd is not None:
+                self.team_budget.labels(team).set(_usd(figures.budget_micro_usd))
+            soft_limit = figures.soft_limit_micro_usd
+            if soft_limit is not None:
+                self.team_soft_limit.labels(team).set(_usd(soft_limit))
+            self.team_spend.labels(team).set(_usd(figures.captured_micro_usd))
+            self.team_held.labels(team).set(_usd(figures.held_micro_usd))
+            self.jobs_in_flight.labels(team).set(figures.jobs_in_flight)
+        self.holds_outstanding.set(_usd(snapshot.holds_outstanding_micro_usd))
+        self.oldest_hold_age.set(snapshot.oldest_hold_age_seconds)
+        self.reconciler_lag.set(snapshot.reconciler_lag_seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and content type."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
