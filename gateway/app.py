@@ -91,7 +91,14 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
             )
         )
     if settings.alert_webhook_url:
-        loops.append(run_periodically("budget alerts", 5.0, lambda: deliver_alerts(runtime), stop))
+        loops.append(
+            run_periodically(
+                "budget alerts",
+                settings.alert_delivery_interval_seconds,
+                lambda: deliver_alerts(runtime),
+                stop,
+            )
+        )
     tasks = [asyncio.create_task(loop) for loop in loops]
     try:
         yield

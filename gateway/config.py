@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     alert_webhook_secret: SecretStr = SecretStr("")
     """If set, each webhook body is signed: ``X-Gateway-Signature: sha256=<hex HMAC>``."""
     alert_webhook_max_attempts: int = Field(default=8, ge=1)
+    alert_delivery_interval_seconds: float = Field(default=5.0, gt=0)
+    alert_webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    """First retry after this; each further retry waits twice as long (at most an hour)."""
 
     # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
     max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)

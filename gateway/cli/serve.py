@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import click
 import uvicorn
 
@@ -10,6 +16,7 @@ from gateway.config import Settings
 from gateway.db.engine import create_engine, is_sqlite
 from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
 from gateway.observability.logging import configure_logging
+from gateway.observability.metrics import MULTIPROC_ENV
 
 
 async def prepare_schema(settings: Settings, *, migrate: bool) -> str | None:
@@ -51,14 +58,38 @@ def serve(host: str, port: int, workers: int, migrate: bool) -> None:
     problem = run(prepare_schema(settings, migrate=migrate))
     if problem is not None:
         fail(problem)
-    uvicorn.run(
-        "gateway.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    with _metrics_directory(workers):
+        uvicorn.run(
+            "gateway.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """Several workers share their metrics through files (prometheus-client's multiprocess
+    mode). The directory must start empty, or a previous run's counters would be added in."""
+    if workers == 1:
+        yield
+        return
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        shared = Path(configured)
+        shared.mkdir(parents=True, exist_ok=True)
+        for stale in shared.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory  # inherited by the worker processes
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)

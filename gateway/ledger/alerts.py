@@ -200,4 +200,5 @@ class BudgetAlerts:
         return f"HTTP {response.status_code}"
 
     def _backoff(self, attempts: int) -> timedelta:
-        return min(timedelta(seconds=5 * 2**attempts), _MAX_BACKOFF)
+        base = self.settings.alert_webhook_retry_base_seconds
+        return min(timedelta(seconds=base * 2**attempts), _MAX_BACKOFF)

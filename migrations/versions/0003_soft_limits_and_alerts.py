@@ -44,7 +44,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budget_alerts")),
         sa.UniqueConstraint("team_id", "period", "threshold", name="uq_budget_alerts_once"),
     )
-    op.create_index("ix_budget_alerts_pending", "budget_alerts", ["delivered_at", "next_attempt_at"])
+    op.create_index(
+        "ix_budget_alerts_pending", "budget_alerts", ["delivered_at", "next_attempt_at"]
+    )
 
 
 def downgrade() -> None:

@@ -23,7 +23,8 @@ def free_port() -> int:
 class GatewayProcess:
     """One replica. ``kill()`` is SIGKILL (no cleanup at all); ``start()`` brings it back."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, workers: int = 1) -> None:
+        self.workers = workers
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         self.env.update(env)
         self.port = free_port()
@@ -34,7 +35,16 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=log,

@@ -49,6 +49,7 @@ def make_tenant(
     expires_at: datetime | None = None,
     budget_micro_usd: int | None = 1_000_000_000,
     max_concurrent_jobs: int | None = None,
+    soft_limit_percent: int | None = None,
 ) -> Tenant:
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -58,6 +59,7 @@ def make_tenant(
             name,
             monthly_budget_micro_usd=budget_micro_usd,
             max_concurrent_jobs=max_concurrent_jobs,
+            soft_limit_percent=soft_limit_percent,
         )
         issued = await service.create_key(session, name, pepper=PEPPER, expires_at=expires_at)
         return Tenant(team=name, key=issued.token, key_id=issued.key.id)
