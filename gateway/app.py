@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from gateway.admin import endpoints as admin
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
@@ -57,6 +58,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(proxy.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -51,6 +51,28 @@ class Settings(BaseSettings):
     # Tenancy.
     admin_token: SecretStr = SecretStr("")
     key_pepper: SecretStr = SecretStr("")
+    key_last_used_resolution_seconds: float = Field(default=60.0, ge=0)
+    """``last_used_at`` of a key is written at most this often (it costs a write)."""
+
+    # Company identity provider (JWT). On when an issuer and one key source are set.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: str = ""
+    """Comma-separated allow-list; default: HS256 with a secret, RS256,ES256 with a key/JWKS."""
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_team_claim: str = "team"
+    """Claim naming the team; a dotted path reaches into nested claims (``org.team``)."""
+    jwt_roles_claim: str = "roles"
+    jwt_admin_role: str = "gateway-admin"
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwt_required_claims: str = "exp,iat,sub"
+    jwt_auto_create_teams: bool = False
+    """Create a team on first sight of its name in a valid token (else 403 team_not_found)."""
+    jwt_jwks_cache_seconds: float = Field(default=300.0, gt=0)
+    jwt_jwks_min_refresh_interval_seconds: float = Field(default=30.0, ge=0)
+    """An unknown ``kid`` refetches the JWKS at most this often (a flood cannot amplify)."""
 
     # Money.
     default_budget_policy: Literal["unlimited", "deny"] = "unlimited"
@@ -100,6 +122,51 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    @property
+    def jwt_enabled(self) -> bool:
+        has_key = bool(
+            self.jwt_secret.get_secret_value() or self.jwt_public_key or self.jwt_jwks_url
+        )
+        return bool(self.jwt_issuer) and has_key
+
+    def jwt_algorithm_list(self) -> list[str]:
+        if self.jwt_algorithms.strip():
+            return [a.strip() for a in self.jwt_algorithms.split(",") if a.strip()]
+        if self.jwt_secret.get_secret_value():
+            return ["HS256"]
+        return ["RS256", "ES256"]
+
+    @model_validator(mode="after")
+    def _jwt_settings_are_coherent(self) -> Settings:
+        if not self.jwt_enabled:
+            return self
+        algorithms = self.jwt_algorithm_list()
+        allowed = {
+            "HS256",
+            "HS384",
+            "HS512",
+            "RS256",
+            "RS384",
+            "RS512",
+            "ES256",
+            "ES384",
+            "ES512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "EdDSA",
+        }
+        unknown = [a for a in algorithms if a not in allowed]
+        if unknown:  # "none" included: unsigned tokens are never accepted
+            raise ValueError(f"GATEWAY_JWT_ALGORITHMS has unsupported entries: {unknown}")
+        if any(a.startswith("HS") for a in algorithms) and not self.jwt_secret.get_secret_value():
+            raise ValueError("HS* algorithms need GATEWAY_JWT_SECRET")
+        if any(not a.startswith("HS") for a in algorithms) and not (
+            self.jwt_public_key or self.jwt_jwks_url
+        ):
+            raise ValueError("RS*/ES*/PS* algorithms need GATEWAY_JWT_PUBLIC_KEY or _JWKS_URL")
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:
         if self.environment != "production":
@@ -127,5 +194,6 @@ class Settings(BaseSettings):
             self.admin_token,
             self.key_pepper,
             self.alert_webhook_secret,
+            self.jwt_secret,
         )
         return [v.get_secret_value() for v in values if v.get_secret_value()]

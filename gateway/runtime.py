@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.ledger.alerts import BudgetAlerts
 from gateway.observability.metrics import Metrics
+from gateway.tenancy.jwt_auth import JwtVerifier
 from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
 
@@ -31,6 +32,7 @@ class Runtime:
     pepper: str
     metrics: Metrics
     alerts: BudgetAlerts
+    jwt: JwtVerifier
 
 
 @asynccontextmanager
@@ -66,6 +68,7 @@ async def open_runtime(
             pepper=settings.key_pepper.get_secret_value(),
             metrics=metrics,
             alerts=BudgetAlerts(sessionmaker, settings, webhook),
+            jwt=JwtVerifier(settings),
         )
     finally:
         if webhook is not None:

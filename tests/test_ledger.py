@@ -21,7 +21,7 @@ from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy.models import Team
 from tests.support.ledger import team_ledger
-from tests.support.tenants import in_session, make_tenant
+from tests.support.tenants import TEST_ACTOR, in_session, make_tenant
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 PERIOD = "2026-11"
@@ -241,6 +241,7 @@ def test_rate_card_versions_by_effective_time(database_url: str) -> None:
             version=version,
             image_fee_micro_usd=40_000,
             per_second_micro_usd={"480p": 90_000, "720p": 150_000},
+            actor=TEST_ACTOR,
             effective_from=starts,
         )
 
@@ -262,6 +263,7 @@ def test_rate_card_versions_by_effective_time(database_url: str) -> None:
             version="partial",
             image_fee_micro_usd=1,
             per_second_micro_usd={"720p": 1},
+            actor=TEST_ACTOR,
         )
 
     with pytest.raises(InvalidRequest):

@@ -15,7 +15,7 @@ from gateway.tenancy import service
 from gateway.tenancy.keys import hash_key
 from gateway.tenancy.models import ApiKey
 from tests.conftest import SUBMIT_PATH, SimulatorProbe
-from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
+from tests.support.tenants import PEPPER, TEST_ACTOR, Tenant, in_session, make_tenant
 
 MODEL = "grok-imagine-video-1-5"
 BODY = {"model": MODEL, "prompt": "a cat"}
@@ -31,7 +31,7 @@ def expire_key(url: str, key_id: str) -> None:
 
 def revoke(url: str, key_id: str) -> None:
     async def _revoke(session: AsyncSession) -> None:
-        await service.revoke_key(session, key_id)
+        await service.revoke_key(session, key_id, actor=TEST_ACTOR)
 
     in_session(url, _revoke)
 
@@ -194,24 +194,36 @@ def test_authentication_rules_on_each_database(database_url: str) -> None:
 def test_team_rules_on_each_database(database_url: str) -> None:
     tenant = make_tenant(database_url)
     with pytest.raises(Conflict):
-        in_session(database_url, lambda s: service.create_team(s, tenant.team))
+        in_session(database_url, lambda s: service.create_team(s, tenant.team, actor=TEST_ACTOR))
     for bad_name in ("", "has space", "-leading-dash", "x" * 65, "semi;colon"):
         with pytest.raises(InvalidRequest):
-            in_session(database_url, lambda s, n=bad_name: service.create_team(s, n))
+            in_session(
+                database_url, lambda s, n=bad_name: service.create_team(s, n, actor=TEST_ACTOR)
+            )
     with pytest.raises(InvalidRequest):
         in_session(
-            database_url, lambda s: service.create_team(s, "neg", monthly_budget_micro_usd=-1)
+            database_url,
+            lambda s: service.create_team(s, "neg", monthly_budget_micro_usd=-1, actor=TEST_ACTOR),
         )
     with pytest.raises(NotFound):
-        in_session(database_url, lambda s: service.create_key(s, "no-such-team", pepper=PEPPER))
+        in_session(
+            database_url,
+            lambda s: service.create_key(s, "no-such-team", pepper=PEPPER, actor=TEST_ACTOR),
+        )
     with pytest.raises(NotFound):
-        in_session(database_url, lambda s: service.revoke_key(s, "nosuchkey0000000"))
+        in_session(
+            database_url, lambda s: service.revoke_key(s, "nosuchkey0000000", actor=TEST_ACTOR)
+        )
 
 
 def test_revocation_is_idempotent_and_keeps_the_first_time(database_url: str) -> None:
     tenant = make_tenant(database_url)
-    first = in_session(database_url, lambda s: service.revoke_key(s, tenant.key_id)).revoked_at
-    second = in_session(database_url, lambda s: service.revoke_key(s, tenant.key_id)).revoked_at
+    first = in_session(
+        database_url, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
+    ).revoked_at
+    second = in_session(
+        database_url, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
+    ).revoked_at
     assert first is not None and first == second
     keys = in_session(database_url, lambda s: service.list_keys(s, tenant.team))
     assert [(k.id, k.revoked_at) for k in keys] == [(tenant.key_id, first)]

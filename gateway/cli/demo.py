@@ -16,6 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.audit.service import Actor
 from gateway.cli._common import fail
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
@@ -28,6 +29,7 @@ from gateway.tenancy import service as tenancy
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 
 DEMO_TEAM = "demo"
+DEMO_ACTOR = Actor("cli:demo")
 SAMPLE_REQUEST = {
     "model": "grok-imagine-video-1-5",
     "prompt": "A paper boat drifts down a rain-soaked street, camera following slowly.",
@@ -128,11 +130,16 @@ async def _prepare_database(settings: Settings) -> str:
                 await tenancy.create_team(
                     session,
                     DEMO_TEAM,
+                    actor=DEMO_ACTOR,
                     cost_center="CC-DEMO",
                     monthly_budget_micro_usd=100_000_000,
                 )
             issued = await tenancy.create_key(
-                session, DEMO_TEAM, pepper=settings.key_pepper.get_secret_value(), name="demo"
+                session,
+                DEMO_TEAM,
+                pepper=settings.key_pepper.get_secret_value(),
+                actor=DEMO_ACTOR,
+                name="demo",
             )
         return issued.token
     finally:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, load_settings, run_in_session
 from gateway.tenancy import service
 from gateway.tenancy.models import ApiKey
@@ -45,6 +46,7 @@ def create(team_name: str, name: str | None, expires_in_days: int | None, as_jso
             session,
             team_name,
             pepper=settings.key_pepper.get_secret_value(),
+            actor=Actor.cli(),
             name=name,
             expires_at=expires_at,
         )
@@ -88,7 +90,39 @@ def revoke(key_id: str) -> None:
     settings = load_settings()
 
     async def _revoke(session: AsyncSession) -> ApiKey:
-        return await service.revoke_key(session, key_id)
+        return await service.revoke_key(session, key_id, actor=Actor.cli())
 
     key = run_in_session(settings, _revoke)
     click.echo(f"revoked key {key.id} at {key.revoked_at.isoformat() if key.revoked_at else '?'}")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--overlap-seconds",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How long the old key keeps working.",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "key", "team"} as JSON.')
+def rotate(key_id: str, overlap_seconds: int, as_json: bool) -> None:
+    """Issue a new key for KEY_ID's team; KEY_ID expires after the overlap window."""
+    settings = load_settings()
+
+    async def _rotate(session: AsyncSession) -> IssuedKey:
+        return await service.rotate_key(
+            session,
+            key_id,
+            pepper=settings.key_pepper.get_secret_value(),
+            actor=Actor.cli(),
+            overlap=timedelta(seconds=overlap_seconds),
+        )
+
+    issued = run_in_session(settings, _rotate)
+    if as_json:
+        echo_json({"id": issued.key.id, "key": issued.token, "team": issued.team.name})
+        return
+    click.echo(f"new key id: {issued.key.id}  team: {issued.team.name}")
+    click.echo(issued.token)
+    click.echo(f"{key_id} stops working in {overlap_seconds} s.", err=True)

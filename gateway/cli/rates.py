@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit.service import Actor
 from gateway.catalog.spec import load_catalog
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
 from gateway.ledger import rates
@@ -78,6 +79,7 @@ def set_rates(
             version=version,
             image_fee_micro_usd=image_fee,
             per_second_micro_usd=rates_by_resolution,
+            actor=Actor.cli(),
             effective_from=effective_from,
         )
 
@@ -102,7 +104,9 @@ def list_rates(model: str | None, as_json: bool) -> None:
         echo_json(rows)
         return
     for row in rows:
-        per_second = ", ".join(f"{k} {v}" for k, v in row["per_second_usd"].items())  # type: ignore[attr-defined]
+        rates_usd = row["per_second_usd"]
+        assert isinstance(rates_usd, dict)
+        per_second = ", ".join(f"{k} {v}" for k, v in rates_usd.items())
         click.echo(
             f"{row['model']}  {row['version']:<16} from {row['effective_from']}  "
             f"image {row['image_fee_usd']}  per second: {per_second}"

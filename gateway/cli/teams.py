@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
 from gateway.ledger.pricing import format_usd, parse_usd
 from gateway.tenancy import service
@@ -64,6 +65,7 @@ def create(
         return await service.create_team(
             session,
             name,
+            actor=Actor.cli(),
             cost_center=cost_center,
             monthly_budget_micro_usd=budget,
             max_concurrent_jobs=max_concurrent_jobs,
@@ -94,3 +96,53 @@ def list_teams(as_json: bool) -> None:
             f"{row['name']!s:<24} {row['cost_center'] or '-'!s:<16} "
             f"{budget!s:>18} {row['max_concurrent_jobs'] or '-'!s:>8}"
         )
+
+
+@teams.command("update")
+@click.argument("name")
+@click.option("--monthly-budget-usd", help="New budget per month (USD), or 'none' to clear it.")
+@click.option("--cost-center")
+@click.option("--max-concurrent-jobs", type=click.IntRange(min=1))
+@click.option("--soft-limit-percent", type=click.IntRange(1, 100))
+@click.option("--disable/--enable", "disabled", default=None, help="Stop (or restart) the team.")
+@click.option("--json", "as_json", is_flag=True, help="Print the team as JSON.")
+def update(
+    name: str,
+    monthly_budget_usd: str | None,
+    cost_center: str | None,
+    max_concurrent_jobs: int | None,
+    soft_limit_percent: int | None,
+    disabled: bool | None,
+    as_json: bool,
+) -> None:
+    """Change team NAME's budget, limits or cost center; disable or enable it."""
+    changes: dict[str, object] = {}
+    if monthly_budget_usd is not None:
+        try:
+            changes["monthly_budget_micro_usd"] = (
+                None if monthly_budget_usd.lower() == "none" else parse_usd(monthly_budget_usd)
+            )
+        except ValueError as exc:
+            fail(str(exc))
+    for field, value in (
+        ("cost_center", cost_center),
+        ("max_concurrent_jobs", max_concurrent_jobs),
+        ("soft_limit_percent", soft_limit_percent),
+        ("disabled", disabled),
+    ):
+        if value is not None:
+            changes[field] = value
+    if not changes:
+        fail("nothing to change: give at least one option")
+    settings = load_settings()
+
+    async def _update(session: AsyncSession) -> Team:
+        return await service.update_team(
+            session, name, changes, actor=Actor.cli(), policy=settings.default_budget_policy
+        )
+
+    team = run_in_session(settings, _update)
+    if as_json:
+        echo_json(team_to_dict(team))
+    else:
+        click.echo(f"updated team {team.name}")

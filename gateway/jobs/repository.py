@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
 from gateway.jobs.models import Job, JobRequest, JobState
+from gateway.tenancy.models import Team
 
 
 async def insert(session: AsyncSession, job: Job) -> None:
@@ -146,3 +147,45 @@ async def flag_old_holds(session: AsyncSession, cutoff: datetime, now: datetime)
         .returning(Job.id)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+async def list_jobs(
+    session: AsyncSession,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None = None,
+    team_id: int | None = None,
+    state: str | None = None,
+    period: str | None = None,
+) -> Sequence[tuple[Job, str]]:
+    """Jobs newest first with their team's name; ``after`` is the (created_at, id) of the last
+    job of the previous page (keyset pagination: stable and fast on big tables)."""
+    stmt = (
+        select(Job, Team.name)
+        .join(Team, Team.id == Job.team_id)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
+    if after is not None:
+        created_at, job_id = after
+        stmt = stmt.where(
+            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < job_id))
+        )
+    if team_id is not None:
+        stmt = stmt.where(Job.team_id == team_id)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if period is not None:
+        stmt = stmt.where(Job.period == period)
+    return [(job, name) for job, name in (await session.execute(stmt)).all()]
+
+
+async def find_any(session: AsyncSession, job_id: str) -> tuple[Job, str] | None:
+    """A job by the gateway's id or the upstream's, with its team's name (admin view)."""
+    stmt = (
+        select(Job, Team.name)
+        .join(Team, Team.id == Job.team_id)
+        .where((Job.id == job_id) | (Job.upstream_job_id == job_id))
+    )
+    row = (await session.execute(stmt)).first()
+    return (row[0], row[1]) if row is not None else None

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.errors import QuotaExceeded
+from gateway.errors import Conflict, QuotaExceeded
 from gateway.ledger import repository
 from gateway.ledger.pricing import format_usd
 from gateway.ledger.repository import BalanceRow
@@ -55,6 +56,25 @@ class BalanceView:
 
 
 BudgetPolicy = Literal["unlimited", "deny"]
+
+
+async def set_period_budget(
+    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+) -> None:
+    """A team's budget changed: the period already under way follows. The table's CHECK
+    refuses a budget below what is already used or held this period (409)."""
+    try:
+        async with session.begin_nested():
+            await repository.set_budget(session, team_id, period, budget, now)
+    except IntegrityError:
+        current = await repository.get_balance(session, team_id, period)
+        used = (current.held_micro_usd + current.captured_micro_usd) if current else 0
+        raise Conflict(
+            f"the new budget is below what the team has used or holds in {period} "
+            f"({format_usd(used)} USD); lower it to at least that, or disable the team",
+            code="budget_below_usage",
+            param="monthly_budget_usd",
+        ) from None
 
 
 def period_budget(team: TeamQuota, policy: BudgetPolicy) -> int | None:

@@ -13,12 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit import service as audit
+from gateway.audit.service import Actor
 from gateway.catalog.spec import Catalog, EnumRule
 from gateway.db.base import utcnow
 from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest, ServiceUnavailable
 from gateway.ledger.models import RateCardRow
-from gateway.ledger.pricing import MAX_MICRO_USD, RateCard
+from gateway.ledger.pricing import MAX_MICRO_USD, RateCard, format_usd
 
 
 def _to_rate_card(row: RateCardRow) -> RateCard:
@@ -66,6 +68,7 @@ async def add_rate_card(
     version: str,
     image_fee_micro_usd: int,
     per_second_micro_usd: dict[str, int],
+    actor: Actor,
     effective_from: datetime | None = None,
 ) -> RateCardRow:
     """Add a version. It must price every resolution the model accepts."""
@@ -104,6 +107,20 @@ async def add_rate_card(
     )
     session.add(row)
     await session.flush()
+    await audit.record(
+        session,
+        actor,
+        "rate_card.create",
+        "rate_card",
+        f"{model}/{version}",
+        after={
+            "model": model,
+            "version": version,
+            "effective_from": row.effective_from.isoformat(),
+            "image_fee_usd": format_usd(image_fee_micro_usd),
+            "per_second_usd": {k: format_usd(v) for k, v in sorted(per_second_micro_usd.items())},
+        },
+    )
     return row
 
 

@@ -3,6 +3,7 @@ updates (``held = held + :x``), never by writing back a value read earlier."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,6 +53,16 @@ async def try_reserve(
     )
     row = (await session.execute(stmt)).one_or_none()
     return BalanceRow(*row) if row is not None else None
+
+
+async def set_budget(
+    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+) -> None:
+    await session.execute(
+        update(TeamBalance)
+        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+        .values(budget_micro_usd=budget, updated_at=now)
+    )
 
 
 async def get_balance(session: AsyncSession, team_id: int, period: str) -> BalanceRow | None:
@@ -109,3 +120,8 @@ async def count_open_jobs(session: AsyncSession, team_id: int) -> int:
 async def add_entries(session: AsyncSession, *entries: LedgerEntry) -> None:
     session.add_all(entries)
     await session.flush()
+
+
+async def entries_for_job(session: AsyncSession, job_id: str) -> Sequence[LedgerEntry]:
+    stmt = select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
+    return (await session.execute(stmt)).scalars().all()

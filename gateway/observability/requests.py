@@ -144,6 +144,7 @@ def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float
             "status": status,
             "duration_ms": round(elapsed * 1000, 2),
             "team": state.get("team"),
+            "actor": state.get("actor"),
             "job_id": state.get("job_id"),
             "upstream_ms": state.get("upstream_ms"),
             "estimate_usd": state.get("estimate_usd"),

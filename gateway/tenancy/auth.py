@@ -7,13 +7,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.db.base import utcnow
-from gateway.db.session import read_only
-from gateway.errors import AuthenticationFailed
+from gateway.db.session import read_only, transaction
+from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.kit.http import RuntimeDep
 from gateway.ledger import quotas
 from gateway.ledger.periods import period_of
 from gateway.ledger.quotas import BalanceView, TeamQuota
-from gateway.tenancy.service import Principal, authenticate_key
+from gateway.runtime import Runtime
+from gateway.tenancy.jwt_auth import looks_like_jwt
+from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
 
 QUOTA_HEADER_STATE = "quota_remaining_usd"
 
@@ -43,14 +45,44 @@ def remember_balance(request: Request, balance: BalanceView) -> None:
     setattr(request.state, QUOTA_HEADER_STATE, balance.remaining_header())
 
 
+async def principal_for_token(runtime: Runtime, token: str) -> Principal:
+    """A company JWT (when configured and the token looks like one) or a gateway API key."""
+    settings = runtime.settings
+    if runtime.jwt.enabled and looks_like_jwt(token):
+        verified = await runtime.jwt.verify(token)
+        if verified.team is None:
+            raise PermissionDenied(
+                f"the token has no {settings.jwt_team_claim!r} claim naming a team",
+                code="team_claim_missing",
+            )
+        async with transaction(runtime.sessionmaker) as session:
+            team = await team_for_token_claim(
+                session,
+                verified.team,
+                auto_create=settings.jwt_auto_create_teams,
+                subject=verified.subject,
+            )
+        return Principal.of(team, subject=verified.subject)
+    async with read_only(runtime.sessionmaker) as session:
+        return await authenticate_key(
+            session,
+            token,
+            pepper=runtime.pepper,
+            last_used_resolution=settings.key_last_used_resolution_seconds,
+        )
+
+
 async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
     token = bearer_token(request)
+    principal = await principal_for_token(runtime, token)
     async with read_only(runtime.sessionmaker) as session:
-        principal = await authenticate_key(session, token, pepper=runtime.pepper)
         balance = await quotas.balance_view(
             session,
             TeamQuota(
-                principal.team_id, principal.monthly_budget_micro_usd, principal.max_concurrent_jobs
+                principal.team_id,
+                principal.monthly_budget_micro_usd,
+                principal.max_concurrent_jobs,
+                principal.soft_limit_percent,
             ),
             period_of(utcnow()),
             runtime.settings.default_budget_policy,

@@ -11,6 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.tenancy.models import ApiKey, Team
 
 
+async def get_team_by_id(session: AsyncSession, team_id: int) -> Team | None:
+    return await session.get(Team, team_id)
+
+
 async def get_team_by_name(session: AsyncSession, name: str) -> Team | None:
     return (await session.execute(select(Team).where(Team.name == name))).scalar_one_or_none()
 
@@ -20,8 +24,16 @@ async def team_names(session: AsyncSession) -> dict[int, str]:
     return {team_id: name for team_id, name in rows}
 
 
-async def list_teams(session: AsyncSession) -> Sequence[Team]:
-    return (await session.execute(select(Team).order_by(Team.name))).scalars().all()
+async def list_teams(
+    session: AsyncSession, *, limit: int | None = None, after: str | None = None
+) -> Sequence[Team]:
+    """Teams by name; ``after`` is the last name of the previous page."""
+    stmt = select(Team).order_by(Team.name)
+    if after is not None:
+        stmt = stmt.where(Team.name > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return (await session.execute(stmt)).scalars().all()
 
 
 async def add(session: AsyncSession, row: Team | ApiKey) -> None:

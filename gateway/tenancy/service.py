@@ -1,18 +1,24 @@
-"""Tenancy rules: creating teams and keys, revoking keys, and authenticating a bearer token.
+"""Tenancy rules: teams and keys (created, changed, revoked, rotated, each change audited) and
+authenticating a bearer token as a team.
 
-Services only flush; the caller's transaction commits (see ``gateway.db.session``).
+Services only flush; the caller's transaction commits (see ``gateway.db.session``). The HTTP
+admin API and the CLI call these same functions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit import service as audit
+from gateway.audit.service import Actor
 from gateway.db.base import utcnow
 from gateway.errors import (
     AuthenticationFailed,
@@ -21,17 +27,29 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
 )
-from gateway.ledger.pricing import MAX_MICRO_USD
+from gateway.ledger import quotas
+from gateway.ledger.periods import period_of
+from gateway.ledger.pricing import MAX_MICRO_USD, format_usd
+from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy import repository
 from gateway.tenancy.keys import generate_key, hash_key, key_matches, parse_key
 from gateway.tenancy.models import ApiKey, Team
 
 _TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+TEAM_FIELDS = frozenset(
+    {
+        "monthly_budget_micro_usd",
+        "cost_center",
+        "max_concurrent_jobs",
+        "soft_limit_percent",
+        "disabled",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the team a request is billed to, and through which key."""
+    """Who is calling: the team a request is billed to, through which key or token subject."""
 
     team_id: int
     team_name: str
@@ -39,6 +57,19 @@ class Principal:
     monthly_budget_micro_usd: int | None = None
     max_concurrent_jobs: int | None = None
     soft_limit_percent: int | None = None
+    subject: str | None = None
+
+    @classmethod
+    def of(cls, team: Team, *, key_id: str | None = None, subject: str | None = None) -> Principal:
+        return cls(
+            team_id=team.id,
+            team_name=team.name,
+            key_id=key_id,
+            monthly_budget_micro_usd=team.monthly_budget_micro_usd,
+            max_concurrent_jobs=team.max_concurrent_jobs,
+            soft_limit_percent=team.soft_limit_percent,
+            subject=subject,
+        )
 
 
 @dataclass(frozen=True)
@@ -50,10 +81,63 @@ class IssuedKey:
     token: str
 
 
+def team_snapshot(team: Team) -> dict[str, Any]:
+    """A team as the audit log records it (amounts as USD decimal strings)."""
+    budget = team.monthly_budget_micro_usd
+    return {
+        "name": team.name,
+        "cost_center": team.cost_center,
+        "monthly_budget_usd": format_usd(budget) if budget is not None else None,
+        "max_concurrent_jobs": team.max_concurrent_jobs,
+        "soft_limit_percent": team.soft_limit_percent,
+        "disabled": team.disabled_at is not None,
+    }
+
+
+def key_snapshot(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "team_id": key.team_id,
+        "name": key.name,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+def _check_team_fields(fields: Mapping[str, Any]) -> None:
+    budget = fields.get("monthly_budget_micro_usd")
+    if budget is not None and not 0 <= budget <= MAX_MICRO_USD:
+        raise InvalidRequest(
+            "monthly budget must be between 0 and 1,000,000,000 USD",
+            code="out_of_range",
+            param="monthly_budget_usd",
+        )
+    concurrency = fields.get("max_concurrent_jobs")
+    if concurrency is not None and concurrency < 1:
+        raise InvalidRequest(
+            "max concurrent jobs must be at least 1",
+            code="out_of_range",
+            param="max_concurrent_jobs",
+        )
+    soft = fields.get("soft_limit_percent")
+    if soft is not None and not 1 <= soft <= 100:
+        raise InvalidRequest(
+            "soft limit must be a percentage between 1 and 100",
+            code="out_of_range",
+            param="soft_limit_percent",
+        )
+    cost_center = fields.get("cost_center")
+    if cost_center is not None and not 1 <= len(cost_center) <= 64:
+        raise InvalidRequest(
+            "cost center must be 1-64 characters", code="invalid_length", param="cost_center"
+        )
+
+
 async def create_team(
     session: AsyncSession,
     name: str,
     *,
+    actor: Actor,
     cost_center: str | None = None,
     monthly_budget_micro_usd: int | None = None,
     max_concurrent_jobs: int | None = None,
@@ -66,28 +150,14 @@ async def create_team(
             code="invalid_value",
             param="name",
         )
-    if monthly_budget_micro_usd is not None and not 0 <= monthly_budget_micro_usd <= MAX_MICRO_USD:
-        raise InvalidRequest(
-            "monthly budget must be between 0 and 1,000,000,000 USD",
-            code="out_of_range",
-            param="monthly_budget_usd",
-        )
-    if max_concurrent_jobs is not None and max_concurrent_jobs < 1:
-        raise InvalidRequest(
-            "max concurrent jobs must be at least 1",
-            code="out_of_range",
-            param="max_concurrent_jobs",
-        )
-    if soft_limit_percent is not None and not 1 <= soft_limit_percent <= 100:
-        raise InvalidRequest(
-            "soft limit must be a percentage between 1 and 100",
-            code="out_of_range",
-            param="soft_limit_percent",
-        )
-    if cost_center is not None and not 1 <= len(cost_center) <= 64:
-        raise InvalidRequest(
-            "cost center must be 1-64 characters", code="invalid_length", param="cost_center"
-        )
+    _check_team_fields(
+        {
+            "monthly_budget_micro_usd": monthly_budget_micro_usd,
+            "max_concurrent_jobs": max_concurrent_jobs,
+            "soft_limit_percent": soft_limit_percent,
+            "cost_center": cost_center,
+        }
+    )
     if await repository.get_team_by_name(session, name) is not None:
         raise Conflict(f"team {name!r} already exists", code="team_exists", param="name")
     team = Team(
@@ -103,11 +173,54 @@ async def create_team(
             await repository.add(session, team)
     except IntegrityError:  # a concurrent create won the race
         raise Conflict(f"team {name!r} already exists", code="team_exists", param="name") from None
+    await audit.record(session, actor, "team.create", "team", name, after=team_snapshot(team))
     return team
 
 
-async def list_teams(session: AsyncSession) -> Sequence[Team]:
-    return await repository.list_teams(session)
+async def update_team(
+    session: AsyncSession,
+    name: str,
+    changes: Mapping[str, Any],
+    *,
+    actor: Actor,
+    policy: BudgetPolicy,
+) -> Team:
+    """Change some of a team's settings (only the keys present in ``changes``). A budget
+    change applies to the period under way as well; ``disabled`` stops its keys and tokens at
+    once, on every replica."""
+    unknown = set(changes) - TEAM_FIELDS
+    if unknown:
+        raise InvalidRequest(f"cannot change {sorted(unknown)}", code="unknown_parameter")
+    _check_team_fields(changes)
+    team = await require_team(session, name)
+    before = team_snapshot(team)
+    now = utcnow()
+    for field in ("cost_center", "max_concurrent_jobs", "soft_limit_percent"):
+        if field in changes:
+            setattr(team, field, changes[field])
+    if "disabled" in changes:
+        disable = bool(changes["disabled"])
+        if disable and team.disabled_at is None:
+            team.disabled_at = now
+        elif not disable:
+            team.disabled_at = None
+    if "monthly_budget_micro_usd" in changes:
+        team.monthly_budget_micro_usd = changes["monthly_budget_micro_usd"]
+        quota = TeamQuota(team.id, team.monthly_budget_micro_usd, team.max_concurrent_jobs)
+        await quotas.set_period_budget(
+            session, team.id, period_of(now), quotas.period_budget(quota, policy), now
+        )
+    await session.flush()
+    after = team_snapshot(team)
+    if after != before:
+        await audit.record(session, actor, "team.update", "team", name, before=before, after=after)
+    return team
+
+
+async def list_teams(
+    session: AsyncSession, *, limit: int | None = None, after: str | None = None
+) -> Sequence[Team]:
+    return await repository.list_teams(session, limit=limit, after=after)
 
 
 async def require_team(session: AsyncSession, name: str) -> Team:
@@ -122,6 +235,7 @@ async def create_key(
     team_name: str,
     *,
     pepper: str,
+    actor: Actor,
     name: str | None = None,
     expires_at: datetime | None = None,
 ) -> IssuedKey:
@@ -141,6 +255,7 @@ async def create_key(
         expires_at=expires_at,
     )
     await repository.add(session, key)
+    await audit.record(session, actor, "key.create", "key", key.id, after=key_snapshot(key))
     return IssuedKey(key=key, team=team, token=generated.token)
 
 
@@ -149,21 +264,67 @@ async def list_keys(session: AsyncSession, team_name: str) -> Sequence[ApiKey]:
     return await repository.list_keys(session, team.id)
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
-    """Revoke a key; revoking twice is harmless (the first revocation time is kept)."""
+async def require_key(session: AsyncSession, key_id: str) -> ApiKey:
     key = await repository.get_key(session, key_id)
     if key is None:
         raise NotFound(f"no API key with id {key_id!r}", code="key_not_found", param="key_id")
-    await repository.revoke_key(session, key_id, utcnow())
-    await session.refresh(key)
     return key
 
 
-async def authenticate_key(session: AsyncSession, token: str, *, pepper: str) -> Principal:
+async def revoke_key(session: AsyncSession, key_id: str, *, actor: Actor) -> ApiKey:
+    """Revoke a key; revoking twice is harmless (the first revocation time is kept)."""
+    key = await require_key(session, key_id)
+    before = key_snapshot(key)
+    if await repository.revoke_key(session, key_id, utcnow()):
+        await session.refresh(key)
+        await audit.record(
+            session, actor, "key.revoke", "key", key_id, before=before, after=key_snapshot(key)
+        )
+    return key
+
+
+async def rotate_key(
+    session: AsyncSession,
+    key_id: str,
+    *,
+    pepper: str,
+    actor: Actor,
+    overlap: timedelta,
+) -> IssuedKey:
+    """A new key for the same team; the old one keeps working for ``overlap``, then expires
+    (sooner if it was due to expire sooner), so clients can switch without downtime."""
+    old = await require_key(session, key_id)
+    if old.revoked_at is not None:
+        raise Conflict("a revoked key cannot be rotated", code="key_revoked", param="key_id")
+    team = await repository.get_team_by_id(session, old.team_id)
+    assert team is not None
+    before = key_snapshot(old)
+    now = utcnow()
+    until = now + overlap
+    if old.expires_at is None or old.expires_at > until:
+        old.expires_at = until
+    issued = await create_key(
+        session, team.name, pepper=pepper, actor=actor, name=old.name, expires_at=None
+    )
+    await audit.record(
+        session,
+        actor,
+        "key.rotate",
+        "key",
+        key_id,
+        before=before,
+        after={**key_snapshot(old), "replaced_by": issued.key.id},
+    )
+    return issued
+
+
+async def authenticate_key(
+    session: AsyncSession, token: str, *, pepper: str, last_used_resolution: float = 60.0
+) -> Principal:
     """The principal a gateway API key stands for, or ``AuthenticationFailed``.
 
-    Revocation and expiry are read from the database on every call, so they take effect at
-    once on every replica. The hash comparison runs in constant time.
+    Revocation, expiry and a disabled team are read from the database on every call, so they
+    take effect at once on every replica. The hash comparison runs in constant time.
     """
     parsed = parse_key(token)
     if parsed is None:
@@ -183,11 +344,33 @@ async def authenticate_key(session: AsyncSession, token: str, *, pepper: str) ->
         raise AuthenticationFailed("this API key has expired", code="api_key_expired")
     if team.disabled_at is not None:
         raise PermissionDenied("this team is disabled", code="team_disabled")
-    return Principal(
-        team_id=team.id,
-        team_name=team.name,
-        key_id=key.id,
-        monthly_budget_micro_usd=team.monthly_budget_micro_usd,
-        max_concurrent_jobs=team.max_concurrent_jobs,
-        soft_limit_percent=team.soft_limit_percent,
-    )
+    stale_before = now - timedelta(seconds=last_used_resolution)
+    if key.last_used_at is None or key.last_used_at < stale_before:
+        # Written at most once per resolution window: a busy key must not cost a write each time.
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key.id)
+            .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < stale_before))
+            .values(last_used_at=now)
+        )
+    return Principal.of(team, key_id=key.id)
+
+
+async def team_for_token_claim(
+    session: AsyncSession, team_name: str, *, auto_create: bool, subject: str | None
+) -> Team:
+    """The team a company JWT names; created on first sight only when configured to."""
+    team = await repository.get_team_by_name(session, team_name)
+    if team is None and auto_create and _TEAM_NAME.fullmatch(team_name):
+        try:
+            team = await create_team(session, team_name, actor=Actor(f"jwt:{subject or '?'}"))
+        except Conflict:  # created concurrently by another request
+            team = await repository.get_team_by_name(session, team_name)
+    if team is None:
+        raise PermissionDenied(
+            f"the token's team {team_name[:64]!r} is not known to the gateway",
+            code="team_not_found",
+        )
+    if team.disabled_at is not None:
+        raise PermissionDenied("this team is disabled", code="team_disabled")
+    return team

@@ -11,12 +11,14 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.audit.service import Actor
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.tenancy import service
 
 T = TypeVar("T")
 PEPPER = "test-pepper-0123456789abcdef"
+TEST_ACTOR = Actor("test")
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,14 @@ def make_tenant(
         await service.create_team(
             session,
             name,
+            actor=TEST_ACTOR,
             monthly_budget_micro_usd=budget_micro_usd,
             max_concurrent_jobs=max_concurrent_jobs,
             soft_limit_percent=soft_limit_percent,
         )
-        issued = await service.create_key(session, name, pepper=PEPPER, expires_at=expires_at)
+        issued = await service.create_key(
+            session, name, pepper=PEPPER, actor=TEST_ACTOR, expires_at=expires_at
+        )
         return Tenant(team=name, key=issued.token, key_id=issued.key.id)
 
     return in_session(url, _create)

@@ -1,0 +1,338 @@
+"""``/admin/`` routes (HTTP only: every rule and every audit entry lives in the services, which
+the CLI calls too). Admin token or admin-role JWT; every change is audited."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Request
+
+from gateway.admin import views
+from gateway.admin.auth import AdminActor
+from gateway.admin.schemas import (
+    ERROR_RESPONSES,
+    AuditOut,
+    IssuedKeyOut,
+    JobDetailOut,
+    JobOut,
+    KeyCreate,
+    KeyOut,
+    KeyRotate,
+    Page,
+    RateCardIn,
+    RateCardOut,
+    TeamCreate,
+    TeamOut,
+    TeamUpdate,
+    TeamUsageOut,
+)
+from gateway.audit import service as audit
+from gateway.db.base import utcnow
+from gateway.db.session import read_only, transaction
+from gateway.errors import InvalidRequest, NotFound
+from gateway.jobs import repository as jobs
+from gateway.kit.http import RuntimeDep
+from gateway.kit.strict_route import StrictJSONRoute
+from gateway.ledger import rates
+from gateway.ledger import repository as ledger
+from gateway.ledger.periods import period_of
+from gateway.ledger.snapshot import ledger_snapshot
+from gateway.tenancy import repository as tenancy_repository
+from gateway.tenancy import service as tenancy
+from gateway.tenancy.service import IssuedKey
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], route_class=StrictJSONRoute, responses=ERROR_RESPONSES
+)
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
+Cursor = Annotated[str | None, Query(max_length=512, description="From the previous page")]
+Period = Annotated[str | None, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-11"])]
+JobState = Literal["pending", "submitted", "unknown", "captured", "released"]
+
+
+def _encode(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not valid", code="invalid_cursor", param="cursor") from None
+
+
+def _issued(issued: IssuedKey) -> IssuedKeyOut:
+    return IssuedKeyOut(
+        id=issued.key.id,
+        key=issued.token,
+        team=issued.team.name,
+        name=issued.key.name,
+        expires_at=issued.key.expires_at,
+    )
+
+
+def _seen(request: Request, actor: str) -> None:
+    request.state.actor = actor
+
+
+# Teams
+
+
+@router.get("/teams", summary="List teams", response_model=Page[TeamOut])
+async def list_teams(
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[TeamOut]:
+    _seen(request, admin.name)
+    after = _decode(cursor) if cursor else None
+    async with read_only(runtime.sessionmaker) as session:
+        teams = await tenancy.list_teams(session, limit=limit + 1, after=after)
+    page = list(teams[:limit])
+    next_cursor = _encode(page[-1].name) if len(teams) > limit else None
+    return Page[TeamOut](data=[views.team_out(t) for t in page], next_cursor=next_cursor)
+
+
+@router.post("/teams", status_code=201, summary="Create a team", response_model=TeamOut)
+async def create_team(
+    request: Request, body: TeamCreate, admin: AdminActor, runtime: RuntimeDep
+) -> TeamOut:
+    _seen(request, admin.name)
+    async with transaction(runtime.sessionmaker) as session:
+        team = await tenancy.create_team(
+            session,
+            body.name,
+            actor=admin,
+            cost_center=body.cost_center,
+            monthly_budget_micro_usd=body.monthly_budget_usd,
+            max_concurrent_jobs=body.max_concurrent_jobs,
+            soft_limit_percent=body.soft_limit_percent,
+        )
+    return views.team_out(team)
+
+
+@router.get("/teams/{name}", summary="Get a team", response_model=TeamOut)
+async def get_team(name: str, request: Request, admin: AdminActor, runtime: RuntimeDep) -> TeamOut:
+    _seen(request, admin.name)
+    async with read_only(runtime.sessionmaker) as session:
+        return views.team_out(await tenancy.require_team(session, name))
+
+
+@router.patch("/teams/{name}", summary="Change a team (budget, limits, disable)")
+async def update_team(
+    name: str, body: TeamUpdate, request: Request, admin: AdminActor, runtime: RuntimeDep
+) -> TeamOut:
+    _seen(request, admin.name)
+    changes = body.model_dump(exclude_unset=True)
+    if "monthly_budget_usd" in changes:
+        changes["monthly_budget_micro_usd"] = changes.pop("monthly_budget_usd")
+    if not changes:
+        raise InvalidRequest("nothing to change", code="missing_parameter")
+    async with transaction(runtime.sessionmaker) as session:
+        team = await tenancy.update_team(
+            session, name, changes, actor=admin, policy=runtime.settings.default_budget_policy
+        )
+    return views.team_out(team)
+
+
+# Keys
+
+
+@router.get("/teams/{name}/keys", summary="List a team's keys (never the keys themselves)")
+async def list_keys(
+    name: str, request: Request, admin: AdminActor, runtime: RuntimeDep
+) -> list[KeyOut]:
+    _seen(request, admin.name)
+    async with read_only(runtime.sessionmaker) as session:
+        keys = await tenancy.list_keys(session, name)
+    now = utcnow()
+    return [views.key_out(k, name, now) for k in keys]
+
+
+@router.post("/teams/{name}/keys", status_code=201, summary="Create a key (shown once)")
+async def create_key(
+    name: str,
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    body: Annotated[KeyCreate | None, Body()] = None,
+) -> IssuedKeyOut:
+    _seen(request, admin.name)
+    body = body or KeyCreate()
+    expires_at = (
+        datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    )
+    async with transaction(runtime.sessionmaker) as session:
+        issued = await tenancy.create_key(
+            session, name, pepper=runtime.pepper, actor=admin, name=body.name, expires_at=expires_at
+        )
+    return _issued(issued)
+
+
+@router.post("/keys/{key_id}/revoke", summary="Revoke a key (at once, on every replica)")
+async def revoke_key(
+    key_id: str, request: Request, admin: AdminActor, runtime: RuntimeDep
+) -> KeyOut:
+    _seen(request, admin.name)
+    async with transaction(runtime.sessionmaker) as session:
+        key = await tenancy.revoke_key(session, key_id, actor=admin)
+        team = await tenancy_repository.get_team_by_id(session, key.team_id)
+    assert team is not None
+    return views.key_out(key, team.name, utcnow())
+
+
+@router.post(
+    "/keys/{key_id}/rotate",
+    status_code=201,
+    summary="Rotate a key: a new key now, the old one expires after the overlap",
+)
+async def rotate_key(
+    key_id: str,
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    body: Annotated[KeyRotate | None, Body()] = None,
+) -> IssuedKeyOut:
+    _seen(request, admin.name)
+    overlap = timedelta(seconds=(body or KeyRotate()).overlap_seconds)
+    async with transaction(runtime.sessionmaker) as session:
+        issued = await tenancy.rotate_key(
+            session, key_id, pepper=runtime.pepper, actor=admin, overlap=overlap
+        )
+    return _issued(issued)
+
+
+# Rate cards
+
+
+@router.get("/rate-cards", summary="Rate card versions, oldest first")
+async def list_rate_cards(
+    request: Request, admin: AdminActor, runtime: RuntimeDep, model: str | None = None
+) -> list[RateCardOut]:
+    _seen(request, admin.name)
+    async with read_only(runtime.sessionmaker) as session:
+        rows = await rates.list_rate_cards(session, model)
+    return [views.rate_card_out(r) for r in rows]
+
+
+@router.post("/rate-cards", status_code=201, summary="Add a rate card version")
+async def add_rate_card(
+    body: RateCardIn, request: Request, admin: AdminActor, runtime: RuntimeDep
+) -> RateCardOut:
+    _seen(request, admin.name)
+    async with transaction(runtime.sessionmaker) as session:
+        row = await rates.add_rate_card(
+            session,
+            runtime.catalog,
+            model=body.model,
+            version=body.version,
+            image_fee_micro_usd=body.image_fee_usd,
+            per_second_micro_usd=dict(body.per_second_usd),
+            actor=admin,
+            effective_from=body.effective_from,
+        )
+    return views.rate_card_out(row)
+
+
+# Jobs and usage
+
+
+@router.get("/jobs", summary="Jobs, newest first", response_model=Page[JobOut])
+async def list_jobs(
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    team: str | None = None,
+    state: JobState | None = None,
+    period: Period = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[JobOut]:
+    _seen(request, admin.name)
+    after: tuple[datetime, str] | None = None
+    if cursor:
+        stamp, _, job_id = _decode(cursor).partition("|")
+        try:
+            after = (datetime.fromisoformat(stamp), job_id)
+        except ValueError:
+            raise InvalidRequest("cursor is not valid", code="invalid_cursor") from None
+    async with read_only(runtime.sessionmaker) as session:
+        team_id = (await tenancy.require_team(session, team)).id if team else None
+        rows = await jobs.list_jobs(
+            session, limit=limit + 1, after=after, team_id=team_id, state=state, period=period
+        )
+    page = list(rows[:limit])
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1][0]
+        next_cursor = _encode(f"{last.created_at.isoformat()}|{last.id}")
+    return Page[JobOut](data=[views.job_out(j, t) for j, t in page], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", summary="One job (gateway or upstream id) with its ledger entries")
+async def get_job(
+    job_id: str, request: Request, admin: AdminActor, runtime: RuntimeDep
+) -> JobDetailOut:
+    _seen(request, admin.name)
+    async with read_only(runtime.sessionmaker) as session:
+        found = await jobs.find_any(session, job_id[:128])
+        if found is None:
+            raise NotFound(f"no job with id {job_id[:128]!r}", code="job_not_found")
+        job, team = found
+        entries = list(await ledger.entries_for_job(session, job.id))
+    return views.job_detail_out(job, team, entries)
+
+
+@router.get("/usage", summary="Every team's money for a period (default: the current one)")
+async def usage(
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    period: Period = None,
+    team: str | None = None,
+) -> list[TeamUsageOut]:
+    _seen(request, admin.name)
+    now = utcnow()
+    period = period or period_of(now)
+    async with read_only(runtime.sessionmaker) as session:
+        snapshot = await ledger_snapshot(
+            session, period=period, now=now, policy=runtime.settings.default_budget_policy
+        )
+    figures = [f for f in snapshot.teams if team is None or f.team == team]
+    if team is not None and not figures:
+        raise NotFound(f"no team named {team!r}", code="team_not_found", param="team")
+    return [views.usage_out(f, period) for f in figures]
+
+
+# Audit
+
+
+@router.get("/audit", summary="The audit log, newest first", response_model=Page[AuditOut])
+async def list_audit(
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+) -> Page[AuditOut]:
+    _seen(request, admin.name)
+    async with read_only(runtime.sessionmaker) as session:
+        entries, next_cursor = await audit.list_entries(
+            session,
+            limit=limit,
+            cursor=cursor,
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+        )
+    return Page[AuditOut](data=[views.audit_out(e) for e in entries], next_cursor=next_cursor)
