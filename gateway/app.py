@@ -60,7 +60,7 @@ def create_app(
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(health.router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, max_header_bytes=settings.max_header_bytes)
     return app
 
 

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
 
     # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
     max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Total size of a request's headers; over it → 431. (uvicorn's httptools parser itself
+    sets no limit, so a fronting proxy's header limit still bounds memory.)"""
     catalog_path: Path | None = None
 
     # Logging.

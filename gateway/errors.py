@@ -6,7 +6,8 @@ and never page anyone; only ``GatewayError`` itself (a bug) is a 500.
 
     GatewayError ............................ 500 api_error / internal_error
     ├── InvalidRequest ...................... 400 invalid_request_error (code names the rule)
-    │   └── PayloadTooLarge ................. 413 invalid_request_error / request_too_large
+    │   ├── PayloadTooLarge ................. 413 invalid_request_error / request_too_large
+    │   └── HeadersTooLarge ................. 431 invalid_request_error / request_headers_too_large
     ├── AuthenticationFailed ................ 401 authentication_error
     ├── PermissionDenied .................... 403 permission_error
     ├── NotFound ............................ 404 not_found_error
@@ -72,6 +73,11 @@ class InvalidRequest(GatewayError):
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
     default_code = "request_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status_code = 431
+    default_code = "request_headers_too_large"
 
 
 class AuthenticationFailed(GatewayError):

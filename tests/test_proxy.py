@@ -282,3 +282,16 @@ def test_client_hanging_up_mid_body_is_499_not_an_error(
     assert [getattr(r, "status", None) for r in access] == [499]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert simulator.requests() == []
+
+
+def test_oversized_headers_are_431(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
+) -> None:
+    response = gateway.post(
+        SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "x"},
+        headers={**tenant.headers, "X-Padding": "a" * 40_000},
+    )
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "request_headers_too_large"
+    assert simulator.requests() == []

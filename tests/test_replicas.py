@@ -20,6 +20,7 @@ from tests.support.servers import ServerThread
 from tests.support.tenants import PEPPER, Tenant, make_tenant
 
 MODEL = "grok-imagine-video-1-5"
+ADMIN_TOKEN = "replica-admin-token-0123456789"
 PRICE = 1_680_000  # 10 s at 720p, the defaults
 
 
@@ -34,6 +35,7 @@ def replicas(
         "GATEWAY_KEY_PEPPER": PEPPER,
         "GATEWAY_RECONCILER_ENABLED": "false",
         "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     logs = tmp_path_factory.mktemp("replicas")
     processes = [GatewayProcess(env, logs, name) for name in ("replica-a", "replica-b")]
@@ -144,3 +146,31 @@ def test_fifty_concurrent_polls_through_both_replicas_settle_once(
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(ledger.jobs[0].id) == [("hold", PRICE), ("capture", PRICE)]
     assert (ledger.balance.held_micro_usd, ledger.balance.captured_micro_usd) == (0, PRICE)
+
+
+def test_revocation_on_one_replica_is_refused_by_the_other_at_once(
+    replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Keys and teams are read from the shared database on every request: no per-process
+    cache, so the documented bound is zero (the next request after the change commits)."""
+    tenant = make_tenant(postgres_url)
+    first, second = replicas
+    body = {"model": MODEL, "prompt": "x"}
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert (
+        httpx.post(second.url + SUBMIT_PATH, json=body, headers=tenant.headers).status_code == 200
+    )
+    revoked = httpx.post(f"{first.url}/admin/keys/{tenant.key_id}/revoke", headers=admin)
+    assert revoked.status_code == 200
+    refused = httpx.post(second.url + SUBMIT_PATH, json=body, headers=tenant.headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "api_key_revoked")
+
+    other = make_tenant(postgres_url)
+    assert httpx.post(second.url + SUBMIT_PATH, json=body, headers=other.headers).status_code == 200
+    disabled = httpx.patch(
+        f"{first.url}/admin/teams/{other.team}", json={"disabled": True}, headers=admin
+    )
+    assert disabled.status_code == 200
+    refused = httpx.post(second.url + SUBMIT_PATH, json=body, headers=other.headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "team_disabled")
+    assert len(simulator.submits()) == 2

@@ -125,3 +125,66 @@ def test_redaction_safety_net_masks_each_kind_of_secret() -> None:
     for secret in ("tok123", "S" * 43, jwt, "A" * 64, "configured-secret-value"):
         assert secret not in text
     assert "gwk_abcdefgh12345678_[redacted]" in text  # the public key id stays, for debugging
+
+
+def test_no_secret_in_logs_across_admin_and_jwt_flows(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    postgres_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    import jwt as pyjwt
+
+    from tests.support.tenants import make_tenant
+
+    admin_token = "admin-SECRET-token-9f8e7d6c5b4a"
+    jwt_secret = "jwt-SECRET-hs256-key-0a1b2c3d4e5f6789"
+    formatted = io.StringIO()
+    handler = build_handler(
+        "json", [UPSTREAM_KEY, PEPPER, admin_token, jwt_secret], stream=formatted
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    caplog.set_level(logging.DEBUG)
+    team = make_tenant(postgres_url)
+    now = int(time.time())
+    claims = {"iss": "https://idp", "sub": "dana", "iat": now, "exp": now + 60, "team": team.team}
+    good_jwt = pyjwt.encode(claims, jwt_secret, algorithm="HS256")
+    expired_jwt = pyjwt.encode({**claims, "exp": now - 3600}, jwt_secret, algorithm="HS256")
+    admin_jwt = pyjwt.encode({**claims, "roles": ["gateway-admin"]}, jwt_secret, algorithm="HS256")
+    try:
+        server = start_gateway(
+            admin_token=admin_token, jwt_issuer="https://idp", jwt_secret=jwt_secret
+        )
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            admin = {"Authorization": f"Bearer {admin_token}"}
+            issued = client.post(f"/admin/teams/{team.team}/keys", json={}, headers=admin).json()
+            new_key = issued["key"]
+            body = {"model": MODEL, "prompt": "x"}
+            for token in (new_key, good_jwt, expired_jwt, admin_token):
+                client.post(SUBMIT_PATH, json=body, headers={"Authorization": f"Bearer {token}"})
+            client.get("/admin/jobs", headers={"Authorization": f"Bearer {admin_jwt}"})
+            client.get("/admin/audit", headers=admin)
+            client.post(f"/admin/keys/{issued['id']}/rotate", json={}, headers=admin)
+    finally:
+        root.removeHandler(handler)
+
+    secrets = [
+        admin_token,
+        jwt_secret,
+        good_jwt,
+        expired_jwt,
+        admin_jwt,
+        new_key,
+        UPSTREAM_KEY,
+        PEPPER,
+    ]
+    raw_lines = [record.getMessage() + str(record.__dict__) for record in caplog.records]
+    assert len(raw_lines) > 8
+    written = formatted.getvalue()
+    assert written.count('"logger":"gateway.access"') >= 8
+    for secret in secrets:
+        assert not any(secret in line for line in raw_lines), f"{secret[:10]}... logged"
+        assert secret not in written

@@ -53,6 +53,12 @@ BAD_REQUESTS: list[tuple[str, bytes, str, str | None]] = [
         "invalid_json",
         None,
     ),
+    (
+        "NUL in prompt",
+        b'{"model": "%s", "prompt": "a\\u0000b"}' % MODEL.encode(),
+        "invalid_json",
+        None,
+    ),
     ("array body", b"[1, 2]", "invalid_body", None),
     ("string body", b'"make a video"', "invalid_body", None),
     ("null body", b"null", "invalid_body", None),

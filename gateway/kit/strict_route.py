@@ -31,6 +31,11 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict_handler(request: Request) -> Response:
-            return await handler(_StrictJSONRequest(request.scope, request.receive))
+            strict = _StrictJSONRequest(request.scope, request.receive)
+            if await strict.body():
+                # Parsed here, before FastAPI's own parsing, which would turn our precise 400
+                # into a generic one. FastAPI then reuses the parsed value.
+                await strict.json()
+            return await handler(strict)
 
         return strict_handler

@@ -2,7 +2,8 @@
 
 Stricter than ``json.loads`` on purpose: duplicate keys are refused (we would validate one
 value while the upstream might use the other), ``NaN``/``Infinity`` are refused (not JSON),
-and non-integral numbers become ``Decimal`` so no float ever enters pricing.
+NUL characters are refused (no field has a use for them and databases reject them), and
+non-integral numbers become ``Decimal`` so no float ever enters pricing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 def loads_strict(raw: bytes) -> Any:
     """Parse UTF-8 JSON bytes strictly.
 
@@ -40,12 +51,15 @@ def loads_strict(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise StrictJSONError("body is not valid UTF-8") from exc
     try:
-        return json.loads(
+        value = json.loads(
             text,
             parse_float=Decimal,
             parse_constant=_refuse_constant,
             object_pairs_hook=_object_without_duplicates,
         )
+        if "\\u0000" in text and _contains_nul(value):  # JSON can only carry NUL escaped
+            raise StrictJSONError("NUL characters (\\u0000) are not accepted")
+        return value
     except StrictJSONError:
         raise
     except json.JSONDecodeError as exc:

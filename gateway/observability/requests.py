@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, HeadersTooLarge, InvalidRequest
 
 access_logger = logging.getLogger("gateway.access")
 logger = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ def _incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int = 32 * 1024) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +79,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if _has_nul(scope):
+                await _send_error(send_with_request_id, _NUL_IN_URL)
+                return
+            if _header_bytes(scope) > self.max_header_bytes:
+                await _send_error(send_with_request_id, _headers_too_large(self.max_header_bytes))
+                return
             await self.app(scope, receive, send_with_request_id)
         except ClientDisconnect:
             # The client went away mid-request (nothing to answer); nginx's 499 in the log.
@@ -97,12 +104,34 @@ class RequestContextMiddleware:
                 _count(scope, state, status, elapsed)
 
 
+_NUL_IN_URL = InvalidRequest("the URL contains a NUL character", code="invalid_url")
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+
+
+def _headers_too_large(limit: int) -> GatewayError:
+    return HeadersTooLarge(f"request headers exceed {limit} bytes")
+
+
+def _has_nul(scope: Scope) -> bool:
+    """A NUL in the path or query string: no route or parameter has a use for it, and the
+    database would refuse it with an error instead of a clean 400."""
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query
+
+
 async def _send_internal_error(send: Send) -> None:
-    body = json.dumps(GatewayError("internal error").to_body()).encode()
+    await _send_error(send, GatewayError("internal error"))
+
+
+async def _send_error(send: Send, error: GatewayError) -> None:
+    body = json.dumps(error.to_body()).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 500,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -1,0 +1,62 @@
+"""Settings refuse to start in states that would be unsafe in front of real money."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import Settings
+
+REAL = "a-real-secret-of-enough-length-42"
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"admin_token": ""}, id="empty admin token"),
+        pytest.param({"admin_token": "change-me"}, id="placeholder admin token"),
+        pytest.param({"key_pepper": "short"}, id="short pepper"),
+        pytest.param({"upstream_api_key": ""}, id="no upstream key"),
+    ],
+)
+def test_production_refuses_placeholder_secrets(overrides: dict[str, Any]) -> None:
+    values = {"admin_token": REAL, "key_pepper": REAL, "upstream_api_key": REAL, **overrides}
+    with pytest.raises(ValidationError, match="production"):
+        settings(environment="production", **values)
+    settings(environment="development", **values)  # fine for development
+
+
+def test_production_with_real_secrets_starts() -> None:
+    configured = settings(
+        environment="production", admin_token=REAL, key_pepper=REAL, upstream_api_key=REAL
+    )
+    assert REAL in configured.secrets()
+    assert REAL not in repr(configured)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"jwt_secret": REAL, "jwt_algorithms": "HS256,none"}, "unsupported"),
+        ({"jwt_public_key": "PEM", "jwt_algorithms": "HS256"}, "GATEWAY_JWT_SECRET"),
+        ({"jwt_secret": REAL, "jwt_algorithms": "RS256"}, "PUBLIC_KEY"),
+    ],
+)
+def test_incoherent_jwt_settings_refuse_to_start(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings(jwt_issuer="https://idp", **overrides)
+
+
+def test_jwt_is_on_only_with_an_issuer_and_a_key_source() -> None:
+    assert not settings(jwt_secret=REAL).jwt_enabled
+    assert not settings(jwt_issuer="https://idp").jwt_enabled
+    on = settings(jwt_issuer="https://idp", jwt_secret=REAL)
+    assert on.jwt_enabled and on.jwt_algorithm_list() == ["HS256"]
+    keyed = settings(jwt_issuer="https://idp", jwt_jwks_url="https://idp/jwks")
+    assert keyed.jwt_algorithm_list() == ["RS256", "ES256"]
