@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.admin import endpoints as admin
+from gateway.admin import reports as finance
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
@@ -59,6 +60,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(proxy.router)
     app.include_router(admin.router)
+    app.include_router(finance.router)
     app.include_router(health.router)
     app.add_middleware(RequestContextMiddleware, max_header_bytes=settings.max_header_bytes)
     return app

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     alert_webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     """First retry after this; each further retry waits twice as long (at most an hour)."""
 
+    # Finance exports (FOCUS 1.2): who bills, who is billed.
+    focus_billing_account_id: str = "video-gateway"
+    focus_billing_account_name: str = "Video generation (billing gateway)"
+    focus_invoice_issuer: str = "EmpirioLabs"
+    focus_provider: str = "EmpirioLabs"
+    focus_publisher: str = "xAI"
+    focus_service_name: str = "Grok Imagine Video"
+
     # Requests. 16 MiB leaves room for a 10 MiB image as a base64 data URI (~13.4 MiB).
     max_request_body_bytes: int = Field(default=16 * MIB, ge=1024)
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)

@@ -18,6 +18,7 @@ Then the reconciler finishes the work and the invariants are checked:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections import Counter, defaultdict
@@ -35,6 +36,7 @@ from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
 from gateway.ledger.pricing import parse_usd
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
+from gateway.reports import reconciliation
 from gateway.runtime import open_runtime
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, gateway_settings
@@ -291,4 +293,14 @@ def test_randomized_money_simulation(world: World) -> None:
     for upstream_id, cost in upstream_billed.items():
         assert ledger_billed[upstream_id] == cost, (upstream_id, cost, context)
     assert sum(ledger_billed.values()) == parse_usd(usage["total_cost_usd"]), context
+
+    # 4. the finance reconciliation finds nothing to report against the simulator's export
+    async def _reconcile(session: AsyncSession) -> Any:
+        charges = reconciliation.parse_usage(json.dumps(usage))
+        ledger = await reconciliation.ledger_charges(session, {c.job_id for c in charges})
+        return reconciliation.compare(charges, ledger, tolerance_micro_usd=0)
+
+    comparison = in_session(world.database_url, _reconcile)
+    assert comparison.clean, (comparison.as_json()["differences"][:5], context)
+    assert comparison.compared_jobs >= len(upstream_billed)
     print(f"simulation ok: {context}; upstream jobs {len(upstream_billed)}")

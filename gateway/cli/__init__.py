@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli import audit, db, demo, keys, rates, reconcile, serve, simulator, teams
+from gateway.cli import (
+    audit,
+    db,
+    demo,
+    keys,
+    rates,
+    reconcile,
+    report,
+    serve,
+    simulator,
+    teams,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +33,4 @@ main.add_command(keys.keys)
 main.add_command(rates.rates_group)
 main.add_command(reconcile.reconcile)
 main.add_command(audit.audit_group)
+main.add_command(report.report_group)

@@ -1,28 +1,113 @@
-"""``gateway reconcile``: settle outstanding jobs now (one reconciler pass over every job)."""
+"""``gateway reconcile``: settle outstanding jobs now; with ``--upstream-usage FILE``, then
+compare the ledger with the upstream's own usage export."""
 
 from __future__ import annotations
 
+import sys
+from decimal import Decimal
+from pathlib import Path
+
 import click
 
-from gateway.cli._common import echo_json, load_settings, run
+from gateway.cli._common import echo_json, fail, load_settings, run
+from gateway.db.session import read_only
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.observability.logging import configure_logging
+from gateway.reports import reconciliation
+from gateway.reports.reconciliation import ColumnMap, Reconciliation, UsageFileError
 from gateway.runtime import open_runtime
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the pass's figures as JSON.")
-def reconcile(as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the settlement pass as JSON.")
+@click.option(
+    "--upstream-usage",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The upstream's usage export (CSV or JSON) to compare the ledger with.",
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Map a field (job_id, cost_usd, billed, ...) to the export's column name.",
+)
+@click.option(
+    "--month",
+    help="Compare the ledger's jobs of this month (YYYY-MM) with the export; without it, every "
+    "job in the ledger (right for a full export, not for a monthly one).",
+)
+@click.option(
+    "--tolerance-usd",
+    default="0",
+    show_default=True,
+    help="Differences up to this are not reported.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="How to print the comparison.",
+)
+@click.option("--no-settle", is_flag=True, help="Compare without running a settlement pass.")
+def reconcile(
+    as_json: bool,
+    upstream_usage: Path | None,
+    columns: tuple[str, ...],
+    month: str | None,
+    tolerance_usd: str,
+    fmt: str,
+    no_settle: bool,
+) -> None:
     """Poll every submitted job now, settle the finished ones, release holds whose submit
-    never got an answer, flag old holds. Exit status 0 once the pass has run."""
+    never got an answer, flag old holds; then, given --upstream-usage, compare the ledger with
+    the upstream's bill job by job. Exit status 1 when anything differs beyond the tolerance."""
     settings = load_settings()
     configure_logging("text", "WARNING", settings.secrets())
+    try:
+        tolerance = int(Decimal(tolerance_usd) * 1_000_000)
+        column_map = ColumnMap.parse(columns)
+        charges = (
+            reconciliation.parse_usage(upstream_usage.read_text("utf-8"), column_map)
+            if upstream_usage
+            else None
+        )
+    except (UsageFileError, ArithmeticError, ValueError) as exc:
+        fail(f"cannot read the upstream usage: {exc}", code=2)
 
-    async def _pass() -> ReconcileReport:
+    async def _run() -> tuple[ReconcileReport | None, Reconciliation | None]:
         async with open_runtime(settings) as runtime:
-            return await Reconciler(runtime).run_once(everything=True)
+            report = None if no_settle else await Reconciler(runtime).run_once(everything=True)
+            if charges is None:
+                return report, None
+            async with read_only(runtime.sessionmaker) as session:
+                ledger = await reconciliation.ledger_charges(
+                    session, {c.job_id for c in charges}, month
+                )
+            return report, reconciliation.compare(charges, ledger, tolerance_micro_usd=tolerance)
 
-    report = run(_pass())
+    report, comparison = run(_run())
+    if comparison is None:
+        assert report is not None
+        _print_pass(report, as_json)
+        return
+    if report is not None:
+        click.echo(
+            f"settlement pass: settled {report.settled}, still running {report.still_running}",
+            err=True,
+        )
+    if fmt == "json":
+        echo_json(comparison.as_json())
+    elif fmt == "csv":
+        click.echo(reconciliation.to_csv(comparison), nl=False)
+    else:
+        click.echo(reconciliation.to_table(comparison), nl=False)
+    sys.exit(0 if comparison.clean else 1)
+
+
+def _print_pass(report: ReconcileReport, as_json: bool) -> None:
     if as_json:
         echo_json(vars(report))
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, UTCDateTime, utcnow
@@ -41,6 +41,7 @@ class Job(Base):
         Index("ix_jobs_team_id_created_at", "team_id", "created_at"),
         Index("ix_jobs_team_id_state", "team_id", "state"),
         Index("ix_jobs_state_next_check_at", "state", "next_check_at"),
+        Index("ix_jobs_period_team_id", "period", "team_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -61,6 +62,8 @@ class Job(Base):
     period: Mapped[str] = mapped_column(String(7))
     """Billing period (``YYYY-MM``, UTC) of the submit; the job's cost belongs to it."""
     request_id: Mapped[str | None] = mapped_column(String(128))
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """Cost-allocation tags from ``X-Gateway-Tags`` (``{"project": "atlas"}``); never forwarded."""
     upstream_http_status: Mapped[int | None] = mapped_column(Integer)
     upstream_status: Mapped[str | None] = mapped_column(String(32))
     """The upstream's terminal status word (``completed``, ``failed``, ...)."""

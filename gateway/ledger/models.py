@@ -101,6 +101,7 @@ class LedgerEntry(Base):
             sqlite_where=text("kind IN ('capture', 'release')"),
         ),
         Index("ix_ledger_entries_team_id_period", "team_id", "period"),
+        Index("ix_ledger_entries_job_id", "job_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -118,6 +119,8 @@ class LedgerEntry(Base):
     upstream_cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     """On a capture: what the upstream says it charged, beside our own figure."""
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """The job's cost-allocation tags, copied so every entry can be grouped on its own."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     @classmethod
@@ -145,6 +148,7 @@ class LedgerEntry(Base):
             video_ms=video_ms,
             upstream_cost_micro_usd=upstream_cost_micro_usd,
             needs_review=needs_review,
+            tags=job.tags,
             created_at=now,
         )
 
@@ -174,3 +178,14 @@ class BudgetAlert(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(255))
+
+
+class ClosedPeriod(Base):
+    """A month finance has closed: its chargeback is frozen as of ``closed_at``. Entries for its
+    jobs recorded later are reported as corrections in the month they were recorded."""
+
+    __tablename__ = "closed_periods"
+
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    closed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str] = mapped_column(String(160))

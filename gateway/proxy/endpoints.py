@@ -35,6 +35,14 @@ async def submit_generation(
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    tags: Annotated[
+        str | None,
+        Header(
+            alias="X-Gateway-Tags",
+            description="Cost-allocation tags, key=value,... (never forwarded upstream)",
+            examples=["project=atlas,user=dana"],
+        ),
+    ] = None,
 ) -> Response:
     raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
     result = await service.submit_generation(
@@ -43,6 +51,7 @@ async def submit_generation(
         raw,
         request_id=request.state.request_id,
         idempotency_key=idempotency_key,
+        tags_header=tags,
         on_balance=lambda balance: remember_balance(request, balance),
     )
     return _to_response(request, result)

@@ -38,8 +38,9 @@ class StoredResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def request_fingerprint(raw_body: bytes) -> str:
-    return hashlib.sha256(raw_body).hexdigest()
+def request_fingerprint(raw_body: bytes, tags: str = "") -> str:
+    """What "the same request" means for a key: the same body bytes and the same tags."""
+    return hashlib.sha256(raw_body + b"\n" + tags.encode()).hexdigest()
 
 
 def check_key(key: str) -> str:

@@ -48,6 +48,8 @@ from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
+from gateway.proxy.tags import canonical as canonical_tags
+from gateway.proxy.tags import parse_tags
 from gateway.runtime import Runtime
 from gateway.tenancy.service import Principal
 from gateway.upstream.client import UpstreamResponse
@@ -90,6 +92,7 @@ async def submit_generation(
     *,
     request_id: str,
     idempotency_key: str | None = None,
+    tags_header: str | None = None,
     on_balance: Callable[[BalanceView], None] = lambda _: None,
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
@@ -97,6 +100,7 @@ async def submit_generation(
     metrics = runtime.metrics
     try:
         request = parse_submission(raw_body, runtime.catalog)
+        tags = parse_tags(tags_header)
         if idempotency_key is not None:
             idempotency.check_key(idempotency_key)
     except InvalidRequest as exc:
@@ -106,7 +110,7 @@ async def submit_generation(
     job_id = uuid.uuid4().hex
     try:
         opened = await _open_job(
-            runtime, principal, quota, request, raw_body, job_id, request_id, idempotency_key
+            runtime, principal, quota, request, raw_body, tags, job_id, request_id, idempotency_key
         )
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(principal.team_name).inc()
@@ -163,6 +167,7 @@ async def _open_job(
     quota: TeamQuota,
     request: ValidatedRequest,
     raw_body: bytes,
+    tags: dict[str, str] | None,
     job_id: str,
     request_id: str,
     idempotency_key: str | None,
@@ -178,7 +183,7 @@ async def _open_job(
                 session,
                 team_id=principal.team_id,
                 key=idempotency_key,
-                fingerprint=idempotency.request_fingerprint(raw_body),
+                fingerprint=idempotency.request_fingerprint(raw_body, canonical_tags(tags)),
                 job_id=job_id,
                 now=now,
                 ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
@@ -202,6 +207,7 @@ async def _open_job(
             rate_card_version=card.version,
             period=period_of(now),
             request_id=request_id,
+            tags=tags,
             check_attempts=0,
             needs_review=False,
             next_check_at=now + _unanswered_recheck(settings),

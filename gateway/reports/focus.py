@@ -1,0 +1,224 @@
+"""FinOps FOCUS 1.2 cost export (CSV), so the video spend can be ingested beside cloud bills.
+
+One row per price line per billed job: the seconds of video at their resolution, and the
+image fee as its own row. Streamed from the database (a month of a large ledger is never held
+in memory). ``BilledCost`` of all rows sums to the month's chargeback total to the
+micro-dollar: each capture is split exactly into image fee and seconds (the remainder).
+
+Columns: every FOCUS 1.2 mandatory column, the conditional ones that apply (consumed
+quantity/unit, list and contracted unit prices, SKU ids, the team as sub-account, tags), and
+``x_`` columns for gateway specifics (job ids, resolution, duration, rate card version, ...).
+Corrections to closed months recorded this month carry ``ChargeClass`` ``Correction``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.jobs.models import Job
+from gateway.ledger.models import ClosedPeriod, LedgerEntry, RateCardRow
+from gateway.ledger.periods import month_bounds
+from gateway.ledger.pricing import format_usd
+from gateway.tenancy.models import Team
+
+MANDATORY = [
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuer",
+    "ListCost",
+    "PricingQuantity",
+    "PricingUnit",
+    "Provider",
+    "Publisher",
+    "ServiceCategory",
+    "ServiceName",
+]
+CONDITIONAL = [
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedUnitPrice",
+    "ListUnitPrice",
+    "SkuId",
+    "SkuPriceId",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
+]
+CUSTOM = [
+    "x_JobId",
+    "x_UpstreamJobId",
+    "x_Model",
+    "x_Resolution",
+    "x_DurationSeconds",
+    "x_RateCardVersion",
+    "x_CostCenter",
+    "x_Outcome",
+    "x_OriginalPeriod",
+]
+COLUMNS = MANDATORY + CONDITIONAL + CUSTOM
+
+
+@dataclass(frozen=True)
+class FocusIdentity:
+    """Who bills and who is billed, as FOCUS names them (configurable per deployment)."""
+
+    billing_account_id: str = "video-gateway"
+    billing_account_name: str = "Video generation (billing gateway)"
+    invoice_issuer: str = "EmpirioLabs"
+    provider: str = "EmpirioLabs"
+    publisher: str = "xAI"
+    service_name: str = "Grok Imagine Video"
+    service_category: str = "AI and Machine Learning"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _usd(micro: int) -> str:
+    return format_usd(micro)
+
+
+async def focus_rows(
+    session: AsyncSession,
+    month: str,
+    identity: FocusIdentity = FocusIdentity(),
+    *,
+    team: str | None = None,
+) -> AsyncIterator[dict[str, str]]:
+    start, end = month_bounds(month)
+    cards = {
+        (row.model, row.version): row
+        for row in (await session.execute(select(RateCardRow))).scalars()
+    }
+    frozen = await session.get(ClosedPeriod, month)
+    in_month = and_(LedgerEntry.period == month)
+    if frozen is not None:
+        in_month = and_(in_month, LedgerEntry.created_at <= frozen.closed_at)
+    late = and_(
+        LedgerEntry.period != month,
+        LedgerEntry.created_at > ClosedPeriod.closed_at,
+        LedgerEntry.created_at >= start,
+        LedgerEntry.created_at < end,
+    )
+    if frozen is not None:
+        late = and_(late, LedgerEntry.created_at <= frozen.closed_at)
+    stmt = (
+        select(LedgerEntry, Job, Team.name, Team.cost_center, ClosedPeriod.closed_at)
+        .join(Job, Job.id == LedgerEntry.job_id)
+        .join(Team, Team.id == Job.team_id)
+        .outerjoin(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
+        .where(LedgerEntry.kind == "capture", or_(in_month, late))
+        .order_by(LedgerEntry.id)
+        .execution_options(yield_per=2000)
+    )
+    if team is not None:
+        stmt = stmt.where(Team.name == team)
+    common = {
+        "BillingAccountId": identity.billing_account_id,
+        "BillingAccountName": identity.billing_account_name,
+        "BillingCurrency": "USD",
+        "BillingPeriodStart": _iso(start),
+        "BillingPeriodEnd": _iso(end),
+        "ChargeCategory": "Usage",
+        "InvoiceIssuer": identity.invoice_issuer,
+        "Provider": identity.provider,
+        "Publisher": identity.publisher,
+        "ServiceCategory": identity.service_category,
+        "ServiceName": identity.service_name,
+    }
+    result = await session.stream(stmt)
+    async for entry, job, team_name, cost_center, _closed in result:
+        card = cards[(job.model, job.rate_card_version)]
+        correction = entry.period != month
+        image_micro = job.image_count * card.image_fee_micro_usd
+        seconds_micro = entry.amount_micro_usd - image_micro
+        produced_ms = entry.video_ms if entry.video_ms is not None else job.duration_ms
+        billed_ms = min(produced_ms, job.duration_ms)
+        base = {
+            **common,
+            "ChargeClass": "Correction" if correction else "",
+            "ChargePeriodStart": _iso(job.created_at),
+            "ChargePeriodEnd": _iso(max(entry.created_at, job.created_at)),
+            "SubAccountId": str(job.team_id),
+            "SubAccountName": team_name,
+            "Tags": json.dumps(job.tags or {}, sort_keys=True, separators=(",", ":")),
+            "x_JobId": job.id,
+            "x_UpstreamJobId": job.upstream_job_id or "",
+            "x_Model": job.model,
+            "x_Resolution": job.resolution,
+            "x_DurationSeconds": f"{Decimal(billed_ms) / 1000:.3f}",
+            "x_RateCardVersion": job.rate_card_version,
+            "x_CostCenter": cost_center or "",
+            "x_Outcome": entry.reason or "completed",
+            "x_OriginalPeriod": entry.period,
+        }
+        seconds = f"{Decimal(billed_ms) / 1000:.3f}"
+        rate = card.per_second_micro_usd[job.resolution]
+        yield {
+            **base,
+            **_costs(seconds_micro),
+            "ChargeDescription": f"{job.model} video, {seconds} s at {job.resolution}",
+            "PricingQuantity": seconds,
+            "PricingUnit": "Seconds",
+            "ConsumedQuantity": seconds,
+            "ConsumedUnit": "Seconds",
+            "ListUnitPrice": _usd(rate),
+            "ContractedUnitPrice": _usd(rate),
+            "SkuId": f"{job.model}:video:{job.resolution}",
+            "SkuPriceId": f"{job.rate_card_version}:video:{job.resolution}",
+        }
+        if job.image_count:
+            yield {
+                **base,
+                **_costs(image_micro),
+                "ChargeDescription": f"{job.model} source image fee",
+                "PricingQuantity": str(job.image_count),
+                "PricingUnit": "Images",
+                "ConsumedQuantity": str(job.image_count),
+                "ConsumedUnit": "Images",
+                "ListUnitPrice": _usd(card.image_fee_micro_usd),
+                "ContractedUnitPrice": _usd(card.image_fee_micro_usd),
+                "SkuId": f"{job.model}:image",
+                "SkuPriceId": f"{job.rate_card_version}:image",
+            }
+
+
+def _costs(micro: int) -> dict[str, str]:
+    amount = _usd(micro)
+    return {
+        "BilledCost": amount,
+        "EffectiveCost": amount,
+        "ListCost": amount,
+        "ContractedCost": amount,
+    }
+
+
+async def write_focus_csv(rows: AsyncIterator[dict[str, str]], out: io.TextIOBase) -> int:
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    async for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count

@@ -1,0 +1,315 @@
+"""Rendering a chargeback: JSON (shape in ``chargeback.schema.json``), CSV for spreadsheets (one
+table; amounts as decimal strings with 6 places), and a self-contained HTML page with inline SVG
+charts that loads nothing from anywhere (its Content-Security-Policy forbids it)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from decimal import Decimal
+from typing import Any
+
+from gateway.ledger.pricing import format_usd
+from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
+
+SCHEMA_FILE = "chargeback.schema.json"
+
+
+def _seconds(ms: int) -> str:
+    return f"{Decimal(ms) / 1000:.3f}"
+
+
+def _row_json(row: ChargebackRow, resolutions: list[str]) -> dict[str, Any]:
+    return {
+        "team": row.team,
+        "cost_center": row.cost_center,
+        "tag": row.tag,
+        "jobs_submitted": row.jobs_submitted,
+        "jobs_billed": row.jobs_billed,
+        "jobs_billed_moderated": row.jobs_billed_moderated,
+        "jobs_released": row.jobs_released,
+        "jobs_open": row.jobs_open,
+        "video_seconds": {r: _seconds(row.video_ms.get(r, 0)) for r in resolutions},
+        "images": row.images,
+        "captured_usd": format_usd(row.captured_micro_usd),
+        "held_usd": format_usd(row.held_micro_usd),
+        "rate_card_versions": row.rate_card_versions,
+    }
+
+
+def to_json(report: ChargebackReport) -> dict[str, Any]:
+    query = report.query
+    totals = _row_json(report.totals, report.resolutions)
+    for name in ("team", "cost_center", "tag", "rate_card_versions"):
+        totals.pop(name)
+    totals["corrections_usd"] = format_usd(report.corrections_micro_usd)
+    totals["total_due_usd"] = format_usd(report.total_due_micro_usd)
+    return {
+        "month": query.month,
+        "currency": "USD",
+        "group_by": query.group_by,
+        "filters": {"team": query.team, "tag": "=".join(query.tag) if query.tag else None},
+        "closed": report.closed_at is not None,
+        "closed_at": report.closed_at.isoformat() if report.closed_at else None,
+        "generated_at": report.generated_at.isoformat(),
+        "rows": [_row_json(row, report.resolutions) for row in report.rows],
+        "totals": totals,
+        "corrections": [
+            {
+                "original_period": c.original_period,
+                "team": c.team,
+                "cost_center": c.cost_center,
+                "kind": c.kind,
+                "job_id": c.job_id,
+                "upstream_job_id": c.upstream_job_id,
+                "amount_usd": format_usd(c.amount_micro_usd),
+                "billed_usd": format_usd(c.billed_micro_usd),
+                "recorded_at": c.recorded_at.isoformat(),
+            }
+            for c in report.corrections
+        ],
+        "daily": [
+            {"day": d.day, "group": d.group, "captured_usd": format_usd(d.captured_micro_usd)}
+            for d in report.daily
+        ],
+    }
+
+
+def to_csv(report: ChargebackReport) -> str:
+    resolutions = report.resolutions
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "line",
+            "team",
+            "cost_center",
+            "tag",
+            "original_period",
+            "jobs_submitted",
+            "jobs_billed",
+            "jobs_billed_moderated",
+            "jobs_released",
+            "jobs_open",
+            *[f"video_seconds_{r}" for r in resolutions],
+            "images",
+            "captured_usd",
+            "held_usd",
+            "rate_card_versions",
+        ]
+    )
+
+    def counts(row: ChargebackRow) -> list[Any]:
+        return [
+            row.jobs_submitted,
+            row.jobs_billed,
+            row.jobs_billed_moderated,
+            row.jobs_released,
+            row.jobs_open,
+            *[_seconds(row.video_ms.get(r, 0)) for r in resolutions],
+            row.images,
+        ]
+
+    for row in report.rows:
+        writer.writerow(
+            [
+                "charge",
+                row.team or "",
+                row.cost_center or "",
+                row.tag or "",
+                report.query.month,
+                *counts(row),
+                format_usd(row.captured_micro_usd),
+                format_usd(row.held_micro_usd),
+                " ".join(row.rate_card_versions),
+            ]
+        )
+    blank = [""] * (5 + len(resolutions) + 1)
+    for c in report.corrections:
+        writer.writerow(
+            [
+                "correction",
+                c.team,
+                c.cost_center or "",
+                "",
+                c.original_period,
+                *blank,
+                format_usd(c.billed_micro_usd),
+                "",
+                c.kind,
+            ]
+        )
+    totals = report.totals
+    writer.writerow(
+        [
+            "total",
+            "",
+            "",
+            "",
+            report.query.month,
+            *counts(totals),
+            format_usd(report.total_due_micro_usd),
+            format_usd(totals.held_micro_usd),
+            " ".join(totals.rate_card_versions),
+        ]
+    )
+    return out.getvalue()
+
+
+_PALETTE = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#b7791f", "#e53e3e")
+
+
+def _bar_chart(title: str, bars: list[tuple[str, int]], *, chart_id: str) -> str:
+    width, bar_height, gap, label_width = 760, 22, 8, 220
+    height = 40 + len(bars) * (bar_height + gap)
+    peak = max((value for _, value in bars), default=0) or 1
+    parts = [
+        f'<svg id="{chart_id}" class="chart" role="img" aria-label="{html.escape(title)}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        'xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="0" y="18" class="chart-title">{html.escape(title)}</text>',
+    ]
+    for index, (label, value) in enumerate(bars):
+        y = 32 + index * (bar_height + gap)
+        length = int((width - label_width - 110) * value / peak)
+        color = _PALETTE[index % len(_PALETTE)]
+        parts.append(
+            f'<text x="{label_width - 8}" y="{y + 16}" text-anchor="end">{html.escape(label)}</text>'
+            f'<rect class="bar" x="{label_width}" y="{y}" width="{max(length, 1)}" '
+            f'height="{bar_height}" fill="{color}"><title>{html.escape(label)}: '
+            f"${format_usd(value)}</title></rect>"
+            f'<text x="{label_width + length + 6}" y="{y + 16}">${format_usd(value)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _daily_chart(report: ChargebackReport) -> str:
+    days = sorted({point.day for point in report.daily})
+    groups = sorted({point.group for point in report.daily})
+    width, height, left = 760, 280, 70
+    if not days:
+        return '<p class="empty">No captured spend this month.</p>'
+    totals_by_day = {
+        day: sum(p.captured_micro_usd for p in report.daily if p.day == day) for day in days
+    }
+    peak = max(totals_by_day.values()) or 1
+    slot = (width - left - 10) / len(days)
+    parts = [
+        f'<svg id="daily-spend" class="chart" role="img" aria-label="Daily spend per team" '
+        f'viewBox="0 0 {width} {height + 60}" width="{width}" height="{height + 60}" '
+        'xmlns="http://www.w3.org/2000/svg">',
+        '<text x="0" y="18" class="chart-title">Daily spend per team (USD, by day of submit)</text>',
+        f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>',
+        f'<text x="0" y="36" class="small">max ${format_usd(peak)}/day</text>',
+    ]
+    colors = {group: _PALETTE[i % len(_PALETTE)] for i, group in enumerate(groups)}
+    for index, day in enumerate(days):
+        x = left + index * slot
+        base = float(height)
+        for point in (p for p in report.daily if p.day == day):
+            bar = (height - 40) * point.captured_micro_usd / peak
+            base -= bar
+            parts.append(
+                f'<rect class="bar" x="{x + 1:.1f}" y="{base:.1f}" width="{max(slot - 2, 1):.1f}" '
+                f'height="{bar:.1f}" fill="{colors[point.group]}"><title>{html.escape(day)} '
+                f"{html.escape(point.group)}: ${format_usd(point.captured_micro_usd)}</title></rect>"
+            )
+        if len(days) <= 16 or index % max(len(days) // 8, 1) == 0:
+            parts.append(
+                f'<text x="{x + slot / 2:.1f}" y="{height + 16}" text-anchor="middle" '
+                f'class="small">{html.escape(day[5:])}</text>'
+            )
+    for index, group in enumerate(groups):
+        parts.append(
+            f'<rect x="{left + (index % 4) * 170}" y="{height + 28 + (index // 4) * 16}" '
+            f'width="10" height="10" fill="{colors[group]}"/>'
+            f'<text x="{left + 14 + (index % 4) * 170}" y="{height + 37 + (index // 4) * 16}" '
+            f'class="small">{html.escape(group)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:32px;color:#1a202c}
+h1{font-size:22px;margin-bottom:4px} .meta{color:#555;margin-bottom:24px}
+.cards{display:flex;gap:16px;margin:16px 0 24px} .card{border:1px solid #ddd;border-radius:8px;
+padding:12px 16px;min-width:160px} .card b{display:block;font-size:20px}
+table{border-collapse:collapse;margin:12px 0 28px;font-size:13px} th,td{border-bottom:1px solid
+#e2e8f0;padding:6px 10px;text-align:right} th:first-child,td:first-child,td.text{text-align:left} td:first-child{white-space:nowrap}
+thead th{background:#f7fafc} tfoot td{font-weight:bold;border-top:2px solid #999}
+.chart{display:block;margin:8px 0 24px;font-size:12px} .chart-title{font-size:14px;font-weight:600}
+.small{font-size:10px;fill:#555} .empty{color:#777} .closed{color:#c05621;font-weight:600}
+"""
+
+
+def to_html(report: ChargebackReport) -> str:
+    data = report
+    query = data.query
+    esc = html.escape
+    spend = [(group_label(row), row.captured_micro_usd) for row in data.rows]
+    resolutions = data.resolutions
+    header = "".join(f"<th>Video s {esc(r)}</th>" for r in resolutions)
+    body_rows = []
+    for row in data.rows:
+        seconds = "".join(f"<td>{_seconds(row.video_ms.get(r, 0))}</td>" for r in resolutions)
+        body_rows.append(
+            f'<tr><td class="text">{esc(group_label(row))}</td>'
+            f'<td class="text">{esc(row.cost_center or "")}</td>'
+            f"<td>{row.jobs_submitted}</td><td>{row.jobs_billed}</td>"
+            f"<td>{row.jobs_billed_moderated}</td><td>{row.jobs_released}</td>"
+            f"<td>{row.jobs_open}</td>{seconds}<td>{row.images}</td>"
+            f"<td>${format_usd(row.captured_micro_usd)}</td>"
+            f"<td>${format_usd(row.held_micro_usd)}</td>"
+            f'<td class="text">{esc(" ".join(row.rate_card_versions))}</td></tr>'
+        )
+    totals = data.totals
+    total_seconds = "".join(f"<td>{_seconds(totals.video_ms.get(r, 0))}</td>" for r in resolutions)
+    corrections = ""
+    if data.corrections:
+        lines = "".join(
+            f'<tr><td class="text">{esc(c.original_period)}</td><td class="text">{esc(c.team)}</td>'
+            f'<td class="text">{esc(c.kind)}</td><td class="text">{esc(c.upstream_job_id or c.job_id)}</td>'
+            f"<td>${format_usd(c.billed_micro_usd)}</td></tr>"
+            for c in data.corrections
+        )
+        corrections = (
+            "<h2>Corrections to closed months, recorded this month</h2>"
+            '<table id="corrections"><thead><tr><th>Month</th><th>Team</th><th>Entry</th>'
+            f"<th>Job</th><th>Billed</th></tr></thead><tbody>{lines}</tbody></table>"
+        )
+    closed = (
+        f'<span class="closed">Closed {esc(data.closed_at.isoformat())}</span>'
+        if data.closed_at
+        else "Open month: figures can still change"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<title>Chargeback {esc(query.month)}</title><style>{_STYLE}</style></head>
+<body>
+<h1>Video generation chargeback — {esc(query.month)}</h1>
+<div class="meta">Grouped by {esc(query.group_by)} · {closed} · generated {esc(data.generated_at.isoformat())}</div>
+<div class="cards">
+<div class="card">Total due<b id="total-due">${format_usd(data.total_due_micro_usd)}</b></div>
+<div class="card">Captured<b>${format_usd(totals.captured_micro_usd)}</b></div>
+<div class="card">Still held (not in total)<b>${format_usd(totals.held_micro_usd)}</b></div>
+<div class="card">Jobs billed<b>{totals.jobs_billed + totals.jobs_billed_moderated}</b></div>
+</div>
+{_bar_chart("Spend per " + ("cost center" if query.group_by == "cost_center" else "team"), spend, chart_id="spend-per-group")}
+{_daily_chart(data) if data.daily else ""}
+<h2>Details</h2>
+<table id="chargeback"><thead><tr><th>Group</th><th>Cost center</th><th>Submitted</th>
+<th>Billed</th><th>Billed (moderated)</th><th>Released</th><th>Open</th>{header}<th>Images</th>
+<th>Captured</th><th>Held</th><th>Rate cards</th></tr></thead>
+<tbody>{"".join(body_rows)}</tbody>
+<tfoot><tr><td class="text">Total</td><td></td><td>{totals.jobs_submitted}</td>
+<td>{totals.jobs_billed}</td><td>{totals.jobs_billed_moderated}</td><td>{totals.jobs_released}</td>
+<td>{totals.jobs_open}</td>{total_seconds}<td>{totals.images}</td>
+<td>${format_usd(totals.captured_micro_usd)}</td><td>${format_usd(totals.held_micro_usd)}</td>
+<td class="text">{esc(" ".join(totals.rate_card_versions))}</td></tr></tfoot></table>
+{corrections}
+</body></html>
+"""

@@ -1,0 +1,462 @@
+"""Finance flows end to end: closing a month (frozen, later entries become corrections), the
+chargeback over the admin API and the CLI, cost-allocation tags from the HTTP header, and
+reconciling the ledger with the upstream's own usage export (including injected errors)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.audit.service import Actor
+from gateway.db.base import utcnow
+from gateway.errors import Conflict, InvalidRequest
+from gateway.jobs.models import Job, JobState
+from gateway.ledger import settlement
+from gateway.ledger.closing import close_period
+from gateway.ledger.holds import place_hold
+from gateway.ledger.pricing import parse_usd
+from gateway.ledger.quotas import TeamQuota
+from gateway.reports.chargeback import ReportQuery, chargeback
+from gateway.reports.focus import focus_rows
+from gateway.reports.formats import to_csv, to_json
+from gateway.tenancy import service as tenancy
+from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from tests.support.database import admin_sql, create_postgres_database, drop_postgres_database
+from tests.support.ledger import team_ledger
+from tests.support.ledger_generator import generate
+from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
+
+ACTOR = Actor("finance-test")
+ADMIN = "admin-token-for-finance-0123456789"
+MODEL = "grok-imagine-video-1-5"
+
+
+@pytest.fixture
+def fresh_db(postgres_url: str) -> Iterator[str]:
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+async def _hold(session: AsyncSession, team: TeamQuota, created: datetime, amount: int) -> Job:
+    job = Job(
+        id=uuid.uuid4().hex,
+        team_id=team.team_id,
+        state=JobState.PENDING.value,
+        model=MODEL,
+        duration_ms=10_000,
+        resolution="720p",
+        image_count=0,
+        estimate_micro_usd=amount,
+        rate_card_version="seed-2026-11",
+        period=created.strftime("%Y-%m"),
+        upstream_job_id=f"up_{uuid.uuid4().hex}",
+        check_attempts=0,
+        needs_review=False,
+        created_at=created,
+        updated_at=created,
+    )
+    await place_hold(session, team, job, policy="unlimited", now=created)
+    return job
+
+
+def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_db: str) -> None:
+    url = fresh_db
+
+    async def setup(session: AsyncSession) -> tuple[Job, Job]:
+        team = await tenancy.create_team(session, "closers", actor=ACTOR, cost_center="CC-9")
+        quota = TeamQuota(team.id, None, None)
+        early = await _hold(session, quota, datetime(2026, 10, 5, tzinfo=UTC), 1_680_000)
+        capture = settlement.Settlement(JobState.CAPTURED, 1_680_000, reason="completed")
+        await settlement.apply_settlement(
+            session, early, capture, now=datetime(2026, 10, 5, 1, tzinfo=UTC)
+        )
+        late = await _hold(session, quota, datetime(2026, 10, 20, tzinfo=UTC), 960_000)
+        return early, late
+
+    _, late = in_session(url, setup)
+    in_session(url, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
+    with pytest.raises(Conflict):
+        in_session(url, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
+    with pytest.raises(InvalidRequest):
+        in_session(
+            url, lambda s: close_period(s, utcnow().strftime("%Y-%m"), actor=ACTOR, now=utcnow())
+        )
+
+    october_before = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
+    # The October job settles now, after the close: the closed month must not change.
+    capture = settlement.Settlement(JobState.CAPTURED, 960_000, reason="completed")
+    in_session(url, lambda s: settlement.apply_settlement(s, late, capture, now=utcnow()))
+    october = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
+    assert october.closed_at is not None
+    assert to_json(october)["rows"] == to_json(october_before)["rows"]
+    assert (october.totals.captured_micro_usd, october.totals.held_micro_usd) == (
+        1_680_000,
+        960_000,
+    )
+
+    this_month = utcnow().strftime("%Y-%m")
+    current = in_session(url, lambda s: chargeback(s, ReportQuery(month=this_month)))
+    assert [(c.original_period, c.kind, c.amount_micro_usd) for c in current.corrections] == [
+        ("2026-10", "capture", 960_000)
+    ]
+    assert current.total_due_micro_usd == current.totals.captured_micro_usd + 960_000
+    lines = list(csv.DictReader(io.StringIO(to_csv(current))))
+    assert [
+        (r["line"], r["original_period"], r["captured_usd"])
+        for r in lines
+        if r["line"] == "correction"
+    ] == [("correction", "2026-10", "0.960000")]
+
+    async def focus(session: AsyncSession) -> list[dict[str, str]]:
+        return [row async for row in focus_rows(session, this_month)]
+
+    corrections = [r for r in in_session(url, focus) if r["ChargeClass"] == "Correction"]
+    assert [(r["x_OriginalPeriod"], r["BilledCost"]) for r in corrections] == [
+        ("2026-10", "0.960000")
+    ]
+
+
+@pytest.fixture
+def finance_gateway(start_gateway: StartGateway, fresh_db: str) -> tuple[str, str]:
+    in_session(fresh_db, lambda s: generate(s, jobs=200, seed=5))
+    server = start_gateway(database_url=fresh_db, admin_token=ADMIN)
+    return server.url, fresh_db
+
+
+def test_chargeback_over_the_admin_api_in_every_format(
+    finance_gateway: tuple[str, str], postgres_url: str
+) -> None:
+    url, database = finance_gateway
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    expected = in_session(database, lambda s: chargeback(s, ReportQuery(month="2026-11")))
+    as_json = httpx.get(
+        f"{url}/admin/reports/chargeback", params={"month": "2026-11"}, headers=admin
+    )
+    assert as_json.status_code == 200
+    assert parse_usd(as_json.json()["totals"]["captured_usd"]) == expected.totals.captured_micro_usd
+    as_csv = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "2026-11", "format": "csv"},
+        headers=admin,
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    as_html = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "2026-11", "format": "html"},
+        headers=admin,
+    )
+    assert as_html.headers["content-type"].startswith("text/html") and "<svg" in as_html.text
+    as_focus = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "2026-11", "format": "focus"},
+        headers=admin,
+    )
+    rows = list(csv.DictReader(io.StringIO(as_focus.text)))
+    assert sum(parse_usd(r["BilledCost"]) for r in rows) == expected.totals.captured_micro_usd
+    by_tag = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "2026-11", "group_by": "tag:project"},
+        headers=admin,
+    ).json()
+    assert {row["tag"] for row in by_tag["rows"]} == {"atlas", "zephyr", "(untagged)"}
+    refused = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "2026-11"},
+        headers=make_tenant(database).headers,
+    )
+    assert refused.status_code == 403
+    bad = httpx.get(f"{url}/admin/reports/chargeback", params={"month": "2026-13"}, headers=admin)
+    assert bad.status_code == 400
+
+    closed = httpx.post(f"{url}/admin/periods/2026-10/close", headers=admin)
+    assert closed.status_code == 201 and closed.json()["closed_by"] == "admin-token"
+    assert httpx.post(f"{url}/admin/periods/2026-10/close", headers=admin).status_code == 409
+    assert [p["month"] for p in httpx.get(f"{url}/admin/periods", headers=admin).json()] == [
+        "2026-10"
+    ]
+    audit = httpx.get(f"{url}/admin/audit", params={"action": "period.close"}, headers=admin)
+    assert [e["target_id"] for e in audit.json()["data"]] == ["2026-10"]
+
+
+def test_chargeback_command_writes_every_format(
+    finance_gateway: tuple[str, str], tmp_path: Path
+) -> None:
+    _, database = finance_gateway
+    env = {"GATEWAY_DATABASE_URL": database, "PATH": "/usr/bin:/bin"}
+    expected = in_session(database, lambda s: chargeback(s, ReportQuery(month="2026-11")))
+    for fmt in ("json", "csv", "html", "focus"):
+        out = tmp_path / f"report.{fmt}"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "report",
+                "chargeback",
+                "--month",
+                "2026-11",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert out.stat().st_size > 100
+    document = json.loads((tmp_path / "report.json").read_text())
+    assert parse_usd(document["totals"]["captured_usd"]) == expected.totals.captured_micro_usd
+    focus_lines = io.StringIO((tmp_path / "report.focus").read_text())
+    focus_total = sum(parse_usd(r["BilledCost"]) for r in csv.DictReader(focus_lines))
+    assert focus_total == expected.totals.captured_micro_usd
+    grouped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "report",
+            "chargeback",
+            "--month",
+            "2026-11",
+            "--format",
+            "json",
+            "--group-by",
+            "cost-center",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert {r["cost_center"] for r in json.loads(grouped.stdout)["rows"]} == {"CC-0", "CC-1"}
+
+
+def test_tags_from_the_header_reach_the_job_the_ledger_and_the_report(
+    start_gateway: StartGateway, simulator: SimulatorProbe, fresh_db: str
+) -> None:
+    server = start_gateway(database_url=fresh_db)
+    tenant = make_tenant(fresh_db)
+    with httpx.Client(base_url=server.url) as client:
+        for tags in ("project=atlas,user=dana", "project=atlas", "project=zephyr", None):
+            headers = {**tenant.headers, **({"X-Gateway-Tags": tags} if tags else {})}
+            job_id = client.post(
+                SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=headers
+            ).json()["job_id"]
+            client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+        for bad in (
+            "project",
+            "Project=atlas",
+            "p=" + "x" * 65,
+            ",".join(f"k{n}=v" for n in range(11)),
+            "a=1,a=2",
+        ):
+            refused = client.post(
+                SUBMIT_PATH,
+                json={"model": MODEL, "prompt": "x"},
+                headers={**tenant.headers, "X-Gateway-Tags": bad},
+            )
+            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_tags")
+    assert all("x-gateway-tags" not in r["header_names"] for r in simulator.requests())
+    ledger = team_ledger(fresh_db, tenant.team)
+    assert ledger.jobs[0].tags == {"project": "atlas", "user": "dana"}
+    assert all(e.tags == j.tags for j in ledger.jobs for e in ledger.entries if e.job_id == j.id)
+    month = utcnow().strftime("%Y-%m")
+    result = in_session(
+        fresh_db,
+        lambda s: chargeback(s, ReportQuery(month=month, group_by="tag:project", team=tenant.team)),
+    )
+    assert {r.tag: r.captured_micro_usd for r in result.rows} == {
+        "atlas": 3_360_000,
+        "zephyr": 1_680_000,
+        "(untagged)": 1_680_000,
+    }
+
+
+# Reconciliation with the upstream's bill
+
+
+@pytest.fixture
+def billed_jobs(
+    start_gateway: StartGateway, simulator: SimulatorProbe, fresh_db: str, tmp_path: Path
+) -> tuple[str, list[str], dict[str, Any], Any]:
+    server = start_gateway(database_url=fresh_db)
+    tenant: Tenant = make_tenant(fresh_db)
+    ids = []
+    with httpx.Client(base_url=server.url) as client:
+        for prompt in ("a", "b #sim:fail", "c #sim:moderated", "d #sim:duration=12", "e", "f"):
+            job_id = client.post(
+                SUBMIT_PATH, json={"model": MODEL, "prompt": prompt}, headers=tenant.headers
+            ).json()["job_id"]
+            client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+            ids.append(job_id)
+    server.stop()
+    return fresh_db, ids, simulator.usage(), simulator
+
+
+def reconcile(database: str, usage: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "GATEWAY_DATABASE_URL": database,
+        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "GATEWAY_KEY_PEPPER": PEPPER,
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "reconcile",
+            "--no-settle",
+            "--upstream-usage",
+            str(usage),
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_ledger_reconciles_with_the_upstreams_export(
+    billed_jobs: tuple[str, list[str], dict[str, Any], Any], tmp_path: Path
+) -> None:
+    database, _, usage, simulator = billed_jobs
+    export = tmp_path / "usage.json"
+    export.write_text(json.dumps(usage))
+    clean = reconcile(database, export)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no differences" in clean.stdout
+    # The same bill as CSV with the provider's own column names, mapped.
+    rows = list(
+        csv.DictReader(io.StringIO(simulator.http.get("/_simulator/usage?format=csv").text))
+    )
+    renamed = tmp_path / "usage.csv"
+    with renamed.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Id", "Amount", "Charged"])
+        for row in rows:
+            writer.writerow([row["job_id"], row["cost_usd"], row["billed"]])
+    mapped = reconcile(
+        database,
+        renamed,
+        "--column",
+        "job_id=Id",
+        "--column",
+        "cost_usd=Amount",
+        "--column",
+        "billed=Charged",
+        "--format",
+        "json",
+    )
+    assert mapped.returncode == 0, mapped.stdout + mapped.stderr
+    assert json.loads(mapped.stdout)["differences"] == []
+
+
+def test_injected_discrepancies_are_reported_precisely(
+    billed_jobs: tuple[str, list[str], dict[str, Any], Any], tmp_path: Path
+) -> None:
+    database, ids, usage, _ = billed_jobs
+    dropped, altered = ids[0], ids[4]
+    doctored = {**usage, "jobs": []}
+    for row in usage["jobs"]:
+        if row["job_id"] == dropped:
+            continue  # a job the upstream "forgot" to bill
+        if row["job_id"] == altered:
+            row = {**row, "cost_usd": "1.690000"}  # billed 1 cent more upstream
+        doctored["jobs"].append(row)
+    export = tmp_path / "doctored.json"
+    export.write_text(json.dumps(doctored))
+    result = reconcile(database, export, "--format", "json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert [
+        (d["kind"], d["job_id"], d["ledger_usd"], d["upstream_usd"], d["delta_usd"])
+        for d in report["differences"]
+    ] == sorted(
+        [
+            ("not_billed_upstream", dropped, "1.680000", "0.000000", "1.680000"),
+            ("amount_differs", altered, "1.680000", "1.690000", "-0.010000"),
+        ],
+        key=lambda d: d[1],
+    )
+    within = reconcile(database, export, "--tolerance-usd", "0.02", "--format", "json")
+    assert [d["kind"] for d in json.loads(within.stdout)["differences"]] == ["not_billed_upstream"]
+
+    # A copy of the ledger with one capture deleted (the triggers forbid it in the real one).
+    name = f"{database.rsplit('/', 1)[-1]}_copy"
+    admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{database.rsplit("/", 1)[-1]}"')
+    copy = database.rsplit("/", 1)[0] + "/" + name
+    try:
+        job = team_ledger_job(copy, ids[5])
+        admin_sql_on(
+            copy,
+            "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
+            f"DELETE FROM ledger_entries WHERE job_id = '{job}' AND kind = 'capture'",
+        )
+        original = tmp_path / "usage.json"
+        original.write_text(json.dumps(usage))
+        missing = reconcile(copy, original, "--format", "json")
+        assert missing.returncode == 1
+        assert [(d["kind"], d["job_id"]) for d in json.loads(missing.stdout)["differences"]] == [
+            ("missing_in_ledger", ids[5])
+        ]
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def team_ledger_job(database: str, upstream_job_id: str) -> str:
+    async def _find(session: AsyncSession) -> str:
+        from sqlalchemy import select
+
+        return (
+            await session.execute(select(Job.id).where(Job.upstream_job_id == upstream_job_id))
+        ).scalar_one()
+
+    return in_session(database, _find)
+
+
+def admin_sql_on(database: str, *statements: str) -> None:
+    import asyncio
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    async def _run() -> None:
+        dsn = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+        connection = await asyncpg.connect(dsn)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(_run())
+
+
+def test_unreadable_usage_files_exit_2(fresh_db: str, tmp_path: Path) -> None:
+    for content in ("{not json", '{"rows": []}', "Id,Amount\nx,abc\n"):
+        bad = tmp_path / "bad.txt"
+        bad.write_text(content)
+        result = reconcile(fresh_db, bad)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "cannot read the upstream usage" in result.stderr
