@@ -148,6 +148,24 @@ class Settings(BaseSettings):
         return ["RS256", "ES256"]
 
     @model_validator(mode="after")
+    def _release_waits_for_any_submit_in_flight(self) -> Settings:
+        """Releasing an unanswered hold while its submit may still be in flight would let the
+        upstream bill a job the ledger has given up on."""
+        longest = (
+            self.upstream_connect_timeout_seconds
+            + self.upstream_write_timeout_seconds
+            + self.upstream_read_timeout_seconds
+            + self.upstream_pool_timeout_seconds
+        )
+        if self.unanswered_submit_release_after_seconds <= longest:
+            raise ValueError(
+                "GATEWAY_UNANSWERED_SUBMIT_RELEASE_AFTER_SECONDS "
+                f"({self.unanswered_submit_release_after_seconds:g}) must exceed the longest a "
+                f"submit can be in flight: connect + write + read + pool timeouts = {longest:g} s"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _jwt_settings_are_coherent(self) -> Settings:
         if not self.jwt_enabled:
             return self

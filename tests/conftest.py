@@ -117,6 +117,17 @@ def gateway_settings(database_url: str, upstream_url: str, **overrides: Any) -> 
     return Settings(_env_file=None, **values)
 
 
+# Overrides that let a reconcile pass release unanswered submits at once: the release timeout
+# must exceed the longest a submit can be in flight (the settings refuse it otherwise).
+RELEASE_AT_ONCE: dict[str, float] = {
+    "unanswered_submit_release_after_seconds": 0.01,
+    "upstream_connect_timeout_seconds": 0.001,
+    "upstream_write_timeout_seconds": 0.001,
+    "upstream_read_timeout_seconds": 0.001,
+    "upstream_pool_timeout_seconds": 0.001,
+}
+
+
 @pytest.fixture(scope="session")
 def gateway_server(postgres_url: str, simulator_server: ServerThread) -> Iterator[ServerThread]:
     """The default gateway: Postgres ledger, simulator upstream, default settings."""

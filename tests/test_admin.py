@@ -72,6 +72,7 @@ ROUTES = [
     ),
     ("GET", "/admin/jobs", None),
     ("GET", "/admin/jobs/job_x", None),
+    ("POST", "/admin/jobs/job_x/release", None),
     ("GET", "/admin/usage", None),
     ("GET", "/admin/audit", None),
 ]
@@ -305,6 +306,52 @@ def test_jobs_filtered_paginated_and_one_with_its_entries(
     assert admin("GET", f"/admin/jobs/{detail['id']}").json()["upstream_job_id"] == ids[0]
     assert admin("GET", "/admin/jobs/job_nope").status_code == 404
     assert admin("GET", "/admin/jobs", period="2026-13").status_code == 400
+
+
+def test_an_open_job_is_released_by_hand_once_with_audit(
+    admin: Admin, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """After review, an operator gives back the hold of a job the gateway cannot settle (here:
+    one nobody polls). It is then settled: never polled, never billed, never released twice."""
+    tenant = make_tenant(postgres_url, budget_micro_usd=10_000_000)
+    url = admin.http.base_url
+    job_id = httpx.post(
+        f"{url}{SUBMIT_PATH}", json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
+    ).json()["job_id"]
+    assert admin("GET", "/admin/usage", team=tenant.team).json()[0]["held_usd"] == "1.680000"
+
+    released = admin("POST", f"/admin/jobs/{job_id}/release", {"note": "ticket FIN-42"})
+    assert released.status_code == 200, released.text
+    detail = released.json()
+    assert detail["state"] == "released" and detail["upstream_job_id"] == job_id
+    assert [(e["kind"], e["amount_usd"], e["reason"]) for e in detail["entries"]] == [
+        ("hold", "1.680000", None),
+        ("release", "1.680000", "released_by_admin"),
+    ]
+    (usage,) = admin("GET", "/admin/usage", team=tenant.team).json()
+    assert (usage["held_usd"], usage["captured_usd"], usage["jobs_in_flight"]) == (
+        "0.000000",
+        "0.000000",
+        0,
+    )
+    (entry,) = admin.audit(action="job.release", target_id=detail["id"])
+    assert entry["actor"] == "admin-token"
+    assert entry["before"] == {"state": "submitted", "held_usd": "1.680000"}
+    assert entry["after"] == {
+        "state": "released",
+        "reason": "released_by_admin",
+        "note": "ticket FIN-42",
+    }
+
+    # The upstream finishes it later: a poll answers, but settles (and bills) nothing more.
+    polled = httpx.get(f"{url}/v1/jobs/{job_id}", headers=tenant.headers)
+    assert polled.json()["status"] == "completed"
+    assert [e.kind for e in team_ledger(postgres_url, tenant.team).entries] == ["hold", "release"]
+    again = admin("POST", f"/admin/jobs/{job_id}/release")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_already_settled"
+    missing = admin("POST", "/admin/jobs/job_nope/release")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    assert admin("POST", f"/admin/jobs/{job_id}/release", {"why": "x"}).status_code == 400
 
 
 def test_usage_per_team_and_period(

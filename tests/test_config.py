@@ -60,3 +60,13 @@ def test_jwt_is_on_only_with_an_issuer_and_a_key_source() -> None:
     assert on.jwt_enabled and on.jwt_algorithm_list() == ["HS256"]
     keyed = settings(jwt_issuer="https://idp", jwt_jwks_url="https://idp/jwks")
     assert keyed.jwt_algorithm_list() == ["RS256", "ES256"]
+
+
+def test_an_unanswered_hold_is_never_released_while_its_submit_may_be_in_flight() -> None:
+    """Released earlier, a submit still on the wire could create a job the ledger gave up on."""
+    with pytest.raises(ValidationError, match="connect \\+ write \\+ read \\+ pool timeouts = 70"):
+        settings(unanswered_submit_release_after_seconds=60)
+    with pytest.raises(ValidationError, match="= 200"):
+        settings(upstream_read_timeout_seconds=160, unanswered_submit_release_after_seconds=200)
+    assert settings().unanswered_submit_release_after_seconds == 600  # defaults are coherent
+    settings(upstream_read_timeout_seconds=160, unanswered_submit_release_after_seconds=201)

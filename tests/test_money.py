@@ -5,22 +5,29 @@ Where the simulator bills a job, the ledger must agree with it to the micro-doll
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db.base import utcnow
 from gateway.ledger.pricing import parse_usd
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
+from gateway.proxy.idempotency_models import IdempotencyKey
 from gateway.runtime import open_runtime
+from gateway.tenancy import service as tenancy
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import (
+    RELEASE_AT_ONCE,
     SUBMIT_PATH,
     UPSTREAM_KEY,
     SimulatorProbe,
@@ -30,7 +37,7 @@ from tests.conftest import (
 from tests.support.database import migrate
 from tests.support.ledger import team_ledger
 from tests.support.servers import running
-from tests.support.tenants import Tenant, make_tenant
+from tests.support.tenants import Tenant, in_session, make_tenant
 
 MODEL = "grok-imagine-video-1-5"
 
@@ -241,6 +248,45 @@ def test_idempotent_retry_replays_the_first_answer(
     )
 
 
+def test_a_key_stored_before_tags_existed_still_replays_after_an_upgrade(
+    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Keys claimed by a version without cost-allocation tags hashed the body alone: the same
+    body is still the same request, and the same key with tags is another one (422)."""
+    tenant = make_tenant(postgres_url)
+    raw = json.dumps({"model": MODEL, "prompt": "before the upgrade"}).encode()
+    stored = b'{"job_id": "job_before_upgrade", "status": "queued"}'
+
+    async def store(session: AsyncSession) -> None:
+        team = await tenancy.require_team(session, tenant.team)
+        session.add(
+            IdempotencyKey(
+                team_id=team.id,
+                key="claimed-before",
+                request_hash=hashlib.sha256(raw).hexdigest(),
+                state="completed",
+                status_code=200,
+                response_body=stored,
+                response_headers={"content-type": "application/json"},
+                expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+
+    in_session(postgres_url, store)
+    headers = {
+        **tenant.headers,
+        "Idempotency-Key": "claimed-before",
+        "Content-Type": "application/json",
+    }
+    replay = gateway.post(SUBMIT_PATH, content=raw, headers=headers)
+    assert replay.status_code == 200 and replay.content == stored
+    assert replay.headers["idempotent-replayed"] == "true"
+    tagged = gateway.post(SUBMIT_PATH, content=raw, headers={**headers, "X-Gateway-Tags": "a=b"})
+    assert tagged.status_code == 422
+    assert tagged.json()["error"]["code"] == "idempotency_key_reused"
+    assert simulator.submits() == []
+
+
 def test_idempotent_duplicate_in_flight_is_409(
     gateway_server: Any, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
@@ -326,20 +372,23 @@ def test_reconciler_releases_a_submit_that_never_got_an_answer(
 ) -> None:
     tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
     server = start_gateway(upstream_read_timeout_seconds=0.3)
-    timed_out = httpx.post(
-        server.url + SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "#sim:hang"},
-        headers=tenant.headers,
-    )
+    headers = {**tenant.headers, "Idempotency-Key": "hung-submit"}
+    body = {"model": MODEL, "prompt": "#sim:hang"}
+    timed_out = httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers)
     assert timed_out.status_code == 504
     assert timed_out.headers["x-quota-remaining-usd"] == "0.320000"  # the hold stays...
     assert reconcile(postgres_url, simulator.url).released_unanswered == 0  # ...until the timeout
-    report = reconcile(postgres_url, simulator.url, unanswered_submit_release_after_seconds=0.01)
+    report = reconcile(postgres_url, simulator.url, **RELEASE_AT_ONCE)
     assert report.released_unanswered == 1
     ledger = team_ledger(postgres_url, tenant.team)
     assert [e.kind for e in ledger.entries] == ["hold", "release"]
     assert ledger.jobs[0].needs_review is True  # the upstream might have run it: look at it
     assert ledger.balance.held_micro_usd == 0
+    # A retry with the same key learns that, rather than silently submitting a second job.
+    retry = httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers)
+    assert retry.status_code == 504 and retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["error"]["code"] == "upstream_outcome_unknown"
+    assert len(simulator.submits()) == 1
 
 
 def test_reconcile_command(
@@ -491,16 +540,19 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
 ) -> None:
     """The upstream created (and will bill) the job but the gateway never heard its id."""
     tenant = make_tenant(postgres_url)
-    server = start_gateway(transport=AnswerLost(), upstream_honors_idempotency_key=honors)
+    overrides = {
+        "upstream_honors_idempotency_key": honors,
+        "unanswered_submit_resend_after_seconds": 0.2,
+        "unanswered_submit_release_after_seconds": 3600.0,
+    }
+    server = start_gateway(transport=AnswerLost(), **overrides)
     lost = httpx.post(
         server.url + SUBMIT_PATH, json={"model": MODEL, "prompt": "lost"}, headers=tenant.headers
     )
     assert lost.status_code == 504
     (upstream_job,) = simulator.usage()["jobs"]
-    overrides = {
-        "upstream_honors_idempotency_key": honors,
-        "unanswered_submit_release_after_seconds": 3600.0,
-    }
+    assert reconcile(postgres_url, simulator.url, **overrides).recovered == 0  # not yet due
+    time.sleep(0.3)
     report = reconcile(postgres_url, simulator.url, **overrides)
     ledger = team_ledger(postgres_url, tenant.team)
     if honors:

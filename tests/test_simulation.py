@@ -39,7 +39,7 @@ from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.reports import reconciliation
 from gateway.runtime import open_runtime
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, gateway_settings
+from tests.conftest import RELEASE_AT_ONCE, SUBMIT_PATH, UPSTREAM_KEY, gateway_settings
 from tests.support.database import create_postgres_database, drop_postgres_database
 from tests.support.processes import GatewayProcess
 from tests.support.servers import running
@@ -185,14 +185,12 @@ async def kill_mid_batch(world: World) -> None:
 
 
 def reconcile(world: World, **overrides: Any) -> ReconcileReport:
-    settings = gateway_settings(
-        world.database_url,
-        world.simulator_url,
-        upstream_honors_idempotency_key=True,
-        unanswered_submit_resend_after_seconds=0.5,
-        upstream_read_timeout_seconds=0.5,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "upstream_honors_idempotency_key": True,
+        "unanswered_submit_resend_after_seconds": 0.5,
+        "upstream_read_timeout_seconds": 0.5,
+    }
+    settings = gateway_settings(world.database_url, world.simulator_url, **(values | overrides))
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
@@ -249,7 +247,7 @@ def test_randomized_money_simulation(world: World) -> None:
     # and finally release the holds of submits the upstream never created (the hangs).
     for _ in range(6):
         reconcile(world)
-    reconcile(world, unanswered_submit_release_after_seconds=0.001)
+    reconcile(world, **RELEASE_AT_ONCE)
     reconcile(world)
 
     context = f"seed={SEED} ops={OPS} statuses={dict(world.statuses)}"

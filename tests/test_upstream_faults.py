@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -203,3 +205,63 @@ def test_wrong_upstream_key_against_the_simulator(
     server = start_gateway(upstream_api_key="sk-wrong-key-for-upstream")
     assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
     assert [r["status"] for r in simulator.submits()] == [401]
+
+
+@pytest.mark.parametrize(("status", "kept"), [(502, True), (504, True), (500, False), (503, False)])
+def test_a_proxys_502_or_504_keeps_the_hold_other_5xx_release_it(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, status: int, kept: bool
+) -> None:
+    """A 502/504 may come from a load balancer in front of the upstream after it passed the
+    request on: the job may exist, so the hold is kept and a retry with the same key is
+    answered from the first answer rather than sent again. A 500/503 is the upstream's own
+    refusal: nothing was created, the hold is released and the key is free again."""
+    sent: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(status, text="<html>bad gateway</html>")
+
+    server = start_gateway(transport=httpx.MockTransport(upstream))
+    headers = {**tenant.headers, "Idempotency-Key": f"proxy-{status}"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        first, retry = (
+            client.post(SUBMIT_PATH, json={"model": MODEL, "prompt": "a cat"}, headers=headers)
+            for _ in range(2)
+        )
+        assert_error(first, 502, "upstream_error")
+        assert_error(retry, 502, "upstream_error")
+    if kept:
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert (len(sent), job_states(postgres_url, tenant.team)) == (1, ["unknown"])
+    else:
+        assert "idempotent-replayed" not in retry.headers
+        assert (len(sent), job_states(postgres_url, tenant.team)) == (2, ["released"] * 2)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_submit_that_never_got_a_connection_is_released_at_once(
+    start_gateway: StartGateway,
+    simulator: SimulatorProbe,
+    tenant: Tenant,
+    postgres_url: str,
+    transport: str,
+) -> None:
+    """Waiting for a free upstream connection timed out: the request never left the gateway,
+    so the upstream cannot have a job for it (504, and the hold goes back at once)."""
+    server = start_gateway(
+        upstream_transport=transport,
+        upstream_max_connections=1,
+        upstream_pool_timeout_seconds=0.3,
+        upstream_read_timeout_seconds=2.0,
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        occupying = pool.submit(submit, server.url, tenant, "a cat #sim:hang")
+        deadline = time.monotonic() + 10
+        while not simulator.submits() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert simulator.submits(), "the first submit never reached the simulator"
+        queued = submit(server.url, tenant, "a dog")
+        assert_error(queued, 504, "upstream_timeout")
+        assert len(simulator.submits()) == 1  # the second one was never sent
+        assert_error(occupying.result(), 504, "upstream_timeout")
+    assert sorted(job_states(postgres_url, tenant.team)) == ["released", "unknown"]

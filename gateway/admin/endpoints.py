@@ -17,6 +17,7 @@ from gateway.admin.schemas import (
     IssuedKeyOut,
     JobDetailOut,
     JobOut,
+    JobRelease,
     KeyCreate,
     KeyOut,
     KeyRotate,
@@ -35,7 +36,7 @@ from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs import repository as jobs
 from gateway.kit.http import RuntimeDep
 from gateway.kit.strict_route import StrictJSONRoute
-from gateway.ledger import rates
+from gateway.ledger import manual, rates
 from gateway.ledger import repository as ledger
 from gateway.ledger.periods import period_of
 from gateway.ledger.snapshot import ledger_snapshot
@@ -286,6 +287,30 @@ async def get_job(
         job, team = found
         entries = list(await ledger.entries_for_job(session, job.id))
     return views.job_detail_out(job, team, entries)
+
+
+@router.post(
+    "/jobs/{job_id}/release",
+    summary="Release an open job's hold by hand (after review); 409 if already settled",
+)
+async def release_job(
+    job_id: str,
+    request: Request,
+    admin: AdminActor,
+    runtime: RuntimeDep,
+    body: Annotated[JobRelease | None, Body()] = None,
+) -> JobDetailOut:
+    _seen(request, admin.name)
+    async with transaction(runtime.sessionmaker) as session:
+        released = await manual.release_job(
+            session, job_id[:128], actor=admin, note=(body or JobRelease()).note
+        )
+    runtime.metrics.record_settlement(released.team, released.job, released.plan)
+    async with read_only(runtime.sessionmaker) as session:
+        found = await jobs.find_any(session, released.job.id)
+        assert found is not None
+        entries = list(await ledger.entries_for_job(session, released.job.id))
+    return views.job_detail_out(found[0], found[1], entries)
 
 
 @router.get("/usage", summary="Every team's money for a period (default: the current one)")

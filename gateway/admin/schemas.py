@@ -127,6 +127,12 @@ class KeyRotate(_In):
     )
 
 
+class JobRelease(_In):
+    note: str | None = Field(
+        default=None, max_length=500, description="Why (kept in the audit log)"
+    )
+
+
 class KeyOut(BaseModel):
     id: str = Field(description="Public key id; the key itself is never shown again")
     team: str

@@ -53,6 +53,15 @@ async def move_from_pending(
     return bool(getattr(result, "rowcount", 0))
 
 
+async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_job_id: str) -> None:
+    """The upstream accepted a job already released: remember its id and flag it."""
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(upstream_job_id=upstream_job_id, needs_review=True)
+    )
+
+
 def keep_request(session: AsyncSession, job_id: str, body: bytes, now: datetime) -> None:
     """Stage the request body; it is written with the job at the next flush."""
     session.add(JobRequest(job_id=job_id, body=body, created_at=now))
@@ -131,6 +140,19 @@ async def unanswered_before(session: AsyncSession, cutoff: datetime, limit: int)
         .with_for_update(skip_locked=True)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+async def lock_unanswered(session: AsyncSession, job_id: str) -> Job | None:
+    """The job, locked, if it is still pending or unknown (else None: skip it)."""
+    stmt = (
+        select(Job)
+        .where(
+            Job.id == job_id,
+            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def flag_old_holds(session: AsyncSession, cutoff: datetime, now: datetime) -> Sequence[str]:

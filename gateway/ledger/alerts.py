@@ -28,7 +28,6 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
@@ -105,7 +104,7 @@ class BudgetAlerts:
                     )
                     .on_conflict_do_nothing(index_elements=["team_id", "period", "threshold"])
                 )
-        except SQLAlchemyError:
+        except Exception:
             # An alert must never fail the request that crossed the threshold.
             logger.exception("could not record a budget alert", extra={"threshold": threshold})
             return

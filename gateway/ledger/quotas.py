@@ -63,6 +63,9 @@ async def set_period_budget(
 ) -> None:
     """A team's budget changed: the period already under way follows. The table's CHECK
     refuses a budget below what is already used or held this period (409)."""
+    # Open the row first if this period has none yet, so a submit opening it concurrently
+    # with the team's old budget cannot win: the update below always lands last.
+    await repository.create_balance_if_missing(session, team_id, period, budget, now)
     try:
         async with session.begin_nested():
             await repository.set_budget(session, team_id, period, budget, now)
@@ -103,6 +106,12 @@ async def reserve_hold(
     policy: BudgetPolicy,
 ) -> BalanceView:
     """Reserve ``amount`` for a new job, or raise ``QuotaExceeded`` (429) with the figures."""
+    if team.max_concurrent_jobs is not None:
+        # The concurrency count below runs under a lock on the team's row (not the period's
+        # balance row: two submits on either side of a month boundary lock different balance
+        # rows), so two submits of the same team cannot both see room for one more job. Taken
+        # before the balance row, in the order an admin's budget change takes them.
+        await repository.lock_team(session, team.team_id)
     row = await repository.try_reserve(session, team.team_id, period, amount, now)
     if row is None:
         current = await repository.get_balance(session, team.team_id, period)
@@ -115,9 +124,7 @@ async def reserve_hold(
             assert current is not None
             raise BudgetExhausted(BalanceView.of(period, current), amount)
     if team.max_concurrent_jobs is not None:
-        # Counted while this transaction holds the balance row's lock, so two submits of the
-        # same team cannot both see room for one more job. The caller's own new job, already
-        # written in this transaction, is among those counted.
+        # The caller's own new job, already written in this transaction, is among those counted.
         in_flight = await repository.count_open_jobs(session, team.team_id)
         if in_flight > team.max_concurrent_jobs:
             in_flight -= 1

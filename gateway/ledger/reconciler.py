@@ -73,7 +73,7 @@ class Reconciler:
             self._team_names = await team_names(session)
         report.released_unanswered = await self._release_unanswered(now)
         if self.settings.upstream_honors_idempotency_key:
-            await self._resend_unanswered(now, report, everything=everything)
+            await self._resend_unanswered(now, report)
         if self._paused_until is None or now >= self._paused_until:
             self._paused_until = None
             await self._poll_due(now, report, everything=everything)
@@ -86,39 +86,48 @@ class Reconciler:
         return report
 
     async def _release_unanswered(self, now: datetime) -> int:
+        """Give back holds whose submit never got a usable answer. The upstream may still have
+        run such a job (a replica died after forwarding), so each is flagged for review, and a
+        retry with the client's Idempotency-Key replays "outcome unknown" instead of silently
+        creating a second job. One transaction per job: replicas never lock rows in bulk."""
         cutoff = now - timedelta(seconds=self.settings.unanswered_submit_release_after_seconds)
-        released: list[tuple[Job, settlement.Settlement]] = []
         async with transaction(self.runtime.sessionmaker) as session:
-            for job in await jobs.unanswered_before(
-                session, cutoff, self.settings.reconciler_batch_size
-            ):
+            candidates = [
+                job.id
+                for job in await jobs.unanswered_before(
+                    session, cutoff, self.settings.reconciler_batch_size
+                )
+            ]
+        released = 0
+        for job_id in candidates:
+            async with transaction(self.runtime.sessionmaker) as session:
+                job = await jobs.lock_unanswered(session, job_id)
+                if job is None:  # settled meanwhile, or another replica has it
+                    continue
                 unknown = job.state == JobState.UNKNOWN.value
                 plan = settlement.release(
                     "submit_outcome_unknown" if unknown else "submit_unanswered",
-                    needs_review=unknown,
+                    needs_review=True,
                 )
-                if await settlement.apply_settlement(session, job, plan, now=now):
-                    await jobs.drop_request(session, job.id)
-                    await idempotency.resolve_for_job(session, job.id, None)
-                    released.append((job, plan))
-                    logger.warning(
-                        "released the hold of a submit that never got an answer",
-                        extra={"gateway_job_id": job.id, "state": job.state},
-                    )
-        for job, plan in released:  # counted once committed
+                if not await settlement.apply_settlement(session, job, plan, now=now):
+                    continue
+                await jobs.drop_request(session, job.id)
+                await idempotency.resolve_for_job(session, job.id, idempotency.OUTCOME_UNKNOWN)
+            released += 1
             self._record(job, plan)
-        return len(released)
+            logger.warning(
+                "released the hold of a submit that never got an answer; flagged for review",
+                extra={"gateway_job_id": job.id, "state": job.state},
+            )
+        return released
 
-    async def _resend_unanswered(
-        self, now: datetime, report: ReconcileReport, *, everything: bool
-    ) -> None:
-        # ``everything``: every unanswered submit now, whatever its schedule (re-sending one
-        # still in flight elsewhere is safe: the upstream answers both with one job).
-        horizon = now + timedelta(days=36500) if everything else now
+    async def _resend_unanswered(self, now: datetime, report: ReconcileReport) -> None:
+        # Always on schedule, even for ``gateway reconcile``: re-sending a submit that is still
+        # in flight could turn a refusal the client already got into a job it never expects.
         async with transaction(self.runtime.sessionmaker) as session:
             due = list(
                 await jobs.unanswered_due_for_resend(
-                    session, now=horizon, limit=self.settings.reconciler_batch_size
+                    session, now=now, limit=self.settings.reconciler_batch_size
                 )
             )
             for job, _ in due:
@@ -205,7 +214,11 @@ class Reconciler:
             async with limit:
                 if self._paused_until is not None:
                     return
-                await self._check(job, report)
+                try:
+                    await self._check(job, report)
+                except Exception:  # one bad job must not stop the pass (flagging, purging)
+                    report.upstream_errors += 1
+                    logger.exception("reconciler check failed", extra={"gateway_job_id": job.id})
 
         await asyncio.gather(*(check(job) for job in due))
 

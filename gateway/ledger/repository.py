@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.session import dialect_name
 from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
+from gateway.tenancy.models import Team
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,12 @@ async def move_settled_amounts(
         .returning(*_RETURNED)
     )
     return BalanceRow(*(await session.execute(stmt)).one())
+
+
+async def lock_team(session: AsyncSession, team_id: int) -> None:
+    """FOR NO KEY UPDATE: exclusive among submits, but it does not wait for (nor block) the
+    key-share locks that inserting rows referencing the team takes."""
+    await session.execute(select(Team.id).where(Team.id == team_id).with_for_update(key_share=True))
 
 
 async def count_open_jobs(session: AsyncSession, team_id: int) -> int:

@@ -15,6 +15,7 @@ dropped so the client may retry with the same key. Keys are kept for
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,8 +39,30 @@ class StoredResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# A retry's answer once a job was released without the upstream ever confirming it: the
+# upstream may have run it anyway, so a retry must not silently submit a second one.
+OUTCOME_UNKNOWN = StoredResponse(
+    504,
+    json.dumps(
+        {
+            "error": {
+                "type": "upstream_error",
+                "code": "upstream_outcome_unknown",
+                "param": None,
+                "message": "the upstream never confirmed this job; it was not billed. To run it "
+                "anyway, submit again with a new Idempotency-Key.",
+            }
+        }
+    ).encode(),
+    {"content-type": "application/json"},
+)
+
+
 def request_fingerprint(raw_body: bytes, tags: str = "") -> str:
-    """What "the same request" means for a key: the same body bytes and the same tags."""
+    """What "the same request" means for a key: the same body bytes and the same tags. Without
+    tags it is the body's hash alone, as before tags existed, so stored keys stay valid."""
+    if not tags:
+        return hashlib.sha256(raw_body).hexdigest()
     return hashlib.sha256(raw_body + b"\n" + tags.encode()).hexdigest()
 
 
@@ -119,11 +142,17 @@ async def claim(
 
 
 async def complete(
-    session: AsyncSession, *, team_id: int, key: str, response: StoredResponse
+    session: AsyncSession, *, team_id: int, key: str, job_id: str, response: StoredResponse
 ) -> None:
+    """Store the first request's answer; only this job's claim (a late answer must never
+    overwrite a claim another job made after this one expired or was freed)."""
     await session.execute(
         update(IdempotencyKey)
-        .where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
+        .where(
+            IdempotencyKey.team_id == team_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.job_id == job_id,
+        )
         .values(
             state=COMPLETED,
             status_code=response.status_code,
@@ -133,9 +162,13 @@ async def complete(
     )
 
 
-async def forget(session: AsyncSession, *, team_id: int, key: str) -> None:
+async def forget(session: AsyncSession, *, team_id: int, key: str, job_id: str) -> None:
     await session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
+        delete(IdempotencyKey).where(
+            IdempotencyKey.team_id == team_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.job_id == job_id,
+        )
     )
 
 

@@ -16,7 +16,8 @@ class IdempotencyKey(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
-    """SHA-256 of the request body: the same key with another body is refused."""
+    """SHA-256 of the request body (and its tags, if any): the same key with another request
+    is refused."""
     state: Mapped[str] = mapped_column(String(16))
     """``in_flight`` until the first request's answer is stored, then ``completed``."""
     job_id: Mapped[str | None] = mapped_column(String(32))

@@ -13,15 +13,16 @@ calling upstream; a terminal answer from upstream settles the job, exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +47,7 @@ from gateway.ledger.periods import period_of
 from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd, price_request
 from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
+from gateway.ledger.repository import BalanceRow
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
 from gateway.proxy.tags import canonical as canonical_tags
@@ -60,6 +62,8 @@ logger = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _MAX_JOB_ID_LENGTH = 128
 REPLAYED_HEADER = "Idempotent-Replayed"
+_RECORD_RETRY_DELAYS = (0.0, 0.2, 1.0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -123,11 +127,15 @@ async def submit_generation(
         metrics.idempotent_replays.inc()
         return opened
     job, balance = opened.job, opened.balance
-    on_balance(balance)
-    await runtime.alerts.after_hold(quota, balance)
-    estimate = job.estimate_micro_usd
-
     after = _AfterForward(runtime, job, principal.team_name, idempotency_key, on_balance)
+    try:
+        on_balance(balance)
+        await runtime.alerts.after_hold(quota, balance)
+    except Exception:
+        # Nothing was sent: give the hold back now, so the job is never forwarded later.
+        await after.refused("not_forwarded")
+        raise
+    estimate = job.estimate_micro_usd
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
         answer = await runtime.upstream.submit(
@@ -225,9 +233,10 @@ async def _open_job(
 
 @dataclass
 class _AfterForward:
-    """Records the upstream's answer to a submit. If this write fails, the client still gets
-    the upstream's answer: the upstream has acted, and hiding its job id would only cause a
-    retry and a second job. The job then stays open and the reconciler settles it."""
+    """Records the upstream's answer to a submit, retrying briefly if the database falters.
+    If it still fails, the client gets the upstream's answer anyway: the upstream has acted,
+    and hiding its job id would only cause a retry and a second job. The job then stays open
+    for the reconciler (and is flagged for review if it has to be released)."""
 
     runtime: Runtime
     job: Job
@@ -241,8 +250,9 @@ class _AfterForward:
         first_check = utcnow() + timedelta(
             seconds=self.runtime.settings.reconciler_first_check_after_seconds
         )
-        async with self._recording("submitted") as session:
-            await jobs.move_from_pending(
+
+        async def record(session: AsyncSession) -> None:
+            moved = await jobs.move_from_pending(
                 session,
                 self.job.id,
                 JobState.SUBMITTED,
@@ -250,16 +260,26 @@ class _AfterForward:
                 upstream_job_id=upstream_job_id,
                 next_check_at=first_check,
             )
+            if not moved:
+                # Released meanwhile (this submit outlived the release timeout): the upstream
+                # will bill a job the ledger released. Keep its id and flag it for review.
+                await jobs.record_late_acceptance(session, self.job.id, upstream_job_id)
+                logger.error(
+                    "the upstream accepted a submit whose hold was already released",
+                    extra={"gateway_job_id": self.job.id, "upstream_job_id": upstream_job_id},
+                )
             await jobs.drop_request(session, self.job.id)
             await self._store_response(session, response)
+
+        await self._record("submitted", record)
 
     async def refused(
         self, reason: str, *, answer: UpstreamResponse | None = None
     ) -> BalanceView | None:
         """Nothing was created upstream: release the hold, let the key be used again."""
-        balance = None
         plan = settlement.release(reason)
-        async with self._recording("released") as session:
+
+        async def record(session: AsyncSession) -> BalanceRow | None:
             balance = await settlement.apply_settlement(session, self.job, plan, now=utcnow())
             await jobs.record_http_status(
                 session, self.job.id, answer.status_code if answer else None
@@ -267,8 +287,11 @@ class _AfterForward:
             await jobs.drop_request(session, self.job.id)
             if self.idempotency_key is not None:
                 await idempotency.forget(
-                    session, team_id=self.job.team_id, key=self.idempotency_key
+                    session, team_id=self.job.team_id, key=self.idempotency_key, job_id=self.job.id
                 )
+            return balance
+
+        balance = await self._record("released", record)
         if balance is None:
             return None
         self.runtime.metrics.record_settlement(self.team_name, self.job, plan)
@@ -280,7 +303,8 @@ class _AfterForward:
         """Sent, outcome unknown: keep the hold, and replay this error to a retry with the same
         key rather than risk a second job."""
         next_check = utcnow() + _unanswered_recheck(self.runtime.settings)
-        async with self._recording("unknown") as session:
+
+        async def record(session: AsyncSession) -> None:
             await jobs.move_from_pending(
                 session,
                 self.job.id,
@@ -295,6 +319,8 @@ class _AfterForward:
             )
             await self._store_response(session, stored)
 
+        await self._record("unknown", record)
+
     async def _store_response(self, session: AsyncSession, response: ProxiedResponse) -> None:
         if self.idempotency_key is None:
             return
@@ -302,20 +328,27 @@ class _AfterForward:
             session,
             team_id=self.job.team_id,
             key=self.idempotency_key,
+            job_id=self.job.id,
             response=StoredResponse(response.status_code, response.body, dict(response.headers)),
         )
 
-    @asynccontextmanager
-    async def _recording(self, outcome: str) -> AsyncIterator[AsyncSession]:
-        """A transaction whose database failure is logged, not raised (see class docstring)."""
-        try:
-            async with transaction(self.runtime.sessionmaker) as session:
-                yield session
-        except (SQLAlchemyError, OSError):
-            logger.exception(
-                "could not record the upstream's answer; the job stays open for the reconciler",
-                extra={"gateway_job_id": self.job.id, "outcome": outcome},
-            )
+    async def _record(self, outcome: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """Run ``work`` in its own transaction, retried twice on a database error (each attempt
+        rolls back entirely, so retrying is safe); logged, not raised, if all fail."""
+        for attempt, delay in enumerate(_RECORD_RETRY_DELAYS):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                async with transaction(self.runtime.sessionmaker) as session:
+                    return await work(session)
+            except (SQLAlchemyError, OSError):
+                if attempt == len(_RECORD_RETRY_DELAYS) - 1:
+                    logger.exception(
+                        "could not record the upstream's answer; the job stays open for the "
+                        "reconciler",
+                        extra={"gateway_job_id": self.job.id, "outcome": outcome},
+                    )
+        return None
 
 
 async def poll_job(

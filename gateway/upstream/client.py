@@ -9,10 +9,12 @@ Failures become gateway errors here, so callers only see ``UpstreamResponse`` or
 ``UpstreamError`` subclass:
 
     connect error, 5xx, 3xx ............ UpstreamError (502 upstream_error)
-    connection lost after sending ...... UpstreamError (502), ``outcome_unknown``
+    connection lost after sending,
+    a proxy's 502/504 .................. UpstreamError (502), ``outcome_unknown``
     upstream 401/403 ................... UpstreamError (502 upstream_auth_failed): the
                                          gateway's own key is wrong, not the tenant's
-    timeout ............................ UpstreamTimeout (504 upstream_timeout)
+    timeout ............................ UpstreamTimeout (504 upstream_timeout); not
+                                         ``outcome_unknown`` if it timed out connecting
     other 4xx .......................... returned, to be passed through unchanged
 
 The real upstream key is added to each request here and nowhere else; it is never logged.
@@ -154,6 +156,13 @@ class HttpUpstreamClient:
         started = time.perf_counter()
         try:
             response = await self._http.request(method, path, content=content, headers=headers)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Timed out before the request left: the upstream cannot have acted on it.
+            logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
+            self._error("timeout")
+            never_sent = UpstreamTimeout("the upstream could not be reached in time")
+            never_sent.outcome_unknown = False
+            raise never_sent from None
         except httpx.TimeoutException as exc:
             logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
             self._error("timeout")
@@ -188,7 +197,11 @@ class HttpUpstreamClient:
         if status >= 500 or status < 200 or 300 <= status < 400:
             logger.warning("upstream %s %s answered HTTP %s", method, path, status)
             self._error("server_error")
-            raise UpstreamError(f"the upstream answered HTTP {status}")
+            failed = UpstreamError(f"the upstream answered HTTP {status}")
+            # 502/504 come from proxies in front of the upstream: the request may have gone
+            # through behind them. Other answers are the upstream's own refusal.
+            failed.outcome_unknown = status in (502, 504)
+            raise failed
         return UpstreamResponse(
             status_code=status,
             body=response.content,
