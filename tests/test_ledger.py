@@ -4,6 +4,7 @@ Every test here runs on Postgres and on SQLite."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,6 +21,7 @@ from gateway.ledger.holds import place_hold
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy.models import Team
+from tests.support.database import create_postgres_database, drop_postgres_database, migrate
 from tests.support.ledger import team_ledger
 from tests.support.tenants import TEST_ACTOR, in_session, make_tenant
 
@@ -30,6 +32,23 @@ VOCABULARY = settlement.StatusVocabulary(
     failure={"failed", "error", "expired"},
     moderation_codes={"content_moderated", "content_policy_violation", "moderation_blocked"},
 )
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """This module's own databases: it writes jobs at fixed times and deliberately breaks
+    ledger rules, which other tests' reconciler passes over the shared database must not see."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+        migrate(url)
+        yield url
+        return
+    request.getfixturevalue("postgres_url")  # skips, or fails in CI, without Postgres
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
 
 
 def team_quota(url: str, team: str) -> TeamQuota:

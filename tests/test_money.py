@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
@@ -34,7 +35,7 @@ from tests.conftest import (
     StartGateway,
     gateway_settings,
 )
-from tests.support.database import migrate
+from tests.support.database import create_postgres_database, drop_postgres_database, migrate
 from tests.support.ledger import team_ledger
 from tests.support.servers import running
 from tests.support.tenants import Tenant, in_session, make_tenant
@@ -389,6 +390,46 @@ def test_reconciler_releases_a_submit_that_never_got_an_answer(
     assert retry.status_code == 504 and retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["error"]["code"] == "upstream_outcome_unknown"
     assert len(simulator.submits()) == 1
+
+
+def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
+    start_gateway: StartGateway, simulator: SimulatorProbe
+) -> None:
+    """A job whose release the database refuses (here: a settlement written behind the
+    gateway's back) is flagged for review; the other unanswered submits are still released."""
+    url = create_postgres_database()
+    try:
+        tenant = make_tenant(url, budget_micro_usd=2_000_000)
+        server = start_gateway(database_url=url, upstream_read_timeout_seconds=0.3)
+        for prompt in ("first #sim:hang", "second #sim:hang"):
+            answer = httpx.post(
+                server.url + SUBMIT_PATH,
+                json={"model": MODEL, "prompt": prompt, "duration": 1},
+                headers=tenant.headers,
+            )
+            assert answer.status_code == 504
+        poisoned, healthy = sorted(team_ledger(url, tenant.team).jobs, key=lambda j: j.created_at)
+
+        async def settle_behind_the_gateways_back(session: AsyncSession) -> None:
+            await session.execute(
+                text(
+                    "INSERT INTO ledger_entries (job_id, team_id, period, kind, amount_micro_usd,"
+                    " rate_card_version, needs_review, created_at) SELECT id, team_id, period,"
+                    " 'capture', 1, rate_card_version, false, now() FROM jobs WHERE id = :id"
+                ),
+                {"id": poisoned.id},
+            )
+
+        in_session(url, settle_behind_the_gateways_back)
+        report = reconcile(url, simulator.url, **RELEASE_AT_ONCE)
+        assert report.released_unanswered == 1
+        ledger = team_ledger(url, tenant.team)
+        after = {job.id: job for job in ledger.jobs}
+        assert after[healthy.id].state == "released"
+        assert after[poisoned.id].state == "unknown" and after[poisoned.id].needs_review
+        assert ledger.entries_of(poisoned.id) == [("hold", 168_000), ("capture", 1)]
+    finally:
+        drop_postgres_database(url)
 
 
 def test_reconcile_command(

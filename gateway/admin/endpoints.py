@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import views
 from gateway.admin.auth import AdminActor
@@ -281,11 +282,15 @@ async def get_job(
 ) -> JobDetailOut:
     _seen(request, admin.name)
     async with read_only(runtime.sessionmaker) as session:
-        found = await jobs.find_any(session, job_id[:128])
-        if found is None:
-            raise NotFound(f"no job with id {job_id[:128]!r}", code="job_not_found")
-        job, team = found
-        entries = list(await ledger.entries_for_job(session, job.id))
+        return await _job_detail(session, job_id[:128])
+
+
+async def _job_detail(session: AsyncSession, job_id: str) -> JobDetailOut:
+    found = await jobs.find_any(session, job_id)
+    if found is None:
+        raise NotFound(f"no job with id {job_id!r}", code="job_not_found")
+    job, team = found
+    entries = list(await ledger.entries_for_job(session, job.id))
     return views.job_detail_out(job, team, entries)
 
 
@@ -307,10 +312,7 @@ async def release_job(
         )
     runtime.metrics.record_settlement(released.team, released.job, released.plan)
     async with read_only(runtime.sessionmaker) as session:
-        found = await jobs.find_any(session, released.job.id)
-        assert found is not None
-        entries = list(await ledger.entries_for_job(session, released.job.id))
-    return views.job_detail_out(found[0], found[1], entries)
+        return await _job_detail(session, released.job.id)
 
 
 @router.get("/usage", summary="Every team's money for a period (default: the current one)")

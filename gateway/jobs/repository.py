@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
@@ -153,6 +153,14 @@ async def lock_unanswered(session: AsyncSession, job_id: str) -> Job | None:
         .with_for_update(skip_locked=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def flag_for_review(session: AsyncSession, job_id: str, now: datetime) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(flagged_at=func.coalesce(Job.flagged_at, now), needs_review=True)
+    )
 
 
 async def flag_old_holds(session: AsyncSession, cutoff: datetime, now: datetime) -> Sequence[str]:

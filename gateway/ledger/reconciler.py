@@ -100,26 +100,38 @@ class Reconciler:
             ]
         released = 0
         for job_id in candidates:
-            async with transaction(self.runtime.sessionmaker) as session:
-                job = await jobs.lock_unanswered(session, job_id)
-                if job is None:  # settled meanwhile, or another replica has it
-                    continue
-                unknown = job.state == JobState.UNKNOWN.value
-                plan = settlement.release(
-                    "submit_outcome_unknown" if unknown else "submit_unanswered",
-                    needs_review=True,
+            try:
+                if await self._release_one(job_id, now):
+                    released += 1
+            except Exception:  # one job the ledger refuses must not stall every other release
+                logger.exception(
+                    "could not release an unanswered submit; flagged for review",
+                    extra={"gateway_job_id": job_id},
                 )
-                if not await settlement.apply_settlement(session, job, plan, now=now):
-                    continue
-                await jobs.drop_request(session, job.id)
-                await idempotency.resolve_for_job(session, job.id, idempotency.OUTCOME_UNKNOWN)
-            released += 1
-            self._record(job, plan)
-            logger.warning(
-                "released the hold of a submit that never got an answer; flagged for review",
-                extra={"gateway_job_id": job.id, "state": job.state},
-            )
+                async with transaction(self.runtime.sessionmaker) as session:
+                    await jobs.flag_for_review(session, job_id, now)
         return released
+
+    async def _release_one(self, job_id: str, now: datetime) -> bool:
+        async with transaction(self.runtime.sessionmaker) as session:
+            job = await jobs.lock_unanswered(session, job_id)
+            if job is None:  # settled meanwhile, or another replica has it
+                return False
+            state = job.state
+            unknown = state == JobState.UNKNOWN.value
+            plan = settlement.release(
+                "submit_outcome_unknown" if unknown else "submit_unanswered", needs_review=True
+            )
+            if not await settlement.apply_settlement(session, job, plan, now=now):
+                return False
+            await jobs.drop_request(session, job.id)
+            await idempotency.resolve_for_job(session, job.id, idempotency.OUTCOME_UNKNOWN)
+        self._record(job, plan)
+        logger.warning(
+            "released the hold of a submit that never got an answer; flagged for review",
+            extra={"gateway_job_id": job.id, "state": state},
+        )
+        return True
 
     async def _resend_unanswered(self, now: datetime, report: ReconcileReport) -> None:
         # Always on schedule, even for ``gateway reconcile``: re-sending a submit that is still

@@ -13,8 +13,6 @@ Corrections to closed months recorded this month carry ``ChargeClass`` ``Correct
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -92,7 +90,8 @@ class FocusIdentity:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC, to the second: 2026-11-01T00:00:00Z (``moment`` is always UTC here)."""
+    return moment.replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 def _usd(micro: int) -> str:
@@ -123,8 +122,28 @@ async def focus_rows(
     )
     if frozen is not None:
         late = and_(late, LedgerEntry.created_at <= frozen.closed_at)
+    # Columns, not entities: no identity map, and never the job's stored terminal body.
     stmt = (
-        select(LedgerEntry, Job, Team.name, Team.cost_center, ClosedPeriod.closed_at)
+        select(
+            LedgerEntry.period,
+            LedgerEntry.amount_micro_usd,
+            LedgerEntry.video_ms,
+            LedgerEntry.reason,
+            LedgerEntry.created_at.label("settled_at"),
+            Job.id.label("job_id"),
+            Job.upstream_job_id,
+            Job.team_id,
+            Job.model,
+            Job.rate_card_version,
+            Job.resolution,
+            Job.duration_ms,
+            Job.image_count,
+            Job.tags,
+            Job.created_at,
+            Team.name.label("team_name"),
+            Team.cost_center,
+        )
+        .select_from(LedgerEntry)
         .join(Job, Job.id == LedgerEntry.job_id)
         .join(Team, Team.id == Job.team_id)
         .outerjoin(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
@@ -148,59 +167,59 @@ async def focus_rows(
         "ServiceName": identity.service_name,
     }
     result = await session.stream(stmt)
-    async for entry, job, team_name, cost_center, _closed in result:
-        card = cards[(job.model, job.rate_card_version)]
-        correction = entry.period != month
-        image_micro = job.image_count * card.image_fee_micro_usd
-        seconds_micro = entry.amount_micro_usd - image_micro
-        produced_ms = entry.video_ms if entry.video_ms is not None else job.duration_ms
-        billed_ms = min(produced_ms, job.duration_ms)
+    async for row in result:  # one row: the capture entry with its job and team
+        card = cards[(row.model, row.rate_card_version)]
+        correction = row.period != month
+        image_micro = row.image_count * card.image_fee_micro_usd
+        seconds_micro = row.amount_micro_usd - image_micro
+        produced_ms = row.video_ms if row.video_ms is not None else row.duration_ms
+        billed_ms = min(produced_ms, row.duration_ms)
         base = {
             **common,
             "ChargeClass": "Correction" if correction else "",
-            "ChargePeriodStart": _iso(job.created_at),
-            "ChargePeriodEnd": _iso(max(entry.created_at, job.created_at)),
-            "SubAccountId": str(job.team_id),
-            "SubAccountName": team_name,
-            "Tags": json.dumps(job.tags or {}, sort_keys=True, separators=(",", ":")),
-            "x_JobId": job.id,
-            "x_UpstreamJobId": job.upstream_job_id or "",
-            "x_Model": job.model,
-            "x_Resolution": job.resolution,
+            "ChargePeriodStart": _iso(row.created_at),
+            "ChargePeriodEnd": _iso(max(row.settled_at, row.created_at)),
+            "SubAccountId": str(row.team_id),
+            "SubAccountName": row.team_name,
+            "Tags": json.dumps(row.tags or {}, sort_keys=True, separators=(",", ":")),
+            "x_JobId": row.job_id,
+            "x_UpstreamJobId": row.upstream_job_id or "",
+            "x_Model": row.model,
+            "x_Resolution": row.resolution,
             "x_DurationSeconds": f"{Decimal(billed_ms) / 1000:.3f}",
-            "x_RateCardVersion": job.rate_card_version,
-            "x_CostCenter": cost_center or "",
-            "x_Outcome": entry.reason or "completed",
-            "x_OriginalPeriod": entry.period,
+            "x_RateCardVersion": row.rate_card_version,
+            "x_CostCenter": row.cost_center or "",
+            "x_Outcome": row.reason or "completed",
+            "x_OriginalPeriod": row.period,
         }
         seconds = f"{Decimal(billed_ms) / 1000:.3f}"
-        rate = card.per_second_micro_usd[job.resolution]
+        rate = card.per_second_micro_usd[row.resolution]
         yield {
             **base,
             **_costs(seconds_micro),
-            "ChargeDescription": f"{job.model} video, {seconds} s at {job.resolution}",
+            "ChargeDescription": f"{row.model} video, {seconds} s at {row.resolution}",
             "PricingQuantity": seconds,
             "PricingUnit": "Seconds",
             "ConsumedQuantity": seconds,
             "ConsumedUnit": "Seconds",
             "ListUnitPrice": _usd(rate),
             "ContractedUnitPrice": _usd(rate),
-            "SkuId": f"{job.model}:video:{job.resolution}",
-            "SkuPriceId": f"{job.rate_card_version}:video:{job.resolution}",
+            "SkuId": f"{row.model}:video:{row.resolution}",
+            "SkuPriceId": f"{row.rate_card_version}:video:{row.resolution}",
         }
-        if job.image_count:
+        if row.image_count:
             yield {
                 **base,
                 **_costs(image_micro),
-                "ChargeDescription": f"{job.model} source image fee",
-                "PricingQuantity": str(job.image_count),
+                "ChargeDescription": f"{row.model} source image fee",
+                "PricingQuantity": str(row.image_count),
                 "PricingUnit": "Images",
-                "ConsumedQuantity": str(job.image_count),
+                "ConsumedQuantity": str(row.image_count),
                 "ConsumedUnit": "Images",
                 "ListUnitPrice": _usd(card.image_fee_micro_usd),
                 "ContractedUnitPrice": _usd(card.image_fee_micro_usd),
-                "SkuId": f"{job.model}:image",
-                "SkuPriceId": f"{job.rate_card_version}:image",
+                "SkuId": f"{row.model}:image",
+                "SkuPriceId": f"{row.rate_card_version}:image",
             }
 
 
@@ -212,13 +231,3 @@ def _costs(micro: int) -> dict[str, str]:
         "ListCost": amount,
         "ContractedCost": amount,
     }
-
-
-async def write_focus_csv(rows: AsyncIterator[dict[str, str]], out: io.TextIOBase) -> int:
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    count = 0
-    async for row in rows:
-        writer.writerow(row)
-        count += 1
-    return count
