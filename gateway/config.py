@@ -147,22 +147,48 @@ class Settings(BaseSettings):
             return ["HS256"]
         return ["RS256", "ES256"]
 
-    @model_validator(mode="after")
-    def _release_waits_for_any_submit_in_flight(self) -> Settings:
-        """Releasing an unanswered hold while its submit may still be in flight would let the
-        upstream bill a job the ledger has given up on."""
-        longest = (
+    @property
+    def upstream_exchange_limit_seconds(self) -> float:
+        """The longest one upstream call may take, start to end (enforced as a deadline on
+        the whole exchange, besides httpx's per-phase timeouts)."""
+        return (
             self.upstream_connect_timeout_seconds
             + self.upstream_write_timeout_seconds
             + self.upstream_read_timeout_seconds
             + self.upstream_pool_timeout_seconds
         )
-        if self.unanswered_submit_release_after_seconds <= longest:
-            raise ValueError(
-                "GATEWAY_UNANSWERED_SUBMIT_RELEASE_AFTER_SECONDS "
-                f"({self.unanswered_submit_release_after_seconds:g}) must exceed the longest a "
-                f"submit can be in flight: connect + write + read + pool timeouts = {longest:g} s"
-            )
+
+    @property
+    def forward_window_seconds(self) -> float:
+        """How long after its hold a submit may still be forwarded. Later, it is refused
+        unsent (503), so every submit is over, answered or timed out, before the reconciler
+        may re-send it or release its hold."""
+        first_action = self.unanswered_submit_release_after_seconds
+        if self.upstream_honors_idempotency_key:
+            first_action = min(first_action, self.unanswered_submit_resend_after_seconds)
+        return first_action - self.upstream_exchange_limit_seconds
+
+    @property
+    def resend_window_seconds(self) -> float:
+        """How long after its hold the reconciler may still re-send an unanswered submit: a
+        re-send must be over before the hold can be released."""
+        return self.unanswered_submit_release_after_seconds - self.upstream_exchange_limit_seconds
+
+    @model_validator(mode="after")
+    def _release_waits_for_any_submit_in_flight(self) -> Settings:
+        """Releasing an unanswered hold (or re-sending its submit) while the submit may still
+        be in flight could let the upstream bill a job the ledger has given up on."""
+        longest = self.upstream_exchange_limit_seconds
+        limits = [("RELEASE", self.unanswered_submit_release_after_seconds)]
+        if self.upstream_honors_idempotency_key:
+            limits.append(("RESEND", self.unanswered_submit_resend_after_seconds))
+        for name, value in limits:
+            if value <= longest:
+                raise ValueError(
+                    f"GATEWAY_UNANSWERED_SUBMIT_{name}_AFTER_SECONDS ({value:g}) must exceed "
+                    "the longest a submit can be in flight: connect + write + read + pool "
+                    f"timeouts = {longest:g} s"
+                )
         return self
 
     @model_validator(mode="after")

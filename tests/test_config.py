@@ -70,3 +70,22 @@ def test_an_unanswered_hold_is_never_released_while_its_submit_may_be_in_flight(
         settings(upstream_read_timeout_seconds=160, unanswered_submit_release_after_seconds=200)
     assert settings().unanswered_submit_release_after_seconds == 600  # defaults are coherent
     settings(upstream_read_timeout_seconds=160, unanswered_submit_release_after_seconds=201)
+
+
+def test_a_submit_is_never_resent_while_it_may_still_be_in_flight() -> None:
+    """With an upstream that honors Idempotency-Key, the reconciler re-sends unanswered
+    submits: the first re-send must come after the original call is surely over."""
+    with pytest.raises(ValidationError, match="RESEND_AFTER_SECONDS \\(60\\) must exceed"):
+        settings(upstream_honors_idempotency_key=True, unanswered_submit_resend_after_seconds=60)
+    settings(upstream_honors_idempotency_key=False, unanswered_submit_resend_after_seconds=60)
+    assert settings(upstream_honors_idempotency_key=True).unanswered_submit_resend_after_seconds
+
+
+def test_forward_and_resend_windows_end_before_the_reconciler_acts() -> None:
+    plain = settings()
+    assert plain.upstream_exchange_limit_seconds == 70
+    assert plain.forward_window_seconds == 600 - 70  # then the release
+    assert plain.resend_window_seconds == 600 - 70
+    honoring = settings(upstream_honors_idempotency_key=True)
+    assert honoring.forward_window_seconds == 120 - 70  # then the first re-send
+    assert honoring.resend_window_seconds == 600 - 70

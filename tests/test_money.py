@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.session import transaction
+from gateway.jobs import repository as jobs_repository
+from gateway.ledger import quotas
+from gateway.ledger.periods import period_of
 from gateway.ledger.pricing import parse_usd
+from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.proxy.idempotency_models import IdempotencyKey
 from gateway.runtime import open_runtime
@@ -62,6 +68,19 @@ def reconcile(database_url: str, upstream_url: str, **overrides: Any) -> Reconci
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
             return await Reconciler(runtime).run_once(everything=True)
+
+    return asyncio.run(_pass())
+
+
+def reconcile_at(
+    database_url: str, upstream_url: str, at: datetime, **overrides: Any
+) -> ReconcileReport:
+    """One reconciler pass as if run at ``at`` (a datetime)."""
+    settings = gateway_settings(database_url, upstream_url, **overrides)
+
+    async def _pass() -> ReconcileReport:
+        async with open_runtime(settings) as runtime:
+            return await Reconciler(runtime, clock=lambda: at).run_once()
 
     return asyncio.run(_pass())
 
@@ -218,6 +237,52 @@ def test_quota_header_on_every_tenant_response(
 
 
 # Idempotency-Key
+
+
+def test_a_budget_change_and_a_capped_submit_opening_the_period_do_not_deadlock(
+    postgres_url: str,
+) -> None:
+    """An admin's budget change opens the period's balance row and updates the team's row; a
+    submit under a concurrency cap locks the team's row, then opens the balance row. Taken
+    in opposite orders, each would wait for the other until Postgres aborts one."""
+    tenant = make_tenant(postgres_url, budget_micro_usd=None, max_concurrent_jobs=2)
+    period = period_of(utcnow())
+
+    async def scenario() -> BalanceView:
+        engine = create_engine(postgres_url)
+        sessions = create_sessionmaker(engine)
+        try:
+            async with sessions() as admin_session:
+                team = await tenancy.require_team(admin_session, tenant.team)
+                team_id = team.id
+                await quotas.set_period_budget(admin_session, team_id, period, 5_000_000, utcnow())
+
+                async def capped_submit() -> BalanceView:
+                    async with transaction(sessions) as session:
+                        return await quotas.reserve_hold(
+                            session,
+                            TeamQuota(team_id, None, max_concurrent_jobs=2),
+                            period=period,
+                            amount=1_680_000,
+                            now=utcnow(),
+                            policy="unlimited",
+                        )
+
+                submit = asyncio.create_task(capped_submit())
+                await asyncio.sleep(0.5)  # the submit now waits on the admin's transaction
+                assert not submit.done()
+                # What the admin's team update writes next, then its commit.
+                await admin_session.execute(
+                    text("UPDATE teams SET monthly_budget_micro_usd = 5000000 WHERE id = :id"),
+                    {"id": team_id},
+                )
+                await admin_session.commit()
+            return await asyncio.wait_for(submit, 10)
+        finally:
+            await engine.dispose()
+
+    balance = asyncio.run(scenario())
+    assert (balance.budget, balance.held) == (5_000_000, 1_680_000)
 
 
 def test_idempotent_retry_replays_the_first_answer(
@@ -392,6 +457,48 @@ def test_reconciler_releases_a_submit_that_never_got_an_answer(
     assert len(simulator.submits()) == 1
 
 
+def test_a_submit_held_up_past_its_forward_window_is_refused_unsent(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Sent late, a submit could still be on the wire when the reconciler releases its hold
+    (or re-sends it): the upstream would run a job the ledger gave up on. Refused instead."""
+    tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
+    timeouts = {
+        f"upstream_{phase}_timeout_seconds": 0.25 for phase in ("connect", "write", "read", "pool")
+    }
+    # Calls take at most 1 s, a hold is released after 1.5 s: a submit must leave in 0.5 s.
+    server = start_gateway(unanswered_submit_release_after_seconds=1.5, **timeouts)
+    locked = threading.Event()
+
+    async def hold_the_team_row(session: AsyncSession) -> None:
+        # The job's foreign key needs a share lock on its team's row: the submit waits 1.5 s.
+        await session.execute(
+            text("SELECT id FROM teams WHERE name = :name FOR UPDATE"), {"name": tenant.team}
+        )
+        locked.set()
+        await asyncio.sleep(1.5)
+
+    blocker = threading.Thread(target=in_session, args=(postgres_url, hold_the_team_row))
+    blocker.start()
+    assert locked.wait(10)
+    response = httpx.post(
+        server.url + SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "a cat"},
+        headers=tenant.headers,
+        timeout=30,
+    )
+    blocker.join()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "forward_window_passed"
+    assert simulator.submits() == []
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_680_000), ("release", 1_680_000)]
+    assert ledger.balance.held_micro_usd == 0
+    # Without the wait, the same submit goes through.
+    with httpx.Client(base_url=server.url) as client:
+        assert submit(client, tenant).status_code == 200
+
+
 def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
     start_gateway: StartGateway, simulator: SimulatorProbe
 ) -> None:
@@ -428,6 +535,19 @@ def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
         assert after[healthy.id].state == "released"
         assert after[poisoned.id].state == "unknown" and after[poisoned.id].needs_review
         assert ledger.entries_of(poisoned.id) == [("hold", 168_000), ("capture", 1)]
+
+        # A later one is released even when each pass takes a single job: the flagged job,
+        # older as it is, no longer takes the batch's only place.
+        late = httpx.post(
+            server.url + SUBMIT_PATH,
+            json={"model": MODEL, "prompt": "third #sim:hang", "duration": 1},
+            headers=tenant.headers,
+        )
+        assert late.status_code == 504
+        reconcile(url, simulator.url, reconciler_batch_size=1, **RELEASE_AT_ONCE)
+        states = {job.id: job.state for job in team_ledger(url, tenant.team).jobs}
+        assert sorted(states.values()) == ["released", "released", "unknown"]
+        assert states[poisoned.id] == "unknown"
     finally:
         drop_postgres_database(url)
 
@@ -583,7 +703,6 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
     tenant = make_tenant(postgres_url)
     overrides = {
         "upstream_honors_idempotency_key": honors,
-        "unanswered_submit_resend_after_seconds": 0.2,
         "unanswered_submit_release_after_seconds": 3600.0,
     }
     server = start_gateway(transport=AnswerLost(), **overrides)
@@ -592,9 +711,13 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
     )
     assert lost.status_code == 504
     (upstream_job,) = simulator.usage()["jobs"]
-    assert reconcile(postgres_url, simulator.url, **overrides).recovered == 0  # not yet due
-    time.sleep(0.3)
-    report = reconcile(postgres_url, simulator.url, **overrides)
+    (held,) = team_ledger(postgres_url, tenant.team).jobs
+    resend_after = timedelta(seconds=120)  # the default
+    not_yet = reconcile_at(postgres_url, simulator.url, held.created_at + resend_after / 2)
+    assert not_yet.recovered == 0
+    report = reconcile_at(
+        postgres_url, simulator.url, held.created_at + resend_after * 1.01, **overrides
+    )
     ledger = team_ledger(postgres_url, tenant.team)
     if honors:
         assert report.recovered == 1
@@ -605,11 +728,178 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
         job = ledger.job_by_upstream_id(upstream_job["job_id"])
         assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("capture", 1_680_000)]
         assert simulator_cost(simulator, upstream_job["job_id"]) == 1_680_000
+        # Had the original answer come in late after all, it is no "late acceptance": only a
+        # job the ledger released is flagged so.
+        late = in_session(
+            postgres_url,
+            lambda session: jobs_repository.record_late_acceptance(session, job.id, "other-id"),
+        )
+        assert late is False
+        (after,) = team_ledger(postgres_url, tenant.team).jobs
+        assert (after.needs_review, after.upstream_job_id) == (False, upstream_job["job_id"])
     else:
         # Without that guarantee the gateway cannot find the job: the hold waits for review.
         assert report.recovered == 0
         assert ledger.jobs[0].state == "unknown"
         assert ledger.balance.held_micro_usd == 1_680_000
+
+
+class NeverDelivered(httpx.AsyncBaseTransport):
+    """The network loses every submit after it leaves: no answer, and nothing reaches the
+    upstream (the gateway cannot tell this from an answer lost on the way back)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            raise httpx.ReadTimeout("lost on the way", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class SlowAnswer(httpx.AsyncBaseTransport):
+    """Delivers each submit at once, but its answer comes back only after ``delay``."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.delay = delay
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST":
+            await response.aread()
+            await asyncio.sleep(self.delay)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_submit_is_resent_only_while_the_resend_ends_before_the_release(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Re-sends run one after another and each may take the whole call deadline: one still on
+    the wire when the hold is released could create a job the ledger gave up on."""
+    honoring = {"upstream_honors_idempotency_key": True}
+    settings = gateway_settings(postgres_url, simulator.url, **honoring)
+    resend_after = timedelta(seconds=settings.unanswered_submit_resend_after_seconds)
+    window = timedelta(seconds=settings.resend_window_seconds)
+    release_after = timedelta(seconds=settings.unanswered_submit_release_after_seconds)
+    assert resend_after < window < release_after
+    assert release_after - window == timedelta(seconds=settings.upstream_exchange_limit_seconds)
+    server = start_gateway(transport=NeverDelivered(), **honoring)
+    tenant = make_tenant(postgres_url)
+    for prompt in ("first", "second"):
+        lost = httpx.post(
+            server.url + SUBMIT_PATH,
+            json={"model": MODEL, "prompt": prompt},
+            headers=tenant.headers,
+        )
+        assert lost.status_code == 504
+    assert simulator.submits() == []
+    held = team_ledger(postgres_url, tenant.team).jobs
+    created = min(j.created_at for j in held)
+    second = timedelta(seconds=1)
+
+    # Both are due and inside the window when the pass claims them; by the time each would be
+    # sent (earlier re-sends took long), the window has closed: neither is sent.
+    times = iter([created + resend_after + second])
+    settings = gateway_settings(postgres_url, simulator.url, **honoring)
+
+    async def slow_pass() -> ReconcileReport:
+        async with open_runtime(settings) as runtime:
+            clock = lambda: next(times, created + window + second)  # noqa: E731
+            return await Reconciler(runtime, clock=clock).run_once()
+
+    def states() -> set[tuple[str, bool]]:
+        return {(j.state, j.needs_review) for j in team_ledger(postgres_url, tenant.team).jobs}
+
+    asyncio.run(slow_pass())
+    assert simulator.submits() == [] and states() == {("unknown", False)}
+    # Past the window, they are no longer even claimed for a re-send...
+    reconcile_at(postgres_url, simulator.url, created + window + second, **honoring)
+    assert simulator.submits() == [] and states() == {("unknown", False)}
+    # ...and once due, released for review, never having been re-sent.
+    reconcile_at(postgres_url, simulator.url, created + release_after + second, **honoring)
+    assert simulator.submits() == [] and states() == {("released", True)}
+    after = team_ledger(postgres_url, tenant.team)
+    assert [e.kind for e in after.entries] == ["hold", "hold", "release", "release"]
+    assert after.balance.held_micro_usd == 0
+
+
+def test_an_acceptance_after_an_operator_released_the_job_is_kept_and_flagged(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """An operator releases a job whose submit is still waiting for its answer; the upstream
+    then accepts it. The upstream will bill it: its id is kept and the job flagged."""
+    admin_token = "admin-token-for-tests-0123456789"
+    server = start_gateway(transport=SlowAnswer(1.5), admin_token=admin_token)
+    tenant = make_tenant(postgres_url)
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                server.url + SUBMIT_PATH,
+                json={"model": MODEL, "prompt": "a cat"},
+                headers=tenant.headers,
+                timeout=30,
+            )
+        )
+    )
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not (jobs := team_ledger(postgres_url, tenant.team).jobs):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    released = httpx.post(
+        f"{server.url}/admin/jobs/{jobs[0].id}/release",
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert released.status_code == 200, released.text
+    sender.join()
+    (answer,) = answers
+    assert answer.status_code == 200  # the client learns the job the upstream runs
+    ledger = team_ledger(postgres_url, tenant.team)
+    (job,) = ledger.jobs
+    assert (job.state, job.needs_review) == ("released", True)
+    assert job.upstream_job_id == answer.json()["job_id"]  # found by reconciliation
+    assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("release", 1_680_000)]
+
+
+def test_a_resend_accepted_after_an_operator_released_the_job_is_kept_and_flagged(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """The same race on the reconciler's side: the job is released between the pass claiming
+    it and its re-send being answered."""
+    honoring = {"upstream_honors_idempotency_key": True}
+    admin_token = "admin-token-for-tests-0123456789"
+    server = start_gateway(transport=NeverDelivered(), admin_token=admin_token, **honoring)
+    tenant = make_tenant(postgres_url)
+    lost = httpx.post(
+        server.url + SUBMIT_PATH, json={"model": MODEL, "prompt": "a cat"}, headers=tenant.headers
+    )
+    assert lost.status_code == 504
+    (job,) = team_ledger(postgres_url, tenant.team).jobs
+    body = json.dumps({"model": MODEL, "prompt": "a cat"}).encode()
+    released = httpx.post(
+        f"{server.url}/admin/jobs/{job.id}/release",
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert released.status_code == 200, released.text
+
+    async def resend_claimed_before_the_release() -> bool:
+        settings = gateway_settings(postgres_url, simulator.url, **honoring)
+        async with open_runtime(settings) as runtime:
+            return await Reconciler(runtime)._resend(job, body)
+
+    assert asyncio.run(resend_claimed_before_the_release()) is False
+    (upstream_job,) = simulator.usage()["jobs"]
+    (after,) = team_ledger(postgres_url, tenant.team).jobs
+    assert (after.state, after.needs_review) == ("released", True)
+    assert after.upstream_job_id == upstream_job["job_id"]
 
 
 def test_background_reconciler_in_a_replica_settles_unpolled_jobs(

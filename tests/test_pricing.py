@@ -100,6 +100,15 @@ def test_format_usd(micro: int, text: str) -> None:
     assert parse_usd(text) == micro
 
 
+@pytest.mark.parametrize("micro", [-1, -999_999, -1_000_000, -1_730_001, -123_456_789_012])
+def test_format_usd_of_negative_amounts(micro: int) -> None:
+    """Corrections can be negative: the sign goes in front, the digits are exact."""
+    text = format_usd(micro)
+    assert text.startswith("-")
+    assert Decimal(text) == Decimal(micro).scaleb(-6)
+    assert text == f"{Decimal(micro).scaleb(-6):.6f}"
+
+
 @pytest.mark.parametrize("bad", ["-1", "abc", "1.0000001", "NaN", "Infinity", "1e30", ""])
 def test_parse_usd_refuses_what_it_cannot_represent_exactly(bad: str) -> None:
     with pytest.raises(ValueError, match="USD amount"):

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,14 +59,22 @@ OUTCOMES = [
     (" #sim:http429", 8),
     (" #sim:hang", 4),
 ]
+# Short upstream timeouts (a call lasts at most 4 x 0.25 s), so that unanswered submits can
+# be re-sent soon (after 2 s: a re-send must wait until the original call is surely over).
+TIMING = {
+    "upstream_connect_timeout_seconds": 0.25,
+    "upstream_write_timeout_seconds": 0.25,
+    "upstream_read_timeout_seconds": 0.25,
+    "upstream_pool_timeout_seconds": 0.25,
+    "upstream_honors_idempotency_key": True,
+    "unanswered_submit_resend_after_seconds": 2.0,
+}
 REPLICA_ENV = {
     "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
     "GATEWAY_KEY_PEPPER": PEPPER,
     "GATEWAY_RECONCILER_ENABLED": "false",  # passes are operations of the simulation
-    "GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS": "0.5",
-    "GATEWAY_UPSTREAM_HONORS_IDEMPOTENCY_KEY": "true",
-    "GATEWAY_UNANSWERED_SUBMIT_RESEND_AFTER_SECONDS": "0.5",
     "GATEWAY_LOG_LEVEL": "WARNING",
+    **{f"GATEWAY_{name.upper()}": str(value).lower() for name, value in TIMING.items()},
 }
 
 
@@ -185,12 +194,7 @@ async def kill_mid_batch(world: World) -> None:
 
 
 def reconcile(world: World, **overrides: Any) -> ReconcileReport:
-    values: dict[str, Any] = {
-        "upstream_honors_idempotency_key": True,
-        "unanswered_submit_resend_after_seconds": 0.5,
-        "upstream_read_timeout_seconds": 0.5,
-    }
-    settings = gateway_settings(world.database_url, world.simulator_url, **(values | overrides))
+    settings = gateway_settings(world.database_url, world.simulator_url, **(TIMING | overrides))
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
@@ -243,8 +247,10 @@ def test_randomized_money_simulation(world: World) -> None:
             world.replicas[0].start()  # restarted after the kill
         ops_done += BATCH
 
-    # Let the reconciler finish everything: recover unanswered submits, settle finished jobs,
-    # and finally release the holds of submits the upstream never created (the hangs).
+    # Let the reconciler finish everything: recover unanswered submits (once due for a
+    # re-send), settle finished jobs, and finally release the holds of submits the upstream
+    # never created (the hangs).
+    time.sleep(float(TIMING["unanswered_submit_resend_after_seconds"]))
     for _ in range(6):
         reconcile(world)
     reconcile(world, **RELEASE_AT_ONCE)

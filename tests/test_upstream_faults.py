@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -111,9 +111,9 @@ def test_connection_refused_is_502_not_a_timeout(
     assert job_states(postgres_url, tenant.team) == ["released"]
 
 
-@pytest.fixture
-def slamming_server() -> Iterator[str]:
-    """Accepts a connection, reads the request, closes without answering."""
+@contextlib.contextmanager
+def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A TCP server on loopback that hands each connection to ``handle``; yields its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -128,17 +128,57 @@ def slamming_server() -> Iterator[str]:
                 continue
             except OSError:
                 return
-            with connection:
+            with connection, contextlib.suppress(OSError):
                 connection.settimeout(2)
-                with contextlib.suppress(OSError):
-                    connection.recv(65536)
+                handle(connection)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(timeout=5)
-    listener.close()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        listener.close()
+
+
+@pytest.fixture
+def slamming_server() -> Iterator[str]:
+    """Accepts a connection, reads the request, closes without answering."""
+    with raw_server(lambda connection: connection.recv(65536)) as url:
+        yield url
+
+
+def trickle(connection: socket.socket) -> None:
+    """Reads the request, then answers 200 one byte every 0.1 s: no single read ever waits
+    long, but the whole answer would take 10 s."""
+    connection.recv(65536)
+    body = b'{"job_id": "' + b"x" * 84 + b'", "s": 1}'
+    connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+    connection.sendall(b"content-length: %d\r\n\r\n" % len(body))
+    for byte in body:
+        connection.sendall(bytes([byte]))
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_answer_trickling_in_is_cut_off_at_the_sum_of_the_timeouts(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+) -> None:
+    """httpx's read timeout is per read; the gateway also bounds the whole exchange, which
+    the reconciler counts on before it re-sends or releases an unanswered submit."""
+    timeouts = {
+        f"upstream_{phase}_timeout_seconds": 0.25 for phase in ("connect", "write", "read", "pool")
+    }
+    with raw_server(trickle) as upstream_url:
+        server = start_gateway(upstream_transport=transport, upstream_url=upstream_url, **timeouts)
+        started = time.monotonic()
+        response = submit(server.url, tenant, "a cat")
+        elapsed = time.monotonic() - started
+    assert_error(response, 504, "upstream_timeout")
+    assert 0.9 < elapsed < 5, elapsed  # the 1 s deadline, not the 10 s answer
+    # Sent, and perhaps acted on: the hold stays for the reconciler.
+    assert job_states(postgres_url, tenant.team) == ["unknown"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

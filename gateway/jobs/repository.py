@@ -53,13 +53,16 @@ async def move_from_pending(
     return bool(getattr(result, "rowcount", 0))
 
 
-async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_job_id: str) -> None:
-    """The upstream accepted a job already released: remember its id and flag it."""
-    await session.execute(
+async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_job_id: str) -> bool:
+    """If the job was released before the upstream's acceptance was recorded, remember the
+    upstream's id and flag the job (True). A job recorded as accepted meanwhile (a re-send,
+    a retried write) is left alone (False)."""
+    result = await session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.state == JobState.RELEASED.value)
         .values(upstream_job_id=upstream_job_id, needs_review=True)
     )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def keep_request(session: AsyncSession, job_id: str, body: bytes, now: datetime) -> None:
@@ -72,15 +75,17 @@ async def drop_request(session: AsyncSession, job_id: str) -> None:
 
 
 async def unanswered_due_for_resend(
-    session: AsyncSession, *, now: datetime, limit: int
+    session: AsyncSession, *, now: datetime, created_after: datetime, limit: int
 ) -> Sequence[tuple[Job, bytes]]:
-    """Unanswered submits whose body is kept and whose next try is due, locked for this pass."""
+    """Unanswered submits created after ``created_after`` whose body is kept and whose next
+    try is due, locked for this pass."""
     stmt = (
         select(Job, JobRequest.body)
         .join(JobRequest, JobRequest.job_id == Job.id)
         .where(
             Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
             Job.next_check_at <= now,
+            Job.created_at > created_after,
         )
         .order_by(Job.next_check_at)
         .limit(limit)
@@ -135,7 +140,9 @@ async def unanswered_before(session: AsyncSession, cutoff: datetime, limit: int)
             Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
             Job.created_at < cutoff,
         )
-        .order_by(Job.created_at)
+        # Jobs already flagged (one the ledger refused to release, say) last, so a batch of
+        # them never keeps the others waiting.
+        .order_by(Job.needs_review, Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

@@ -61,8 +61,11 @@ def price_request(units: BillableUnits, card: RateCard) -> int:
 
 
 def format_usd(micro_usd: int) -> str:
-    """Micro-USD as a decimal string with 6 places: ``1730000`` → ``"1.730000"``."""
-    return f"{Decimal(micro_usd).scaleb(-6):.6f}"
+    """Micro-USD as a decimal string with 6 places: ``1730000`` → ``"1.730000"``.
+
+    Integer arithmetic only (it runs for every line of a large export)."""
+    dollars, micro = divmod(abs(micro_usd), 1_000_000)
+    return f"{'-' if micro_usd < 0 else ''}{dollars}.{micro:06d}"
 
 
 def parse_usd(text: str) -> int:

@@ -63,6 +63,9 @@ async def set_period_budget(
 ) -> None:
     """A team's budget changed: the period already under way follows. The table's CHECK
     refuses a budget below what is already used or held this period (409)."""
+    # The team's row first, then the balance row: the order a submit under a concurrency cap
+    # takes them in (the other order deadlocks against it while this period has no row yet).
+    await repository.lock_team(session, team_id)
     # Open the row first if this period has none yet, so a submit opening it concurrently
     # with the team's old budget cannot win: the update below always lands last.
     await repository.create_balance_if_missing(session, team_id, period, budget, now)

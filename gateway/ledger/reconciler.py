@@ -65,6 +65,10 @@ class Reconciler:
         self.last_run_at: datetime | None = None
         self._team_names: dict[int, str] = {}
 
+    @property
+    def _resend_window(self) -> timedelta:
+        return timedelta(seconds=self.settings.resend_window_seconds)
+
     async def run_once(self, *, everything: bool = False) -> ReconcileReport:
         """One pass. ``everything`` polls every submitted job now, whatever its schedule."""
         report = ReconcileReport()
@@ -105,11 +109,17 @@ class Reconciler:
                     released += 1
             except Exception:  # one job the ledger refuses must not stall every other release
                 logger.exception(
-                    "could not release an unanswered submit; flagged for review",
+                    "could not release an unanswered submit; flagging it for review",
                     extra={"gateway_job_id": job_id},
                 )
-                async with transaction(self.runtime.sessionmaker) as session:
-                    await jobs.flag_for_review(session, job_id, now)
+                try:
+                    async with transaction(self.runtime.sessionmaker) as session:
+                        await jobs.flag_for_review(session, job_id, now)
+                except Exception:  # the database is failing: the rest of the pass still runs
+                    logger.exception(
+                        "could not flag the job for review either",
+                        extra={"gateway_job_id": job_id},
+                    )
         return released
 
     async def _release_one(self, job_id: str, now: datetime) -> bool:
@@ -139,7 +149,10 @@ class Reconciler:
         async with transaction(self.runtime.sessionmaker) as session:
             due = list(
                 await jobs.unanswered_due_for_resend(
-                    session, now=now, limit=self.settings.reconciler_batch_size
+                    session,
+                    now=now,
+                    created_after=now - self._resend_window,
+                    limit=self.settings.reconciler_batch_size,
                 )
             )
             for job, _ in due:
@@ -154,7 +167,12 @@ class Reconciler:
                 report.recovered += 1
 
     async def _resend(self, job: Job, body: bytes) -> bool:
-        """Re-send an unanswered submit under its original key; True if its job id is known now."""
+        """Re-send an unanswered submit under its original key; True if its job id is known now.
+
+        Only while the re-send is sure to be over before the hold may be released (re-sends
+        run one after another, so the window is checked again right before each)."""
+        if self.clock() - job.created_at > self._resend_window:
+            return False  # too late: the release takes it from here
         try:
             answer = await self.runtime.upstream.submit(
                 body, request_id=f"recover-{job.id}", idempotency_key=job.id
@@ -187,6 +205,12 @@ class Reconciler:
                 from_states=(JobState.PENDING, JobState.UNKNOWN),
             )
             await jobs.drop_request(session, job.id)
+            if not moved and await jobs.record_late_acceptance(session, job.id, upstream_job_id):
+                # Released meanwhile (by an operator): the upstream will bill it anyway.
+                logger.error(
+                    "a re-sent submit was accepted after its hold was released",
+                    extra={"gateway_job_id": job.id, "upstream_job_id": upstream_job_id},
+                )
             if moved:
                 estimate = {ESTIMATE_HEADER: format_usd(job.estimate_micro_usd)}
                 await idempotency.resolve_for_job(

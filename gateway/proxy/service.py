@@ -36,6 +36,7 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    ServiceUnavailable,
     UpstreamError,
     UpstreamInvalidResponse,
 )
@@ -135,6 +136,19 @@ async def submit_generation(
         # Nothing was sent: give the hold back now, so the job is never forwarded later.
         await after.refused("not_forwarded")
         raise
+    if utcnow() - job.created_at > timedelta(seconds=runtime.settings.forward_window_seconds):
+        # Held up in the gateway (database waits) so long that, sent now, the call could still
+        # be on the wire when the reconciler re-sends or releases it: refused unsent instead.
+        logger.error(
+            "a submit outlasted its forward window before being sent; refused, not forwarded",
+            extra={"gateway_job_id": job.id},
+        )
+        await after.refused("not_forwarded")
+        raise ServiceUnavailable(
+            "the gateway was too slow to forward this request in time; it was not sent "
+            "upstream and nothing is billed: retry",
+            code="forward_window_passed",
+        )
     estimate = job.estimate_micro_usd
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
@@ -260,10 +274,11 @@ class _AfterForward:
                 upstream_job_id=upstream_job_id,
                 next_check_at=first_check,
             )
-            if not moved:
-                # Released meanwhile (this submit outlived the release timeout): the upstream
-                # will bill a job the ledger released. Keep its id and flag it for review.
-                await jobs.record_late_acceptance(session, self.job.id, upstream_job_id)
+            if not moved and await jobs.record_late_acceptance(
+                session, self.job.id, upstream_job_id
+            ):
+                # Released meanwhile (by an operator): the upstream will bill a job the
+                # ledger released. Its id is kept and it is flagged for review.
                 logger.error(
                     "the upstream accepted a submit whose hold was already released",
                     extra={"gateway_job_id": self.job.id, "upstream_job_id": upstream_job_id},

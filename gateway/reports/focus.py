@@ -91,11 +91,61 @@ class FocusIdentity:
 
 def _iso(moment: datetime) -> str:
     """UTC, to the second: 2026-11-01T00:00:00Z (``moment`` is always UTC here)."""
-    return moment.replace(tzinfo=None, microsecond=0).isoformat() + "Z"
+    return moment.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def _usd(micro: int) -> str:
     return format_usd(micro)
+
+
+@dataclass(frozen=True)
+class _PriceLines:
+    """What every row of one rate card version and resolution repeats, formatted once."""
+
+    video: dict[str, str]
+    image: dict[str, str]
+    image_fee_micro_usd: int
+
+
+def _price_lines(card: RateCardRow, resolution: str) -> _PriceLines:
+    rate = _usd(card.per_second_micro_usd[resolution])
+    fee = _usd(card.image_fee_micro_usd)
+    return _PriceLines(
+        video={
+            "PricingUnit": "Seconds",
+            "ConsumedUnit": "Seconds",
+            "ListUnitPrice": rate,
+            "ContractedUnitPrice": rate,
+            "SkuId": f"{card.model}:video:{resolution}",
+            "SkuPriceId": f"{card.version}:video:{resolution}",
+        },
+        image={
+            "ChargeDescription": f"{card.model} source image fee",
+            "PricingUnit": "Images",
+            "ConsumedUnit": "Images",
+            "ListUnitPrice": fee,
+            "ContractedUnitPrice": fee,
+            "SkuId": f"{card.model}:image",
+            "SkuPriceId": f"{card.version}:image",
+        },
+        image_fee_micro_usd=card.image_fee_micro_usd,
+    )
+
+
+class _TagsJson(dict[tuple[tuple[str, str], ...], str]):
+    """Tags as canonical JSON, each distinct set encoded once: a month repeats a few sets.
+    Bounded, so tags unique per job (``user=...``) cost a little time, never memory."""
+
+    LIMIT = 4096
+
+    def encode(self, tags: dict[str, str] | None) -> str:
+        key = tuple(sorted(tags.items())) if tags else ()
+        text = self.get(key)
+        if text is None:
+            if len(self) >= self.LIMIT:
+                self.clear()
+            text = self[key] = json.dumps(dict(key), separators=(",", ":"))
+        return text
 
 
 async def focus_rows(
@@ -106,10 +156,13 @@ async def focus_rows(
     team: str | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     start, end = month_bounds(month)
-    cards = {
-        (row.model, row.version): row
-        for row in (await session.execute(select(RateCardRow))).scalars()
+    cards = (await session.execute(select(RateCardRow))).scalars().all()
+    lines = {
+        (card.model, card.version, resolution): _price_lines(card, resolution)
+        for card in cards
+        for resolution in card.per_second_micro_usd
     }
+    tags_json = _TagsJson()
     frozen = await session.get(ClosedPeriod, month)
     in_month = and_(LedgerEntry.period == month)
     if frozen is not None:
@@ -168,58 +221,45 @@ async def focus_rows(
     }
     result = await session.stream(stmt)
     async for row in result:  # one row: the capture entry with its job and team
-        card = cards[(row.model, row.rate_card_version)]
-        correction = row.period != month
-        image_micro = row.image_count * card.image_fee_micro_usd
+        price = lines[(row.model, row.rate_card_version, row.resolution)]
+        image_micro = row.image_count * price.image_fee_micro_usd
         seconds_micro = row.amount_micro_usd - image_micro
         produced_ms = row.video_ms if row.video_ms is not None else row.duration_ms
-        billed_ms = min(produced_ms, row.duration_ms)
+        seconds = f"{Decimal(min(produced_ms, row.duration_ms)) / 1000:.3f}"
         base = {
             **common,
-            "ChargeClass": "Correction" if correction else "",
+            "ChargeClass": "Correction" if row.period != month else "",
             "ChargePeriodStart": _iso(row.created_at),
             "ChargePeriodEnd": _iso(max(row.settled_at, row.created_at)),
             "SubAccountId": str(row.team_id),
             "SubAccountName": row.team_name,
-            "Tags": json.dumps(row.tags or {}, sort_keys=True, separators=(",", ":")),
+            "Tags": tags_json.encode(row.tags),
             "x_JobId": row.job_id,
             "x_UpstreamJobId": row.upstream_job_id or "",
             "x_Model": row.model,
             "x_Resolution": row.resolution,
-            "x_DurationSeconds": f"{Decimal(billed_ms) / 1000:.3f}",
+            "x_DurationSeconds": seconds,
             "x_RateCardVersion": row.rate_card_version,
             "x_CostCenter": row.cost_center or "",
             "x_Outcome": row.reason or "completed",
             "x_OriginalPeriod": row.period,
         }
-        seconds = f"{Decimal(billed_ms) / 1000:.3f}"
-        rate = card.per_second_micro_usd[row.resolution]
         yield {
             **base,
+            **price.video,
             **_costs(seconds_micro),
             "ChargeDescription": f"{row.model} video, {seconds} s at {row.resolution}",
             "PricingQuantity": seconds,
-            "PricingUnit": "Seconds",
             "ConsumedQuantity": seconds,
-            "ConsumedUnit": "Seconds",
-            "ListUnitPrice": _usd(rate),
-            "ContractedUnitPrice": _usd(rate),
-            "SkuId": f"{row.model}:video:{row.resolution}",
-            "SkuPriceId": f"{row.rate_card_version}:video:{row.resolution}",
         }
         if row.image_count:
+            count = str(row.image_count)
             yield {
                 **base,
+                **price.image,
                 **_costs(image_micro),
-                "ChargeDescription": f"{row.model} source image fee",
-                "PricingQuantity": str(row.image_count),
-                "PricingUnit": "Images",
-                "ConsumedQuantity": str(row.image_count),
-                "ConsumedUnit": "Images",
-                "ListUnitPrice": _usd(card.image_fee_micro_usd),
-                "ContractedUnitPrice": _usd(card.image_fee_micro_usd),
-                "SkuId": f"{row.model}:image",
-                "SkuPriceId": f"{row.rate_card_version}:image",
+                "PricingQuantity": count,
+                "ConsumedQuantity": count,
             }
 
 

@@ -14,7 +14,9 @@ Failures become gateway errors here, so callers only see ``UpstreamResponse`` or
     upstream 401/403 ................... UpstreamError (502 upstream_auth_failed): the
                                          gateway's own key is wrong, not the tenant's
     timeout ............................ UpstreamTimeout (504 upstream_timeout); not
-                                         ``outcome_unknown`` if it timed out connecting
+                                         ``outcome_unknown`` if it timed out connecting;
+                                         also when the whole exchange outlasts the sum of
+                                         the phase timeouts (an answer trickling in)
     other 4xx .......................... returned, to be passed through unchanged
 
 The real upstream key is added to each request here and nowhere else; it is never logged.
@@ -22,6 +24,7 @@ The real upstream key is added to each request here and nowhere else; it is neve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -75,11 +78,17 @@ class HttpUpstreamClient:
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, api_key: str, metrics: Metrics | None = None
+        self,
+        http: httpx.AsyncClient,
+        api_key: str,
+        metrics: Metrics | None = None,
+        *,
+        deadline_seconds: float | None = None,
     ) -> None:
         self._http = http
         self._auth_header = f"Bearer {api_key}"
         self._metrics = metrics
+        self._deadline = deadline_seconds
 
     @classmethod
     def from_settings(
@@ -107,7 +116,12 @@ class HttpUpstreamClient:
             trust_env=False,
             headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
         )
-        return cls(http, settings.upstream_api_key.get_secret_value(), metrics)
+        return cls(
+            http,
+            settings.upstream_api_key.get_secret_value(),
+            metrics,
+            deadline_seconds=settings.upstream_exchange_limit_seconds,
+        )
 
     async def submit(
         self, body: bytes, *, request_id: str, idempotency_key: str | None = None
@@ -155,7 +169,10 @@ class HttpUpstreamClient:
             headers.update(extra_headers)
         started = time.perf_counter()
         try:
-            response = await self._http.request(method, path, content=content, headers=headers)
+            # httpx's timeouts bound each phase (and each read); this bounds the whole call,
+            # which the reconciler relies on before re-sending or releasing a submit.
+            async with asyncio.timeout(self._deadline):
+                response = await self._http.request(method, path, content=content, headers=headers)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Timed out before the request left: the upstream cannot have acted on it.
             logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
@@ -165,6 +182,10 @@ class HttpUpstreamClient:
             raise never_sent from None
         except httpx.TimeoutException as exc:
             logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
+            self._error("timeout")
+            raise UpstreamTimeout("the upstream did not answer in time") from None
+        except TimeoutError:
+            logger.warning("upstream %s %s outlasted its deadline", method, path)
             self._error("timeout")
             raise UpstreamTimeout("the upstream did not answer in time") from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
