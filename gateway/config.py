@@ -189,6 +189,13 @@ class Settings(BaseSettings):
                     "the longest a submit can be in flight: connect + write + read + pool "
                     f"timeouts = {longest:g} s"
                 )
+        resend = self.unanswered_submit_resend_after_seconds
+        if self.upstream_honors_idempotency_key and resend >= self.resend_window_seconds:
+            raise ValueError(
+                f"GATEWAY_UNANSWERED_SUBMIT_RESEND_AFTER_SECONDS ({resend:g}) must be below "
+                "the release timeout minus connect + write + read + pool timeouts "
+                f"({self.resend_window_seconds:g} s), or no submit is ever re-sent"
+            )
         return self
 
     @model_validator(mode="after")

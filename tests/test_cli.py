@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +173,39 @@ def test_serve_refuses_a_schema_behind_then_serves_with_migrate(
     assert "Application shutdown complete." in stderr
     for line in stderr.splitlines():  # JSON logs by default
         json.loads(line)
+
+
+def test_simulator_stops_on_sigterm_even_with_a_hanging_submit() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*GATEWAY, "simulator", "--port", str(port)],
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def submit_that_hangs() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut off by the shutdown
+            httpx.post(
+                f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+                json={"model": "grok-imagine-video-1-5", "prompt": "#sim:hang"},
+                headers={"Authorization": "Bearer any"},
+                timeout=60,
+            )
+
+    hanging = threading.Thread(target=submit_that_hangs, daemon=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/_simulator/usage")
+        hanging.start()
+        time.sleep(0.5)  # the submit is now held open by the simulator
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert time.monotonic() - started < 10, stderr
+    assert process.returncode in (0, -signal.SIGTERM), stderr
 
 
 def test_serve_refuses_sqlite_with_several_workers(tmp_path: Path) -> None:

@@ -78,6 +78,18 @@ def test_a_submit_is_never_resent_while_it_may_still_be_in_flight() -> None:
     with pytest.raises(ValidationError, match="RESEND_AFTER_SECONDS \\(60\\) must exceed"):
         settings(upstream_honors_idempotency_key=True, unanswered_submit_resend_after_seconds=60)
     settings(upstream_honors_idempotency_key=False, unanswered_submit_resend_after_seconds=60)
+    # ...and come early enough for the re-send to end before the release (else it never comes).
+    with pytest.raises(ValidationError, match="RESEND_AFTER_SECONDS \\(80\\) must be below"):
+        settings(
+            upstream_honors_idempotency_key=True,
+            unanswered_submit_resend_after_seconds=80,
+            unanswered_submit_release_after_seconds=150,
+        )
+    settings(
+        upstream_honors_idempotency_key=True,
+        unanswered_submit_resend_after_seconds=79,
+        unanswered_submit_release_after_seconds=150,
+    )
     assert settings(upstream_honors_idempotency_key=True).unanswered_submit_resend_after_seconds
 
 

@@ -454,7 +454,7 @@ def admin_sql_on(database: str, *statements: str) -> None:
 
 
 def test_unreadable_usage_files_exit_2(fresh_db: str, tmp_path: Path) -> None:
-    for content in ("{not json", '{"rows": []}', "Id,Amount\nx,abc\n"):
+    for content in ("{not json", '{"rows": []}', "Id,Amount\nx,abc\n", "garbage", ""):
         bad = tmp_path / "bad.txt"
         bad.write_text(content)
         result = reconcile(fresh_db, bad)

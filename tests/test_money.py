@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -457,46 +458,89 @@ def test_reconciler_releases_a_submit_that_never_got_an_answer(
     assert len(simulator.submits()) == 1
 
 
+FORWARD_WINDOW_HALF_SECOND = {
+    # Calls take at most 4 x 0.25 s, a hold is released after 1.5 s: a submit must leave
+    # within 0.5 s of its hold.
+    **{f"upstream_{phase}_timeout_seconds": 0.25 for phase in ("connect", "write", "read", "pool")},
+    "unanswered_submit_release_after_seconds": 1.5,
+}
+
+
+def submit_while_locked(
+    postgres_url: str, url: str, tenant: Tenant, statement: str, params: dict[str, Any]
+) -> httpx.Response:
+    """Submit while another transaction holds the row lock ``statement`` takes, for 1.5 s."""
+    locked = threading.Event()
+
+    async def hold_the_lock(session: AsyncSession) -> None:
+        await session.execute(text(statement), params)
+        locked.set()
+        await asyncio.sleep(1.5)
+
+    blocker = threading.Thread(target=in_session, args=(postgres_url, hold_the_lock))
+    blocker.start()
+    assert locked.wait(10)
+    try:
+        return httpx.post(
+            url + SUBMIT_PATH,
+            json={"model": MODEL, "prompt": "a cat"},
+            headers=tenant.headers,
+            timeout=30,
+        )
+    finally:
+        blocker.join()
+
+
 def test_a_submit_held_up_past_its_forward_window_is_refused_unsent(
     start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     """Sent late, a submit could still be on the wire when the reconciler releases its hold
-    (or re-sends it): the upstream would run a job the ledger gave up on. Refused instead."""
+    (or re-sends it): the upstream would run a job the ledger gave up on. Refused instead;
+    held up inside the hold's own transaction, nothing at all is recorded."""
     tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
-    timeouts = {
-        f"upstream_{phase}_timeout_seconds": 0.25 for phase in ("connect", "write", "read", "pool")
-    }
-    # Calls take at most 1 s, a hold is released after 1.5 s: a submit must leave in 0.5 s.
-    server = start_gateway(unanswered_submit_release_after_seconds=1.5, **timeouts)
-    locked = threading.Event()
-
-    async def hold_the_team_row(session: AsyncSession) -> None:
-        # The job's foreign key needs a share lock on its team's row: the submit waits 1.5 s.
-        await session.execute(
-            text("SELECT id FROM teams WHERE name = :name FOR UPDATE"), {"name": tenant.team}
-        )
-        locked.set()
-        await asyncio.sleep(1.5)
-
-    blocker = threading.Thread(target=in_session, args=(postgres_url, hold_the_team_row))
-    blocker.start()
-    assert locked.wait(10)
-    response = httpx.post(
-        server.url + SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "a cat"},
-        headers=tenant.headers,
-        timeout=30,
+    server = start_gateway(**FORWARD_WINDOW_HALF_SECOND)
+    # The job's foreign key needs a share lock on its team's row: the hold waits 1.5 s.
+    response = submit_while_locked(
+        postgres_url,
+        server.url,
+        tenant,
+        "SELECT id FROM teams WHERE name = :name FOR UPDATE",
+        {"name": tenant.team},
     )
-    blocker.join()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "forward_window_passed"
+    assert simulator.submits() == []
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert (ledger.jobs, ledger.entries) == ([], [])
+    # Without the wait, the same submit goes through.
+    with httpx.Client(base_url=server.url) as client:
+        assert submit(client, tenant).status_code == 200
+
+
+def test_a_submit_held_up_after_its_hold_is_released_unsent(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Held up after the hold is recorded (here: the soft-limit alert it raises waits on a
+    lock), the submit is not sent and its hold is given back."""
+    tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000, soft_limit_percent=1)
+    server = start_gateway(**FORWARD_WINDOW_HALF_SECOND)
+    # Another transaction is raising the same alert: the submit's own insert waits for it.
+    response = submit_while_locked(
+        postgres_url,
+        server.url,
+        tenant,
+        "INSERT INTO budget_alerts (team_id, period, threshold, budget_micro_usd,"
+        " used_micro_usd, limit_micro_usd, created_at, attempts, next_attempt_at)"
+        " SELECT id, :period, 'soft_limit', 0, 0, 0, now(), 0, now() FROM teams"
+        " WHERE name = :name",
+        {"name": tenant.team, "period": period_of(utcnow())},
+    )
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "forward_window_passed"
     assert simulator.submits() == []
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_680_000), ("release", 1_680_000)]
     assert ledger.balance.held_micro_usd == 0
-    # Without the wait, the same submit goes through.
-    with httpx.Client(base_url=server.url) as client:
-        assert submit(client, tenant).status_code == 200
 
 
 def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
@@ -713,7 +757,9 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
     (upstream_job,) = simulator.usage()["jobs"]
     (held,) = team_ledger(postgres_url, tenant.team).jobs
     resend_after = timedelta(seconds=120)  # the default
-    not_yet = reconcile_at(postgres_url, simulator.url, held.created_at + resend_after / 2)
+    not_yet = reconcile_at(
+        postgres_url, simulator.url, held.created_at + resend_after / 2, **overrides
+    )
     assert not_yet.recovered == 0
     report = reconcile_at(
         postgres_url, simulator.url, held.created_at + resend_after * 1.01, **overrides
@@ -800,8 +846,8 @@ def test_a_submit_is_resent_only_while_the_resend_ends_before_the_release(
         )
         assert lost.status_code == 504
     assert simulator.submits() == []
-    held = team_ledger(postgres_url, tenant.team).jobs
-    created = min(j.created_at for j in held)
+    # The later of the two: both are due and inside the window at the claim, past it after.
+    created = max(j.created_at for j in team_ledger(postgres_url, tenant.team).jobs)
     second = timedelta(seconds=1)
 
     # Both are due and inside the window when the pass claims them; by the time each would be
@@ -869,11 +915,29 @@ def test_an_acceptance_after_an_operator_released_the_job_is_kept_and_flagged(
     assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("release", 1_680_000)]
 
 
-def test_a_resend_accepted_after_an_operator_released_the_job_is_kept_and_flagged(
-    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+class ReleasedOnTheWay(httpx.AsyncBaseTransport):
+    """Delivers each submit, but an operator releases the job while it is on the wire."""
+
+    def __init__(self, release: Callable[[], Awaitable[None]]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.release = release
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            await self.release()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("released", ["before the re-send", "during the re-send"])
+def test_a_job_an_operator_released_is_not_resent_or_is_kept_and_flagged(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str, released: str
 ) -> None:
-    """The same race on the reconciler's side: the job is released between the pass claiming
-    it and its re-send being answered."""
+    """The reconciler claims unanswered submits, then re-sends them one by one. A job an
+    operator releases meanwhile is not re-sent; released while its re-send is on the wire,
+    the upstream's job is kept (its id) and the job flagged for review."""
     honoring = {"upstream_honors_idempotency_key": True}
     admin_token = "admin-token-for-tests-0123456789"
     server = start_gateway(transport=NeverDelivered(), admin_token=admin_token, **honoring)
@@ -884,22 +948,35 @@ def test_a_resend_accepted_after_an_operator_released_the_job_is_kept_and_flagge
     assert lost.status_code == 504
     (job,) = team_ledger(postgres_url, tenant.team).jobs
     body = json.dumps({"model": MODEL, "prompt": "a cat"}).encode()
-    released = httpx.post(
-        f"{server.url}/admin/jobs/{job.id}/release",
-        headers={"Authorization": f"Bearer {admin_token}"},
-    )
-    assert released.status_code == 200, released.text
+
+    async def release() -> None:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            answer = await client.post(
+                f"/admin/jobs/{job.id}/release",
+                headers={"Authorization": f"Bearer {admin_token}"},
+            )
+            assert answer.status_code == 200, answer.text
 
     async def resend_claimed_before_the_release() -> bool:
         settings = gateway_settings(postgres_url, simulator.url, **honoring)
-        async with open_runtime(settings) as runtime:
+        if released == "before the re-send":
+            await release()
+            transport = None
+        else:
+            transport = ReleasedOnTheWay(release)
+        async with open_runtime(settings, upstream_transport=transport) as runtime:
             return await Reconciler(runtime)._resend(job, body)
 
     assert asyncio.run(resend_claimed_before_the_release()) is False
-    (upstream_job,) = simulator.usage()["jobs"]
     (after,) = team_ledger(postgres_url, tenant.team).jobs
-    assert (after.state, after.needs_review) == ("released", True)
-    assert after.upstream_job_id == upstream_job["job_id"]
+    if released == "before the re-send":
+        assert simulator.usage()["jobs"] == []
+        # Released after review, never sent: nothing left to look at.
+        assert (after.state, after.needs_review, after.upstream_job_id) == ("released", False, None)
+    else:
+        (upstream_job,) = simulator.usage()["jobs"]
+        assert (after.state, after.needs_review) == ("released", True)
+        assert after.upstream_job_id == upstream_job["job_id"]
 
 
 def test_background_reconciler_in_a_replica_settles_unpolled_jobs(

@@ -67,4 +67,6 @@ def simulator(
         log_config=None,
         access_log=False,
         server_header=False,
+        # A #sim:hang submit is held open for an hour: shutdown cuts it off instead of waiting.
+        timeout_graceful_shutdown=2,
     )

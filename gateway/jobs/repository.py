@@ -54,12 +54,16 @@ async def move_from_pending(
 
 
 async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_job_id: str) -> bool:
-    """If the job was released before the upstream's acceptance was recorded, remember the
-    upstream's id and flag the job (True). A job recorded as accepted meanwhile (a re-send,
-    a retried write) is left alone (False)."""
+    """If the job was released before any acceptance of it was recorded, remember the
+    upstream's id and flag the job (True). A job recorded as accepted meanwhile (by a
+    re-send, or a retried write), whatever became of it since, is left alone (False)."""
     result = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RELEASED.value)
+        .where(
+            Job.id == job_id,
+            Job.state == JobState.RELEASED.value,
+            Job.upstream_job_id.is_(None),
+        )
         .values(upstream_job_id=upstream_job_id, needs_review=True)
     )
     return bool(getattr(result, "rowcount", 0))

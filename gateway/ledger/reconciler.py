@@ -173,6 +173,9 @@ class Reconciler:
         run one after another, so the window is checked again right before each)."""
         if self.clock() - job.created_at > self._resend_window:
             return False  # too late: the release takes it from here
+        async with transaction(self.runtime.sessionmaker) as session:
+            if await jobs.lock_unanswered(session, job.id) is None:
+                return False  # settled or released (by an operator) since the pass claimed it
         try:
             answer = await self.runtime.upstream.submit(
                 body, request_id=f"recover-{job.id}", idempotency_key=job.id
@@ -206,7 +209,8 @@ class Reconciler:
             )
             await jobs.drop_request(session, job.id)
             if not moved and await jobs.record_late_acceptance(session, job.id, upstream_job_id):
-                # Released meanwhile (by an operator): the upstream will bill it anyway.
+                # Released by an operator while the re-send was on the wire (the state was
+                # checked just before sending): the upstream will bill it anyway.
                 logger.error(
                     "a re-sent submit was accepted after its hold was released",
                     extra={"gateway_job_id": job.id, "upstream_job_id": upstream_job_id},

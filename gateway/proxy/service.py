@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
@@ -136,19 +136,15 @@ async def submit_generation(
         # Nothing was sent: give the hold back now, so the job is never forwarded later.
         await after.refused("not_forwarded")
         raise
-    if utcnow() - job.created_at > timedelta(seconds=runtime.settings.forward_window_seconds):
-        # Held up in the gateway (database waits) so long that, sent now, the call could still
-        # be on the wire when the reconciler re-sends or releases it: refused unsent instead.
-        logger.error(
-            "a submit outlasted its forward window before being sent; refused, not forwarded",
-            extra={"gateway_job_id": job.id},
-        )
-        await after.refused("not_forwarded")
-        raise ServiceUnavailable(
-            "the gateway was too slow to forward this request in time; it was not sent "
-            "upstream and nothing is billed: retry",
-            code="forward_window_passed",
-        )
+    if _forward_window_passed(runtime.settings, job.created_at):
+        # Held up after its hold was recorded (a slow commit, a slow alert write): given back.
+        if await after.refused("not_forwarded") is None:
+            # Not recorded either: the job stays open for the reconciler, as after a crash.
+            raise ServiceUnavailable(
+                "the gateway's ledger is too slow to take requests; retry later",
+                code="ledger_unavailable",
+            )
+        raise _not_forwarded()
     estimate = job.estimate_micro_usd
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
@@ -242,7 +238,26 @@ async def _open_job(
         balance = await place_hold(
             session, quota, job, policy=settings.default_budget_policy, now=now
         )
+        if _forward_window_passed(settings, now):
+            raise _not_forwarded()  # held up by database waits: rolled back, nothing recorded
     return _Opened(job, balance)
+
+
+def _not_forwarded() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the gateway was too slow to forward this request in time; it was not sent upstream "
+        "and nothing is billed: retry",
+        code="forward_window_passed",
+    )
+
+
+def _forward_window_passed(settings: Settings, held_at: datetime) -> bool:
+    """Sent now, could the call still be on the wire when the reconciler re-sends the submit
+    or releases its hold? Then it is not sent at all."""
+    late = utcnow() - held_at > timedelta(seconds=settings.forward_window_seconds)
+    if late:
+        logger.error("a submit outlasted its forward window before being sent; not forwarded")
+    return late
 
 
 @dataclass

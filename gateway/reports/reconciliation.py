@@ -157,7 +157,17 @@ def parse_usage(text: str, columns: ColumnMap = ColumnMap()) -> list[UpstreamCha
             raise UsageFileError("JSON usage must be a list of rows")
         records: list[Mapping[str, Any]] = data
     else:
-        records = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        # Checked on the header, so a file that is not a usage export at all is refused even
+        # when it has no rows (rather than read as "the upstream billed nothing").
+        missing = [
+            columns.source(field)
+            for field in ("job_id", "cost_usd")
+            if columns.source(field) not in (reader.fieldnames or [])
+        ]
+        if missing:
+            raise UsageFileError(f"CSV header has no {', '.join(map(repr, missing))} column")
+        records = list(reader)
     charges = []
     for index, record in enumerate(records, start=1):
         where = f"row {index}"
