@@ -467,28 +467,49 @@ FORWARD_WINDOW_HALF_SECOND = {
 
 
 def submit_while_locked(
-    postgres_url: str, url: str, tenant: Tenant, statement: str, params: dict[str, Any]
+    postgres_url: str,
+    url: str,
+    tenant: Tenant,
+    statement: str,
+    params: dict[str, Any],
+    *,
+    seconds: float = 1.5,
+    headers: dict[str, str] | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> httpx.Response:
-    """Submit while another transaction holds the row lock ``statement`` takes, for 1.5 s."""
+    """Submit while another transaction holds the lock ``statement`` takes, for ``seconds``;
+    ``meanwhile`` runs while the submit waits."""
     locked = threading.Event()
 
     async def hold_the_lock(session: AsyncSession) -> None:
         await session.execute(text(statement), params)
         locked.set()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(seconds)
+
+    answers: list[httpx.Response] = []
+
+    def send() -> None:
+        answers.append(
+            httpx.post(
+                url + SUBMIT_PATH,
+                json={"model": MODEL, "prompt": "a cat"},
+                headers={**tenant.headers, **(headers or {})},
+                timeout=30,
+            )
+        )
 
     blocker = threading.Thread(target=in_session, args=(postgres_url, hold_the_lock))
     blocker.start()
     assert locked.wait(10)
+    sender = threading.Thread(target=send)
+    sender.start()
     try:
-        return httpx.post(
-            url + SUBMIT_PATH,
-            json={"model": MODEL, "prompt": "a cat"},
-            headers=tenant.headers,
-            timeout=30,
-        )
+        meanwhile()
     finally:
         blocker.join()
+        sender.join()
+    (answer,) = answers
+    return answer
 
 
 def test_a_submit_held_up_past_its_forward_window_is_refused_unsent(
@@ -529,10 +550,7 @@ def test_a_submit_held_up_after_its_hold_is_released_unsent(
         postgres_url,
         server.url,
         tenant,
-        "INSERT INTO budget_alerts (team_id, period, threshold, budget_micro_usd,"
-        " used_micro_usd, limit_micro_usd, created_at, attempts, next_attempt_at)"
-        " SELECT id, :period, 'soft_limit', 0, 0, 0, now(), 0, now() FROM teams"
-        " WHERE name = :name",
+        RAISE_SOFT_LIMIT_ALERT,
         {"name": tenant.team, "period": period_of(utcnow())},
     )
     assert response.status_code == 503, response.text
@@ -541,6 +559,74 @@ def test_a_submit_held_up_after_its_hold_is_released_unsent(
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_680_000), ("release", 1_680_000)]
     assert ledger.balance.held_micro_usd == 0
+
+
+RAISE_SOFT_LIMIT_ALERT = (
+    "INSERT INTO budget_alerts (team_id, period, threshold, budget_micro_usd,"
+    " used_micro_usd, limit_micro_usd, created_at, attempts, next_attempt_at)"
+    " SELECT id, :period, 'soft_limit', 0, 0, 0, now(), 0, now() FROM teams WHERE name = :name"
+)
+
+
+def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Held up after its hold for longer than the re-send delay, a submit finds its job
+    already re-sent by the reconciler: it must not release it (the upstream runs it) but
+    answer "outcome unknown"; a retry with the same key then learns the job."""
+    settings = {
+        **{f"upstream_{p}_timeout_seconds": 0.25 for p in ("connect", "write", "read", "pool")},
+        "upstream_honors_idempotency_key": True,
+        "unanswered_submit_resend_after_seconds": 1.5,
+    }
+    tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000, soft_limit_percent=1)
+    server = start_gateway(**settings)
+    key = {"Idempotency-Key": "held-up"}
+
+    def reconciler_takes_over() -> None:
+        time.sleep(2.0)  # the re-send is due 1.5 s after the hold
+        start = utcnow()
+        times = iter([start])
+
+        async def resend_only() -> None:  # the recovered job's first poll is due after the pass
+            gateway = gateway_settings(postgres_url, simulator.url, **settings)
+            async with open_runtime(gateway) as runtime:
+                clock = lambda: next(times, start + timedelta(seconds=1))  # noqa: E731
+                assert (await Reconciler(runtime, clock=clock).run_once()).recovered >= 1
+
+        asyncio.run(resend_only())
+        assert len(simulator.submits()) == 1  # re-sent while the request still waits
+
+    response = submit_while_locked(
+        postgres_url,
+        server.url,
+        tenant,
+        RAISE_SOFT_LIMIT_ALERT,
+        {"name": tenant.team, "period": period_of(utcnow())},
+        seconds=3.0,
+        headers=key,
+        meanwhile=reconciler_takes_over,
+    )
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_outcome_unknown"
+    (upstream_job,) = simulator.usage()["jobs"]
+    ledger = team_ledger(postgres_url, tenant.team)
+    (job,) = ledger.jobs
+    # Not released: the upstream runs it, and the ledger still holds it...
+    assert (job.state, job.upstream_job_id) == ("submitted", upstream_job["job_id"])
+    assert ledger.entries_of(job.id) == [("hold", 1_680_000)]
+    # ...until it is billed, once, as the upstream billed it.
+    reconcile(postgres_url, simulator.url, **settings)
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("capture", 1_680_000)]
+    assert simulator_cost(simulator, upstream_job["job_id"]) == 1_680_000
+    retry = httpx.post(
+        server.url + SUBMIT_PATH,
+        json={"model": MODEL, "prompt": "a cat"},
+        headers={**tenant.headers, **key},
+    )
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["job_id"] == upstream_job["job_id"]
 
 
 def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(

@@ -171,11 +171,12 @@ class Reconciler:
 
         Only while the re-send is sure to be over before the hold may be released (re-sends
         run one after another, so the window is checked again right before each)."""
-        if self.clock() - job.created_at > self._resend_window:
-            return False  # too late: the release takes it from here
         async with transaction(self.runtime.sessionmaker) as session:
             if await jobs.lock_unanswered(session, job.id) is None:
                 return False  # settled or released (by an operator) since the pass claimed it
+        # Checked last, after any database wait, so the re-send ends before the release.
+        if self.clock() - job.created_at > self._resend_window:
+            return False  # too late: the release takes it from here
         try:
             answer = await self.runtime.upstream.submit(
                 body, request_id=f"recover-{job.id}", idempotency_key=job.id

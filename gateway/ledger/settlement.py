@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, and_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
@@ -199,13 +199,24 @@ async def plan_from_outcome(
 
 
 async def apply_settlement(
-    session: AsyncSession, job: Job, plan: Settlement, *, now: datetime
+    session: AsyncSession,
+    job: Job,
+    plan: Settlement,
+    *,
+    now: datetime,
+    unless_claimed: bool = False,
 ) -> BalanceRow | None:
     """Settle ``job`` as planned, once. Returns the new balance, or None if it was already
-    settled (by another poll, replica or the reconciler): then nothing is written."""
+    settled (by another poll, replica or the reconciler): then nothing is written.
+
+    ``unless_claimed``: only a job still pending that the reconciler has never claimed (its
+    claim counts an attempt, committed before it re-sends the submit) is settled."""
+    open_job: ColumnElement[bool] = Job.state.in_([s.value for s in OPEN_STATES])
+    if unless_claimed:
+        open_job = and_(Job.state == JobState.PENDING.value, Job.check_attempts == 0)
     moved = await session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.state.in_([s.value for s in OPEN_STATES]))
+        .where(Job.id == job.id, open_job)
         .values(
             state=plan.state.value,
             settled_at=now,

@@ -39,6 +39,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
     UpstreamInvalidResponse,
+    UpstreamTimeout,
 )
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
@@ -137,12 +138,14 @@ async def submit_generation(
         await after.refused("not_forwarded")
         raise
     if _forward_window_passed(runtime.settings, job.created_at):
-        # Held up after its hold was recorded (a slow commit, a slow alert write): given back.
-        if await after.refused("not_forwarded") is None:
-            # Not recorded either: the job stays open for the reconciler, as after a crash.
-            raise ServiceUnavailable(
-                "the gateway's ledger is too slow to take requests; retry later",
-                code="ledger_unavailable",
+        # Held up after its hold was recorded (a slow commit, a slow alert write): given back,
+        # unless the reconciler has already taken the job over (or the release cannot be
+        # recorded): then, as after a crash, the reconciler decides and the outcome is open.
+        if (await after.refused("not_forwarded")).balance is None:
+            raise UpstreamTimeout(
+                "the gateway could not confirm whether this request reached the upstream; "
+                "retry with the same Idempotency-Key to learn its outcome",
+                code="upstream_outcome_unknown",
             )
         raise _not_forwarded()
     estimate = job.estimate_micro_usd
@@ -161,7 +164,7 @@ async def submit_generation(
 
     if answer.status_code >= 400:
         released = await after.refused("upstream_refused", answer=answer)
-        return _pass_through(answer, extra=estimate_header, balance=released or balance)
+        return _pass_through(answer, extra=estimate_header, balance=released.balance or balance)
     try:
         upstream_job_id = _accepted_job_id(answer)
     except UpstreamInvalidResponse as exc:
@@ -260,6 +263,14 @@ def _forward_window_passed(settings: Settings, held_at: datetime) -> bool:
     return late
 
 
+@dataclass(frozen=True)
+class _Release:
+    """A submit's own release: the team's new balance, or None if the job was not released
+    (the reconciler had claimed it, or the database could not record it: left open)."""
+
+    balance: BalanceView | None
+
+
 @dataclass
 class _AfterForward:
     """Records the upstream's answer to a submit, retrying briefly if the database falters.
@@ -303,14 +314,18 @@ class _AfterForward:
 
         await self._record("submitted", record)
 
-    async def refused(
-        self, reason: str, *, answer: UpstreamResponse | None = None
-    ) -> BalanceView | None:
-        """Nothing was created upstream: release the hold, let the key be used again."""
+    async def refused(self, reason: str, *, answer: UpstreamResponse | None = None) -> _Release:
+        """Nothing was created upstream: release the hold, let the key be used again. Not if
+        the reconciler has claimed the job meanwhile (this request was held up for longer than
+        the re-send delay): from then on the job is the reconciler's."""
         plan = settlement.release(reason)
 
         async def record(session: AsyncSession) -> BalanceRow | None:
-            balance = await settlement.apply_settlement(session, self.job, plan, now=utcnow())
+            balance = await settlement.apply_settlement(
+                session, self.job, plan, now=utcnow(), unless_claimed=True
+            )
+            if balance is None:
+                return None
             await jobs.record_http_status(
                 session, self.job.id, answer.status_code if answer else None
             )
@@ -323,11 +338,11 @@ class _AfterForward:
 
         balance = await self._record("released", record)
         if balance is None:
-            return None
+            return _Release(None)
         self.runtime.metrics.record_settlement(self.team_name, self.job, plan)
         view = BalanceView.of(self.job.period, balance)
         self.on_balance(view)
-        return view
+        return _Release(view)
 
     async def unknown(self, error: GatewayError) -> None:
         """Sent, outcome unknown: keep the hold, and replay this error to a retry with the same
