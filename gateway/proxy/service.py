@@ -142,11 +142,7 @@ async def submit_generation(
         # unless the reconciler has already taken the job over (or the release cannot be
         # recorded): then, as after a crash, the reconciler decides and the outcome is open.
         if (await after.refused("not_forwarded")).balance is None:
-            raise UpstreamTimeout(
-                "the gateway could not confirm whether this request reached the upstream; "
-                "retry with the same Idempotency-Key to learn its outcome",
-                code="upstream_outcome_unknown",
-            )
+            raise _outcome_unknown()
         raise _not_forwarded()
     estimate = job.estimate_micro_usd
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
@@ -163,8 +159,10 @@ async def submit_generation(
         raise
 
     if answer.status_code >= 400:
-        released = await after.refused("upstream_refused", answer=answer)
-        return _pass_through(answer, extra=estimate_header, balance=released.balance or balance)
+        released = (await after.refused("upstream_refused", answer=answer)).balance
+        if released is None:  # left open, to be re-sent or released: no longer a plain refusal
+            raise _outcome_unknown()
+        return _pass_through(answer, extra=estimate_header, balance=released)
     try:
         upstream_job_id = _accepted_job_id(answer)
     except UpstreamInvalidResponse as exc:
@@ -251,6 +249,16 @@ def _not_forwarded() -> ServiceUnavailable:
         "the gateway was too slow to forward this request in time; it was not sent upstream "
         "and nothing is billed: retry",
         code="forward_window_passed",
+    )
+
+
+def _outcome_unknown() -> UpstreamTimeout:
+    """For a submit whose job the gateway could not give back (the reconciler has claimed it
+    for a re-send, or the release could not be recorded): it may yet run upstream."""
+    return UpstreamTimeout(
+        "the gateway could not confirm whether this request will run upstream; retry with the "
+        "same Idempotency-Key to learn its outcome",
+        code="upstream_outcome_unknown",
     )
 
 
