@@ -512,6 +512,22 @@ def submit_while_locked(
     return answer
 
 
+RAISE_SOFT_LIMIT_ALERT = (
+    "INSERT INTO budget_alerts (team_id, period, threshold, budget_micro_usd,"
+    " used_micro_usd, limit_micro_usd, created_at, attempts, next_attempt_at)"
+    " SELECT id, :period, 'soft_limit', 0, 0, 0, now(), 0, now() FROM teams WHERE name = :name"
+)
+
+
+def submit_while_alert_is_raised(
+    postgres_url: str, url: str, tenant: Tenant, **options: Any
+) -> httpx.Response:
+    """Submit while another transaction raises the team's soft-limit alert: a submit that
+    crosses the soft limit waits for it after its hold is committed, before forwarding."""
+    params = {"name": tenant.team, "period": period_of(utcnow())}
+    return submit_while_locked(postgres_url, url, tenant, RAISE_SOFT_LIMIT_ALERT, params, **options)
+
+
 def test_a_submit_held_up_past_its_forward_window_is_refused_unsent(
     start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
@@ -546,26 +562,13 @@ def test_a_submit_held_up_after_its_hold_is_released_unsent(
     tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000, soft_limit_percent=1)
     server = start_gateway(**FORWARD_WINDOW_HALF_SECOND)
     # Another transaction is raising the same alert: the submit's own insert waits for it.
-    response = submit_while_locked(
-        postgres_url,
-        server.url,
-        tenant,
-        RAISE_SOFT_LIMIT_ALERT,
-        {"name": tenant.team, "period": period_of(utcnow())},
-    )
+    response = submit_while_alert_is_raised(postgres_url, server.url, tenant)
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "forward_window_passed"
     assert simulator.submits() == []
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_680_000), ("release", 1_680_000)]
     assert ledger.balance.held_micro_usd == 0
-
-
-RAISE_SOFT_LIMIT_ALERT = (
-    "INSERT INTO budget_alerts (team_id, period, threshold, budget_micro_usd,"
-    " used_micro_usd, limit_micro_usd, created_at, attempts, next_attempt_at)"
-    " SELECT id, :period, 'soft_limit', 0, 0, 0, now(), 0, now() FROM teams WHERE name = :name"
-)
 
 
 def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
@@ -597,12 +600,10 @@ def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
         asyncio.run(resend_only())
         assert len(simulator.submits()) == 1  # re-sent while the request still waits
 
-    response = submit_while_locked(
+    response = submit_while_alert_is_raised(
         postgres_url,
         server.url,
         tenant,
-        RAISE_SOFT_LIMIT_ALERT,
-        {"name": tenant.team, "period": period_of(utcnow())},
         seconds=3.0,
         headers=key,
         meanwhile=reconciler_takes_over,
