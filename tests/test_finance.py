@@ -26,8 +26,10 @@ from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.closing import close_period
 from gateway.ledger.holds import place_hold
+from gateway.ledger.periods import month_bounds
 from gateway.ledger.pricing import parse_usd
 from gateway.ledger.quotas import TeamQuota
+from gateway.reports import reconciliation
 from gateway.reports.chargeback import ReportQuery, chargeback
 from gateway.reports.focus import focus_rows
 from gateway.reports.formats import to_csv, to_json
@@ -460,3 +462,45 @@ def test_unreadable_usage_files_exit_2(fresh_db: str, tmp_path: Path) -> None:
         result = reconcile(fresh_db, bad)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "cannot read the upstream usage" in result.stderr
+
+
+def test_bad_options_exit_2_not_1(fresh_db: str, tmp_path: Path) -> None:
+    """1 means "the ledger and the upstream differ": a comparison that could not be made must
+    not look like one (nor like a clean one)."""
+    export = tmp_path / "usage.csv"
+    export.write_text("job_id,cost_usd\n")
+    for extra, problem in [
+        (("--tolerance-usd", "-1"), "--tolerance-usd"),
+        (("--tolerance-usd", "0.0000001"), "--tolerance-usd"),
+        (("--month", "2026-1"), "--month"),
+        (("--month", "junk"), "--month"),
+    ]:
+        result = reconcile(fresh_db, export, *extra)
+        assert result.returncode == 2, (extra, result.stdout + result.stderr)
+        assert problem in result.stderr
+    assert reconcile(fresh_db, export, "--month", "2026-01").returncode == 0  # nothing to compare
+
+
+@pytest.mark.parametrize("month", ["2026-1", "2026-13", "26-01", "2026-01-01", " 2026-01"])
+def test_a_month_must_be_written_yyyy_mm(month: str) -> None:
+    """ "2026-1" would otherwise be closed or reported as a period that never has any job."""
+    with pytest.raises(InvalidRequest, match="2026-11"):
+        month_bounds(month)
+
+
+def test_upstream_credits_net_against_their_charges() -> None:
+    """A refund row cancels the charge: the upstream's net for the job is what is compared."""
+    export = "job_id,cost_usd\nup-1,1.680000\nup-1,-1.680000\nup-2,0.500000\n"
+    charges = reconciliation.parse_usage(export)
+    ledger = {
+        "up-1": reconciliation.LedgerCharge("up-1", "team-a", 1_680_000),
+        "up-2": reconciliation.LedgerCharge("up-2", "team-a", 500_000),
+    }
+    result = reconciliation.compare(charges, ledger, tolerance_micro_usd=0)
+    assert [(d.kind, d.job_id, d.delta_micro_usd) for d in result.differences] == [
+        ("not_billed_upstream", "up-1", 1_680_000)
+    ]
+    assert result.upstream_total_micro_usd == 500_000
+    # JSON amounts are read exactly, not through binary floats.
+    (charge,) = reconciliation.parse_usage('[{"job_id": "up-3", "cost_usd": 0.000001}]')
+    assert charge.cost_micro_usd == 1

@@ -46,11 +46,11 @@ def run_in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[
     return run(_main())
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T], *, error_code: int = 1) -> T:
     try:
         return asyncio.run(coro)
     except GatewayError as exc:
-        fail(exc.message)
+        fail(exc.message, code=error_code)
 
 
 def echo_json(data: Any) -> None:

@@ -4,13 +4,16 @@ compare the ledger with the upstream's own usage export."""
 from __future__ import annotations
 
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli._common import echo_json, fail, load_settings, run
 from gateway.db.session import read_only
+from gateway.errors import GatewayError
+from gateway.ledger.periods import month_bounds
+from gateway.ledger.pricing import parse_usd
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.observability.logging import configure_logging
 from gateway.reports import reconciliation
@@ -63,19 +66,28 @@ def reconcile(
 ) -> None:
     """Poll every submitted job now, settle the finished ones, release holds whose submit
     never got an answer, flag old holds; then, given --upstream-usage, compare the ledger with
-    the upstream's bill job by job. Exit status 1 when anything differs beyond the tolerance."""
+    the upstream's bill job by job. Exit status 1 when anything differs beyond the tolerance,
+    2 when the comparison could not be made (unreadable export, bad option, database error)."""
     settings = load_settings()
     configure_logging("text", "WARNING", settings.secrets())
     try:
-        tolerance = int(Decimal(tolerance_usd) * 1_000_000)
+        tolerance = parse_usd(tolerance_usd)  # exact, and never negative
+    except ValueError as exc:
+        fail(f"--tolerance-usd: {exc}", code=2)
+    try:
         column_map = ColumnMap.parse(columns)
         charges = (
             reconciliation.parse_usage(upstream_usage.read_text("utf-8"), column_map)
             if upstream_usage
             else None
         )
-    except (UsageFileError, ArithmeticError, ValueError) as exc:
+    except (UsageFileError, ValueError) as exc:
         fail(f"cannot read the upstream usage: {exc}", code=2)
+    if month is not None:
+        try:
+            month_bounds(month)
+        except GatewayError as exc:
+            fail(f"--month: {exc.message}", code=2)
 
     async def _run() -> tuple[ReconcileReport | None, Reconciliation | None]:
         async with open_runtime(settings) as runtime:
@@ -88,7 +100,10 @@ def reconcile(
                 )
             return report, reconciliation.compare(charges, ledger, tolerance_micro_usd=tolerance)
 
-    report, comparison = run(_run())
+    try:
+        report, comparison = run(_run(), error_code=2)  # 1 means "differences found"
+    except (SQLAlchemyError, OSError) as exc:
+        fail(f"the database could not be used ({type(exc).__name__})", code=2)
     if comparison is None:
         assert report is not None
         _print_pass(report, as_json)

@@ -3,9 +3,12 @@ period in which it was submitted, whenever it settles."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from gateway.errors import InvalidRequest
+
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
 def period_of(moment: datetime) -> str:
@@ -14,12 +17,10 @@ def period_of(moment: datetime) -> str:
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """``[start, end)`` of a ``YYYY-MM`` month in UTC (400 for anything else)."""
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise InvalidRequest(
-            "month must look like 2026-11", code="invalid_value", param="month"
-        ) from None
+    # strptime alone would take "2026-1" (and close or report a period that never exists).
+    if not _MONTH.fullmatch(month):
+        raise InvalidRequest("month must look like 2026-11", code="invalid_value", param="month")
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     if start.month == 12:
         return start, start.replace(year=start.year + 1, month=1)
     return start, start.replace(month=start.month + 1)

@@ -13,7 +13,6 @@ from typing import Any
 from gateway.ledger.pricing import format_usd
 from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
 
-SCHEMA_FILE = "chargeback.schema.json"
 
 
 def _seconds(ms: int) -> str:

@@ -64,18 +64,16 @@ class ColumnMap:
 
 @dataclass(frozen=True)
 class UpstreamCharge:
+    """One row of the export: what the upstream charged for a job (0 if not billed)."""
+
     job_id: str
-    billed: bool
     cost_micro_usd: int
 
 
 @dataclass(frozen=True)
 class LedgerCharge:
     job_id: str
-    gateway_job_id: str
     team: str
-    period: str
-    state: str
     billed_micro_usd: int
 
 
@@ -117,15 +115,11 @@ class Reconciliation:
                     "team": d.team,
                     "ledger_usd": format_usd(d.ledger_micro_usd),
                     "upstream_usd": format_usd(d.upstream_micro_usd),
-                    "delta_usd": _signed_usd(d.delta_micro_usd),
+                    "delta_usd": format_usd(d.delta_micro_usd),
                 }
                 for d in self.differences
             ],
         }
-
-
-def _signed_usd(micro: int) -> str:
-    return ("-" if micro < 0 else "") + format_usd(abs(micro))
 
 
 def _money(value: Any, where: str) -> int:
@@ -145,7 +139,7 @@ def parse_usage(text: str, columns: ColumnMap = ColumnMap()) -> list[UpstreamCha
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
-            data = json.loads(stripped)
+            data = json.loads(stripped, parse_float=Decimal)  # amounts stay exact
         except json.JSONDecodeError as exc:
             raise UsageFileError(f"not valid JSON: line {exc.lineno}") from None
         if isinstance(data, dict):
@@ -179,12 +173,12 @@ def parse_usage(text: str, columns: ColumnMap = ColumnMap()) -> list[UpstreamCha
         cost = _money(record.get(columns.source("cost_usd"), "0") or "0", where)
         billed_value = record.get(columns.source("billed"))
         if billed_value is None:
-            billed = cost > 0
+            billed = cost != 0  # a credit (negative) nets against the job's charges
         elif isinstance(billed_value, bool):
             billed = billed_value
         else:
             billed = str(billed_value).strip().lower() in _TRUE
-        charges.append(UpstreamCharge(job_id, billed, cost if billed else 0))
+        charges.append(UpstreamCharge(job_id, cost if billed else 0))
     return charges
 
 
@@ -201,20 +195,18 @@ async def ledger_charges(
         0,
     )
     base = (
-        select(Job.upstream_job_id, Job.id, Team.name, Job.period, Job.state, billed)
+        select(Job.upstream_job_id, Team.name, billed)
         .join(Team, Team.id == Job.team_id)
         .outerjoin(LedgerEntry, LedgerEntry.job_id == Job.id)
         .where(Job.upstream_job_id.is_not(None))
-        .group_by(Job.upstream_job_id, Job.id, Team.name, Job.period, Job.state)
+        .group_by(Job.upstream_job_id, Job.id, Team.name)
     )
     found: dict[str, LedgerCharge] = {}
 
     def collect(rows: Iterable[Any]) -> None:
-        for upstream_id, gateway_id, team, job_period, state, amount in rows:
+        for upstream_id, team, amount in rows:
             if upstream_id is not None and upstream_id not in found:
-                found[upstream_id] = LedgerCharge(
-                    upstream_id, gateway_id, team, job_period, state, int(amount)
-                )
+                found[upstream_id] = LedgerCharge(upstream_id, team, int(amount))
 
     ids = sorted(upstream_ids)
     for chunk_start in range(0, len(ids), 1000):
@@ -270,7 +262,7 @@ def to_table(result: Reconciliation) -> str:
     for d in result.differences:
         lines.append(
             f"{d.kind:<20} {d.job_id:<32} {d.team or '-':<20} {format_usd(d.ledger_micro_usd):>14} "
-            f"{format_usd(d.upstream_micro_usd):>14} {_signed_usd(d.delta_micro_usd):>14}"
+            f"{format_usd(d.upstream_micro_usd):>14} {format_usd(d.delta_micro_usd):>14}"
         )
     lines.append(f"{len(result.differences)} differences")
     return "\n".join(lines) + "\n"

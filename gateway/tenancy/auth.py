@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
 from gateway.db.session import read_only, transaction
@@ -45,48 +46,53 @@ def remember_balance(request: Request, balance: BalanceView) -> None:
     setattr(request.state, QUOTA_HEADER_STATE, balance.remaining_header())
 
 
-async def principal_for_token(runtime: Runtime, token: str) -> Principal:
-    """A company JWT (when configured and the token looks like one) or a gateway API key."""
-    settings = runtime.settings
-    if runtime.jwt.enabled and looks_like_jwt(token):
-        verified = await runtime.jwt.verify(token)
-        if verified.team is None:
-            raise PermissionDenied(
-                f"the token has no {settings.jwt_team_claim!r} claim naming a team",
-                code="team_claim_missing",
-            )
-        async with transaction(runtime.sessionmaker) as session:
-            team = await team_for_token_claim(
-                session,
-                verified.team,
-                auto_create=settings.jwt_auto_create_teams,
-                subject=verified.subject,
-            )
-        return Principal.of(team, subject=verified.subject)
-    async with read_only(runtime.sessionmaker) as session:
-        return await authenticate_key(
-            session,
-            token,
-            pepper=runtime.pepper,
-            last_used_resolution=settings.key_last_used_resolution_seconds,
+async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
+    verified = await runtime.jwt.verify(token)
+    if verified.team is None:
+        raise PermissionDenied(
+            f"the token has no {runtime.settings.jwt_team_claim!r} claim naming a team",
+            code="team_claim_missing",
         )
+    async with transaction(runtime.sessionmaker) as session:
+        team = await team_for_token_claim(
+            session,
+            verified.team,
+            auto_create=runtime.settings.jwt_auto_create_teams,
+            subject=verified.subject,
+        )
+    return Principal.of(team, subject=verified.subject)
+
+
+async def _balance(session: AsyncSession, runtime: Runtime, principal: Principal) -> BalanceView:
+    quota = TeamQuota(
+        principal.team_id,
+        principal.monthly_budget_micro_usd,
+        principal.max_concurrent_jobs,
+        principal.soft_limit_percent,
+    )
+    return await quotas.balance_view(
+        session, quota, period_of(utcnow()), runtime.settings.default_budget_policy
+    )
 
 
 async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """A company JWT (when configured and the token looks like one) or a gateway API key;
+    the team's balance is read for the response's quota header (with a key, in the same
+    database session as the key itself: this runs on every tenant request)."""
     token = bearer_token(request)
-    principal = await principal_for_token(runtime, token)
-    async with read_only(runtime.sessionmaker) as session:
-        balance = await quotas.balance_view(
-            session,
-            TeamQuota(
-                principal.team_id,
-                principal.monthly_budget_micro_usd,
-                principal.max_concurrent_jobs,
-                principal.soft_limit_percent,
-            ),
-            period_of(utcnow()),
-            runtime.settings.default_budget_policy,
-        )
+    if runtime.jwt.enabled and looks_like_jwt(token):
+        principal = await _principal_for_jwt(runtime, token)
+        async with read_only(runtime.sessionmaker) as session:
+            balance = await _balance(session, runtime, principal)
+    else:
+        async with read_only(runtime.sessionmaker) as session:
+            principal = await authenticate_key(
+                session,
+                token,
+                pepper=runtime.pepper,
+                last_used_resolution=runtime.settings.key_last_used_resolution_seconds,
+            )
+            balance = await _balance(session, runtime, principal)
     request.state.team = principal.team_name
     remember_balance(request, balance)
     return principal
