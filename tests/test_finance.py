@@ -4,6 +4,7 @@ reconciling the ledger with the upstream's own usage export (including injected 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -21,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.db.base import utcnow
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.session import transaction
 from gateway.errors import Conflict, InvalidRequest
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
@@ -129,6 +132,64 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
     assert [(r["x_OriginalPeriod"], r["BilledCost"]) for r in corrections] == [
         ("2026-10", "0.960000")
     ]
+
+
+def test_a_close_waits_for_entries_being_written_so_the_month_never_changes_after(
+    fresh_db: str,
+) -> None:
+    """A settlement stamped before the close but committed after it (or stamped by a replica
+    whose clock runs behind) must not slip into the frozen month: the close waits for entries
+    being written and freezes the month at the last one."""
+    url = fresh_db
+
+    async def setup(session: AsyncSession) -> tuple[Job, Job]:
+        # Two teams: the two settlements must not wait for each other's balance row.
+        one = await tenancy.create_team(session, "racers-one", actor=ACTOR)
+        two = await tenancy.create_team(session, "racers-two", actor=ACTOR)
+        first_at, second_at = datetime(2026, 10, 5, tzinfo=UTC), datetime(2026, 10, 6, tzinfo=UTC)
+        first = await _hold(session, TeamQuota(one.id, None, None), first_at, 1_680_000)
+        second = await _hold(session, TeamQuota(two.id, None, None), second_at, 960_000)
+        return first, second
+
+    first, second = in_session(url, setup)
+    october = ReportQuery(month="2026-10")
+
+    async def scenario() -> tuple[bool, int, int]:
+        engine = create_engine(url)
+        sessions = create_sessionmaker(engine)
+        try:
+            async with sessions() as writing, writing.begin():
+                # The first settlement is being written (its entry id is the lower one)...
+                capture = settlement.Settlement(JobState.CAPTURED, 1_680_000, reason="completed")
+                await settlement.apply_settlement(writing, first, capture, now=utcnow())
+                # ...while the second is written and committed.
+                async with transaction(sessions) as other:
+                    capture = settlement.Settlement(JobState.CAPTURED, 960_000, reason="completed")
+                    await settlement.apply_settlement(other, second, capture, now=utcnow())
+
+                async def close() -> None:
+                    async with transaction(sessions) as session:
+                        await close_period(session, "2026-10", actor=ACTOR, now=utcnow())
+
+                closing = asyncio.create_task(close())
+                done, _ = await asyncio.wait({closing}, timeout=1.0)
+                waited = not done
+                if done:  # closed without waiting: what the frozen month said at its close
+                    async with transaction(sessions) as session:
+                        at_close = (await chargeback(session, october)).totals
+            await closing
+            if waited:
+                async with transaction(sessions) as session:
+                    at_close = (await chargeback(session, october)).totals
+            async with transaction(sessions) as session:
+                later = (await chargeback(session, october)).totals
+            assert later.captured_micro_usd == 2_640_000
+            return waited, at_close.captured_micro_usd, later.captured_micro_usd
+        finally:
+            await engine.dispose()
+
+    waited, at_close, later = asyncio.run(scenario())
+    assert (waited, at_close, later) == (True, 2_640_000, 2_640_000)
 
 
 @pytest.fixture
@@ -402,6 +463,7 @@ def test_injected_discrepancies_are_reported_precisely(
         key=lambda d: d[1],
     )
     within = reconcile(database, export, "--tolerance-usd", "0.02", "--format", "json")
+    assert within.returncode == 1, within.stderr  # the job the upstream did not bill remains
     assert [d["kind"] for d in json.loads(within.stdout)["differences"]] == ["not_billed_upstream"]
 
     # A copy of the ledger with one capture deleted (the triggers forbid it in the real one).
@@ -481,7 +543,9 @@ def test_bad_options_exit_2_not_1(fresh_db: str, tmp_path: Path) -> None:
     assert reconcile(fresh_db, export, "--month", "2026-01").returncode == 0  # nothing to compare
 
 
-@pytest.mark.parametrize("month", ["2026-1", "2026-13", "26-01", "2026-01-01", " 2026-01"])
+@pytest.mark.parametrize(
+    "month", ["2026-1", "2026-13", "26-01", "2026-01-01", " 2026-01", "0000-01", "9999-12"]
+)
 def test_a_month_must_be_written_yyyy_mm(month: str) -> None:
     """ "2026-1" would otherwise be closed or reported as a period that never has any job."""
     with pytest.raises(InvalidRequest, match="2026-11"):

@@ -121,3 +121,37 @@ async def _current(url: str) -> bool:
         return await schema_is_current(engine)
     finally:
         await engine.dispose()
+
+
+def test_0006_freezes_months_closed_earlier_at_their_closing_time(empty_database: str) -> None:
+    """Months closed before entry marks existed stay frozen as they were: at the last entry
+    recorded up to their closing time."""
+    url = empty_database
+    migrate_to(url, "0005")
+    at = "'2026-10-{day} 10:00:00+00:00'".format
+    execute(
+        url,
+        f"INSERT INTO teams (id, name, created_at) VALUES (1, 'old', {at(day='01')})",
+        *[
+            "INSERT INTO jobs (id, team_id, upstream_job_id, state, model, duration_ms, "
+            "resolution, image_count, estimate_micro_usd, rate_card_version, period, "
+            "check_attempts, needs_review, created_at, updated_at) VALUES "
+            f"('{job}', 1, 'up-{job}', 'submitted', 'grok-imagine-video-1-5', 10000, '720p', 0, "
+            f"1680000, 'seed-2026-11', '2026-10', 0, false, {at(day='02')}, {at(day='02')})"
+            for job in ("j1", "j2")
+        ],
+        *[
+            "INSERT INTO ledger_entries (id, job_id, team_id, period, kind, amount_micro_usd, "
+            f"rate_card_version, needs_review, created_at) VALUES ({entry_id}, '{job}', 1, "
+            f"'2026-10', '{kind}', 1680000, 'seed-2026-11', false, {at(day=day)})"
+            for entry_id, job, kind, day in (
+                (1, "j1", "hold", "02"),
+                (2, "j1", "capture", "03"),
+                (3, "j2", "hold", "20"),
+            )
+        ],
+        "INSERT INTO closed_periods (period, closed_at, closed_by) "
+        f"VALUES ('2026-09', {at(day='10')}, 'finance')",
+    )
+    migrate_to(url, "head")
+    assert execute(url, "SELECT period, last_entry_id FROM closed_periods") == [("2026-09", 2)]

@@ -181,11 +181,13 @@ class BudgetAlert(Base):
 
 
 class ClosedPeriod(Base):
-    """A month finance has closed: its chargeback is frozen as of ``closed_at``. Entries for its
-    jobs recorded later are reported as corrections in the month they were recorded."""
+    """A month finance has closed: its chargeback is frozen at ledger entry ``last_entry_id``
+    (the last one committed when it closed, at ``closed_at``). Entries for its jobs recorded
+    later are reported as corrections in the month they were recorded."""
 
     __tablename__ = "closed_periods"
 
     period: Mapped[str] = mapped_column(String(7), primary_key=True)
     closed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_by: Mapped[str] = mapped_column(String(160))
+    last_entry_id: Mapped[int] = mapped_column(BigInteger)

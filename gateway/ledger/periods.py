@@ -17,10 +17,14 @@ def period_of(moment: datetime) -> str:
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """``[start, end)`` of a ``YYYY-MM`` month in UTC (400 for anything else)."""
+    invalid = InvalidRequest("month must look like 2026-11", code="invalid_value", param="month")
     # strptime alone would take "2026-1" (and close or report a period that never exists).
     if not _MONTH.fullmatch(month):
-        raise InvalidRequest("month must look like 2026-11", code="invalid_value", param="month")
-    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    if start.month == 12:
-        return start, start.replace(year=start.year + 1, month=1)
-    return start, start.replace(month=start.month + 1)
+        raise invalid
+    try:  # year 0000 does not exist; 9999-12 has no end
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+        if start.month == 12:
+            return start, start.replace(year=start.year + 1, month=1)
+        return start, start.replace(month=start.month + 1)
+    except ValueError:
+        raise invalid from None

@@ -137,24 +137,21 @@ def parse_group_by(value: str) -> str:
     )
 
 
-async def closed_at(session: AsyncSession, month: str) -> datetime | None:
-    row = await session.get(ClosedPeriod, month)
-    return row.closed_at if row is not None else None
-
-
 async def chargeback(
     session: AsyncSession, query: ReportQuery, *, now: datetime | None = None
 ) -> ChargebackReport:
     start, end = month_bounds(query.month)
     parse_group_by(query.group_by)
-    frozen_at = await closed_at(session, query.month)
+    frozen = await session.get(ClosedPeriod, query.month)
+    frozen_at = frozen.closed_at if frozen is not None else None
+    mark = frozen.last_entry_id if frozen is not None else None  # entries up to it count
     settlement = aliased(LedgerEntry)
     settled_in_view = [
         settlement.job_id == Job.id,
         settlement.kind.in_(("capture", "release")),
     ]
-    if frozen_at is not None:
-        settled_in_view.append(settlement.created_at <= frozen_at)
+    if mark is not None:
+        settled_in_view.append(settlement.id <= mark)
     groups = _group_columns(session, query)
     filters = _filters(session, query)
     is_capture = settlement.kind == "capture"
@@ -236,8 +233,8 @@ async def chargeback(
         closed_at=frozen_at,
         rows=ordered,
         totals=totals,
-        corrections=await _corrections(session, query, start, end, frozen_at),
-        daily=await _daily(session, query, groups, filters, frozen_at) if query.daily else [],
+        corrections=await _corrections(session, query, start, end, mark),
+        daily=await _daily(session, query, groups, filters, mark) if query.daily else [],
         resolutions=sorted(resolutions),
     )
 
@@ -303,7 +300,7 @@ async def _corrections(
     query: ReportQuery,
     start: datetime,
     end: datetime,
-    frozen_at: datetime | None,
+    mark: int | None,
 ) -> list[CorrectionLine]:
     stmt = (
         select(LedgerEntry, Job.upstream_job_id, Team.name, Team.cost_center)
@@ -312,7 +309,7 @@ async def _corrections(
         .join(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
         .where(
             LedgerEntry.kind.in_(("capture", "release")),
-            LedgerEntry.created_at > ClosedPeriod.closed_at,
+            LedgerEntry.id > ClosedPeriod.last_entry_id,
             LedgerEntry.created_at >= start,
             LedgerEntry.created_at < end,
             LedgerEntry.period != query.month,
@@ -320,8 +317,8 @@ async def _corrections(
         )
         .order_by(LedgerEntry.created_at, LedgerEntry.id)
     )
-    if frozen_at is not None:
-        stmt = stmt.where(LedgerEntry.created_at <= frozen_at)
+    if mark is not None:
+        stmt = stmt.where(LedgerEntry.id <= mark)
     return [
         CorrectionLine(
             original_period=entry.period,
@@ -342,12 +339,12 @@ async def _daily(
     query: ReportQuery,
     groups: list[ColumnElement[Any]],
     filters: list[ColumnElement[bool]],
-    frozen_at: datetime | None,
+    mark: int | None,
 ) -> list[DailySpend]:
     settlement = aliased(LedgerEntry)
     join = [settlement.job_id == Job.id, settlement.kind == "capture"]
-    if frozen_at is not None:
-        join.append(settlement.created_at <= frozen_at)
+    if mark is not None:
+        join.append(settlement.id <= mark)
     day = _utc_day(session, Job.created_at)
     stmt = (
         select(day, *groups, func.sum(settlement.amount_micro_usd))

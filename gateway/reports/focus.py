@@ -166,15 +166,15 @@ async def focus_rows(
     frozen = await session.get(ClosedPeriod, month)
     in_month = and_(LedgerEntry.period == month)
     if frozen is not None:
-        in_month = and_(in_month, LedgerEntry.created_at <= frozen.closed_at)
+        in_month = and_(in_month, LedgerEntry.id <= frozen.last_entry_id)
     late = and_(
         LedgerEntry.period != month,
-        LedgerEntry.created_at > ClosedPeriod.closed_at,
+        LedgerEntry.id > ClosedPeriod.last_entry_id,
         LedgerEntry.created_at >= start,
         LedgerEntry.created_at < end,
     )
     if frozen is not None:
-        late = and_(late, LedgerEntry.created_at <= frozen.closed_at)
+        late = and_(late, LedgerEntry.id <= frozen.last_entry_id)
     # Columns, not entities: no identity map, and never the job's stored terminal body.
     stmt = (
         select(

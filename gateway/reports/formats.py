@@ -14,7 +14,6 @@ from gateway.ledger.pricing import format_usd
 from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
 
 
-
 def _seconds(ms: int) -> str:
     return f"{Decimal(ms) / 1000:.3f}"
 
