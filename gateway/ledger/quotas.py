@@ -117,14 +117,17 @@ async def reserve_hold(
         await repository.lock_team(session, team.team_id)
     row = await repository.try_reserve(session, team.team_id, period, amount, now)
     if row is None:
-        current = await repository.get_balance(session, team.team_id, period)
-        if current is None:
-            budget = period_budget(team, policy)
-            await repository.create_balance_if_missing(session, team.team_id, period, budget, now)
-            row = await repository.try_reserve(session, team.team_id, period, amount, now)
-            current = await repository.get_balance(session, team.team_id, period)
+        # No room, or no row yet for this period (its first submit). Whatever a read says now
+        # may already be stale: a concurrent first submit can commit the row between two of
+        # our statements. So open the row unconditionally (a no-op if it exists; it waits for
+        # a concurrent opener's commit) and try again: only a reservation that fails with the
+        # row in place means the budget has no room.
+        budget = period_budget(team, policy)
+        await repository.create_balance_if_missing(session, team.team_id, period, budget, now)
+        row = await repository.try_reserve(session, team.team_id, period, amount, now)
         if row is None:
-            assert current is not None
+            current = await repository.get_balance(session, team.team_id, period)
+            assert current is not None, "the period's balance row was created above"
             raise BudgetExhausted(BalanceView.of(period, current), amount)
     if team.max_concurrent_jobs is not None:
         # The caller's own new job, already written in this transaction, is among those counted.

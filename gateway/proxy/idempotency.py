@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest, Unprocessable
 from gateway.proxy.idempotency_models import IdempotencyKey
 
@@ -86,59 +87,92 @@ async def claim(
     now: datetime,
     ttl: timedelta,
 ) -> StoredResponse | None:
-    """Claim ``key`` for this request; returns a stored answer to replay instead, if any."""
-    row = IdempotencyKey(
-        team_id=team_id,
-        key=key,
-        request_hash=fingerprint,
-        state=IN_FLIGHT,
-        job_id=job_id,
-        created_at=now,
-        expires_at=now + ttl,
-    )
-    try:
-        async with session.begin_nested():
-            session.add(row)
-            await session.flush()
-        return None
-    except IntegrityError:
-        pass
-    existing = (
-        await session.execute(
-            select(IdempotencyKey).where(
-                IdempotencyKey.team_id == team_id, IdempotencyKey.key == key
+    """Claim ``key`` for this request; returns a stored answer to replay instead, if any.
+
+    Another request may free the key (its upstream refused it), or take over an expired one,
+    between any two of these statements; each attempt therefore reads what is there now and
+    tries again if the key vanished, and only gives up (409, retry later) if it keeps
+    changing hands."""
+    for _ in range(_CLAIM_ATTEMPTS):
+        if await _insert_claim(session, team_id, key, fingerprint, job_id, now, now + ttl):
+            return None
+        existing = (
+            await session.execute(
+                select(
+                    IdempotencyKey.request_hash,
+                    IdempotencyKey.state,
+                    IdempotencyKey.status_code,
+                    IdempotencyKey.response_body,
+                    IdempotencyKey.response_headers,
+                    IdempotencyKey.expires_at,
+                ).where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
             )
+        ).one_or_none()
+        if existing is None:
+            continue  # freed since our insert collided with it: claim it now
+        if existing.expires_at <= now:
+            await session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.team_id == team_id,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.expires_at <= now,
+                )
+            )
+            continue
+        if existing.request_hash != fingerprint:
+            raise Unprocessable(
+                "this Idempotency-Key was already used with a different request body",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+            )
+        if existing.state != COMPLETED or existing.status_code is None:
+            raise _in_use()
+        return StoredResponse(
+            status_code=existing.status_code,
+            body=existing.response_body or b"",
+            headers=dict(existing.response_headers or {}),
         )
-    ).scalar_one()
-    if existing.expires_at <= now:
-        await session.delete(existing)
-        await session.flush()
-        return await claim(
-            session,
+    raise _in_use()
+
+
+_CLAIM_ATTEMPTS = 4
+
+
+def _in_use() -> Conflict:
+    return Conflict(
+        "a request with this Idempotency-Key is still being processed; retry later",
+        code="idempotency_key_in_use",
+        param="Idempotency-Key",
+    )
+
+
+async def _insert_claim(
+    session: AsyncSession,
+    team_id: int,
+    key: str,
+    fingerprint: str,
+    job_id: str,
+    now: datetime,
+    expires_at: datetime,
+) -> bool:
+    """Insert the claim unless the key is taken (then False). A concurrent claim not yet
+    committed is waited for: its commit makes this a conflict, its rollback a success."""
+    insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
+    stmt = (
+        insert(IdempotencyKey)
+        .values(
             team_id=team_id,
             key=key,
-            fingerprint=fingerprint,
+            request_hash=fingerprint,
+            state=IN_FLIGHT,
             job_id=job_id,
-            now=now,
-            ttl=ttl,
+            created_at=now,
+            expires_at=expires_at,
         )
-    if existing.request_hash != fingerprint:
-        raise Unprocessable(
-            "this Idempotency-Key was already used with a different request body",
-            code="idempotency_key_reused",
-            param="Idempotency-Key",
-        )
-    if existing.state != COMPLETED or existing.status_code is None:
-        raise Conflict(
-            "a request with this Idempotency-Key is still being processed; retry later",
-            code="idempotency_key_in_use",
-            param="Idempotency-Key",
-        )
-    return StoredResponse(
-        status_code=existing.status_code,
-        body=existing.response_body or b"",
-        headers=dict(existing.response_headers or {}),
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
     )
+    return (await session.execute(stmt)).first() is not None
 
 
 async def complete(

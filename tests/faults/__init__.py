@@ -1,0 +1,1 @@
+"""The fault suite: real Postgres, the real simulator, real processes, faults injected."""

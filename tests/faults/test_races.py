@@ -1,0 +1,168 @@
+"""Races at boundaries, forced into their losing interleaving every time (see
+``tests.support.interleave``): a second request, as another replica would send it, commits at
+exactly the moment between two statements of the code under test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.session import transaction
+from gateway.jobs.models import Job, JobState
+from gateway.ledger.holds import place_hold
+from gateway.ledger.quotas import TeamQuota
+from gateway.proxy import idempotency
+from gateway.proxy.idempotency_models import IdempotencyKey
+from gateway.tenancy.models import Team
+from tests.support.interleave import interleave, side_connection
+from tests.support.tenants import in_session, make_tenant
+
+NOW = datetime(2026, 12, 1, 0, 0, 0, 1000, tzinfo=UTC)  # the first moment of a period
+PERIOD = "2026-12"
+PRICE = 1_680_000
+
+
+def new_job(team_id: int, *, estimate: int = PRICE) -> Job:
+    return Job(
+        id=uuid.uuid4().hex,
+        team_id=team_id,
+        state=JobState.PENDING.value,
+        model="grok-imagine-video-1-5",
+        duration_ms=10_000,
+        resolution="720p",
+        image_count=0,
+        estimate_micro_usd=estimate,
+        rate_card_version="seed-2026-11",
+        period=PERIOD,
+        check_attempts=0,
+        needs_review=False,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def team_id_of(url: str, name: str) -> int:
+    async def _id(session: AsyncSession) -> int:
+        return int((await session.execute(select(Team.id).where(Team.name == name))).scalar_one())
+
+    return in_session(url, _id)
+
+
+@pytest.mark.parametrize("budget", [100_000_000_000, None], ids=["budgeted", "unlimited"])
+def test_a_periods_first_submit_is_not_refused_when_another_opens_the_period(
+    postgres_url: str, budget: int | None
+) -> None:
+    """Defect 1: the submit finds no balance row for the new period; before it looks again,
+    a concurrent first submit (another replica) creates the row and commits. The budget has
+    all the room in the world: the submit must be held, not refused with quota_exceeded."""
+    tenant = make_tenant(postgres_url, budget_micro_usd=budget)
+    team_id = team_id_of(postgres_url, tenant.team)
+    quota = TeamQuota(team_id, budget, None)
+
+    async def scenario() -> tuple[int, int, int]:
+        engine = create_engine(postgres_url)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with side_connection(postgres_url) as other:
+
+                async def other_replica_opens_the_period() -> None:
+                    # What a concurrent first submit commits: the period's row with its hold.
+                    await other.execute(
+                        "INSERT INTO team_balances (team_id, period, budget_micro_usd, "
+                        "held_micro_usd, captured_micro_usd, updated_at) "
+                        "VALUES ($1, $2, $3, $4, 0, now())",
+                        team_id,
+                        PERIOD,
+                        budget,
+                        PRICE,
+                    )
+
+                with interleave(
+                    engine, after=r"^\s*UPDATE team_balances", action=other_replica_opens_the_period
+                ) as hook:
+                    async with transaction(sessionmaker) as session:
+                        view = await place_hold(
+                            session, quota, new_job(team_id), policy="unlimited", now=NOW
+                        )
+                assert hook.fired == 1
+                row = await other.fetchrow(
+                    "SELECT held_micro_usd, captured_micro_usd FROM team_balances "
+                    "WHERE team_id = $1 AND period = $2",
+                    team_id,
+                    PERIOD,
+                )
+                return view.held, row["held_micro_usd"], row["captured_micro_usd"]
+        finally:
+            await engine.dispose()
+
+    held_seen, held, captured = asyncio.run(scenario())
+    assert (held_seen, held, captured) == (2 * PRICE, 2 * PRICE, 0)
+
+
+def test_a_retry_whose_key_was_just_freed_claims_it_instead_of_failing(postgres_url: str) -> None:
+    """Defect 2: the retry's insert of its Idempotency-Key collides with the first request's
+    claim; before the retry reads that claim, the first request (refused upstream) frees the
+    key. The retry must claim the key and go on, not fail with a 500."""
+    tenant = make_tenant(postgres_url)
+    team_id = team_id_of(postgres_url, tenant.team)
+    key = f"retry-{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+    first = new_job(team_id)
+
+    async def claim(session: AsyncSession, job_id: str) -> idempotency.StoredResponse | None:
+        return await idempotency.claim(
+            session,
+            team_id=team_id,
+            key=key,
+            fingerprint="f" * 64,
+            job_id=job_id,
+            now=now,
+            ttl=timedelta(hours=24),
+        )
+
+    async def scenario() -> tuple[int, list[str | None]]:
+        engine = create_engine(postgres_url)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with transaction(sessionmaker) as session:
+                session.add(first)
+                await session.flush()
+                assert await claim(session, first.id) is None
+            async with side_connection(postgres_url) as other:
+
+                async def first_request_forgets_its_key() -> None:
+                    await other.execute(
+                        "DELETE FROM idempotency_keys WHERE team_id = $1 AND key = $2",
+                        team_id,
+                        key,
+                    )
+
+                with interleave(
+                    engine,
+                    before=r"^\s*SELECT\b.*\bFROM idempotency_keys\b",
+                    action=first_request_forgets_its_key,
+                ) as hook:
+                    async with transaction(sessionmaker) as session:
+                        assert await claim(session, "retry-job") is None
+                fired = hook.fired
+            async with transaction(sessionmaker) as session:
+                rows = (
+                    await session.execute(
+                        select(IdempotencyKey.job_id).where(
+                            IdempotencyKey.team_id == team_id, IdempotencyKey.key == key
+                        )
+                    )
+                ).scalars()
+                return fired, list(rows)
+        finally:
+            await engine.dispose()
+
+    fired, claims = asyncio.run(scenario())
+    assert fired == 1
+    assert claims == ["retry-job"]
