@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -28,6 +28,7 @@ from gateway.observability.background import (
 )
 from gateway.observability.requests import RequestContextMiddleware
 from gateway.proxy import endpoints as proxy
+from gateway.proxy.outbox import RETRY_SECONDS as OUTBOX_RETRY_SECONDS
 from gateway.runtime import Runtime, open_runtime
 
 logger = logging.getLogger(__name__)
@@ -74,14 +75,19 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
     if not settings.upstream_api_key.get_secret_value():
         logger.warning("GATEWAY_UPSTREAM_API_KEY is empty: the upstream will refuse calls")
     await _register_rate_cards(runtime)
+    # Answers a previous process kept in the outbox are recorded before the reconciler runs.
+    await _flush_outbox(runtime)
     stop = asyncio.Event()
     loops = [
         run_periodically(
+            "outbox", OUTBOX_RETRY_SECONDS, lambda: _flush_outbox(runtime, quiet=True), stop
+        ),
+        run_periodically(
             "ledger gauges",
             settings.metrics_refresh_interval_seconds,
-            lambda: refresh_ledger_gauges(runtime),
+            lambda: _observed(runtime, refresh_ledger_gauges(runtime)),
             stop,
-        )
+        ),
     ]
     if settings.reconciler_enabled:
         reconciler = Reconciler(runtime)
@@ -90,7 +96,7 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
             run_periodically(
                 "reconciler",
                 settings.reconciler_interval_seconds,
-                lambda: reconcile_and_count(reconciler, runtime.metrics),
+                lambda: _observed(runtime, reconcile_and_count(reconciler, runtime.metrics)),
                 stop,
             )
         )
@@ -114,6 +120,26 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await _flush_outbox(runtime)  # last chance; what is left stays on disk for the next
+
+
+async def _observed(runtime: Runtime, work: Awaitable[None]) -> None:
+    """Run a background pass, telling the database's health about any outage it met."""
+    try:
+        await work
+    except Exception as exc:
+        runtime.db_health.observe(exc)
+        raise
+
+
+async def _flush_outbox(runtime: Runtime, *, quiet: bool = False) -> None:
+    if not runtime.outbox.pending:
+        return
+    try:
+        await runtime.outbox.flush()
+    except Exception:
+        if not quiet:
+            logger.exception("could not record the outbox's answers; retrying in the background")
 
 
 async def _register_rate_cards(runtime: Runtime) -> None:

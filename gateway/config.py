@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     ``max_connections``; transactions are short, so requests queue briefly for a connection."""
     database_max_overflow: int = Field(default=0, ge=0)
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    """A connection attempt to a database that does not answer gives up after this (503)."""
+    database_idle_ping_seconds: float = Field(default=30.0, ge=0)
+    """A pooled connection idle this long is pinged before use (a silent network drop shows
+    no close); one the server closed is replaced at once, without a ping."""
 
     # Upstream (the paid API we front).
     upstream_url: str = "https://api.empiriolabs.ai"
@@ -99,6 +104,12 @@ class Settings(BaseSettings):
     the job it already created. Then a submit left unanswered (a replica killed mid-request, a
     timeout) is re-sent by the reconciler to learn its job id, instead of being released."""
     unanswered_submit_resend_after_seconds: float = Field(default=120.0, gt=0)
+    release_grace_after_outage_seconds: float = Field(default=120.0, ge=0)
+    """After this process saw the database fail, unanswered submits are not released for
+    this long: replicas may still hold their upstream answers in their outboxes."""
+    outbox_dir: Path | None = None
+    """Where upstream answers the ledger could not take yet are kept (one subdirectory per
+    database); default: ``video-gateway-outbox`` in the system's temporary directory."""
     hold_max_age_seconds: float = Field(default=86_400.0, gt=0)
     """Jobs held longer than this are flagged for review (and keep being polled)."""
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
-from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.engine import create_engine, create_sessionmaker, normalize_database_url
+from gateway.db.health import DatabaseHealth
 from gateway.ledger.alerts import BudgetAlerts
 from gateway.observability.metrics import Metrics
+from gateway.proxy.outbox import AnswerOutbox, database_id, default_directory
 from gateway.tenancy.jwt_auth import JwtVerifier
 from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
@@ -33,6 +37,8 @@ class Runtime:
     metrics: Metrics
     alerts: BudgetAlerts
     jwt: JwtVerifier
+    outbox: AnswerOutbox
+    db_health: DatabaseHealth
 
 
 @asynccontextmanager
@@ -47,12 +53,19 @@ async def open_runtime(
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        idle_ping_after=settings.database_idle_ping_seconds,
     )
     metrics = Metrics()
     upstream = HttpUpstreamClient.from_settings(
         settings, transport=upstream_transport, metrics=metrics
     )
     sessionmaker = create_sessionmaker(engine)
+    db_health = DatabaseHealth()
+    outbox = AnswerOutbox(
+        outbox_directory(settings), sessionmaker, metrics=metrics, health=db_health
+    )
+    outbox.load()
     webhook = (
         httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False, trust_env=False)
         if settings.alert_webhook_url
@@ -69,9 +82,20 @@ async def open_runtime(
             metrics=metrics,
             alerts=BudgetAlerts(sessionmaker, settings, webhook),
             jwt=JwtVerifier(settings),
+            outbox=outbox,
+            db_health=db_health,
         )
     finally:
         if webhook is not None:
             await webhook.aclose()
         await upstream.aclose()
         await engine.dispose()
+
+
+def outbox_directory(settings: Settings) -> Path:
+    """This database's own outbox subdirectory (see ``gateway.proxy.outbox``)."""
+    url = make_url(normalize_database_url(settings.database_url))
+    if url.get_backend_name() == "sqlite" and url.database:
+        url = url.set(database=str(Path(url.database).resolve()))
+    identity = database_id(url.render_as_string(hide_password=True))
+    return (settings.outbox_dir or default_directory()) / identity

@@ -18,10 +18,8 @@ Then the reconciler finishes the work and the invariants are checked:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,21 +28,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.jobs.models import OPEN_STATES, Job
-from gateway.ledger.models import LedgerEntry, TeamBalance
-from gateway.ledger.pricing import parse_usd
-from gateway.ledger.reconciler import Reconciler, ReconcileReport
-from gateway.reports import reconciliation
-from gateway.runtime import open_runtime
+from gateway.ledger.reconciler import ReconcileReport
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
-from tests.conftest import RELEASE_AT_ONCE, SUBMIT_PATH, UPSTREAM_KEY, gateway_settings
+from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
 from tests.support.database import create_postgres_database, drop_postgres_database
+from tests.support.invariants import check_books, reconcile_pass, settle_everything
 from tests.support.processes import GatewayProcess
 from tests.support.servers import running
-from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
+from tests.support.tenants import PEPPER, Tenant, make_tenant
 
 OPS = int(os.environ.get("GATEWAY_SIM_OPS", "300"))
 SEED = int(os.environ.get("GATEWAY_SIM_SEED", "20261124"))
@@ -193,14 +185,8 @@ async def kill_mid_batch(world: World) -> None:
     world.killed += 1
 
 
-def reconcile(world: World, **overrides: Any) -> ReconcileReport:
-    settings = gateway_settings(world.database_url, world.simulator_url, **(TIMING | overrides))
-
-    async def _pass() -> ReconcileReport:
-        async with open_runtime(settings) as runtime:
-            return await Reconciler(runtime).run_once(everything=True)
-
-    return asyncio.run(_pass())
+def reconcile(world: World) -> ReconcileReport:
+    return reconcile_pass(world.database_url, world.simulator_url, **TIMING)
 
 
 async def run_batch(world: World, batch: list[str]) -> None:
@@ -215,18 +201,6 @@ async def run_batch(world: World, batch: list[str]) -> None:
             elif op == "kill":
                 work.append(kill_mid_batch(world))
         await asyncio.gather(*work)
-
-
-def read_ledger(url: str) -> tuple[list[Job], list[LedgerEntry], list[TeamBalance]]:
-    async def _read(
-        session: AsyncSession,
-    ) -> tuple[list[Job], list[LedgerEntry], list[TeamBalance]]:
-        jobs = list((await session.execute(select(Job))).scalars())
-        entries = list((await session.execute(select(LedgerEntry))).scalars())
-        balances = list((await session.execute(select(TeamBalance))).scalars())
-        return jobs, entries, balances
-
-    return in_session(url, _read)
 
 
 @pytest.mark.slow
@@ -250,61 +224,16 @@ def test_randomized_money_simulation(world: World) -> None:
     # Let the reconciler finish everything: recover unanswered submits (once due for a
     # re-send), settle finished jobs, and finally release the holds of submits the upstream
     # never created (the hangs).
-    time.sleep(float(TIMING["unanswered_submit_resend_after_seconds"]))
-    for _ in range(6):
-        reconcile(world)
-    reconcile(world, upstream_honors_idempotency_key=False, **RELEASE_AT_ONCE)  # no re-sends
-    reconcile(world)
+    settle_everything(
+        world.database_url,
+        world.simulator_url,
+        resend_after=float(TIMING["unanswered_submit_resend_after_seconds"]),
+        **TIMING,
+    )
 
     context = f"seed={SEED} ops={OPS} statuses={dict(world.statuses)}"
     assert world.killed == 2, context
     assert world.statuses["submit:200"] > 20, context
-    jobs, entries, balances = read_ledger(world.database_url)
-
-    # 1. one hold and one settlement per job; nothing left open
-    kinds_by_job: dict[str, Counter[str]] = defaultdict(Counter)
-    for entry in entries:
-        kinds_by_job[entry.job_id][entry.kind] += 1
-    for job in jobs:
-        kinds = kinds_by_job[job.id]
-        assert kinds["hold"] == 1, (job.id, kinds, context)
-        assert kinds["capture"] + kinds["release"] == 1, (job.id, job.state, kinds, context)
-    assert not [j.id for j in jobs if j.state in {s.value for s in OPEN_STATES}], context
-
-    # 2. balances equal the sums of their entries, within budget
-    captured_by_period: Counter[tuple[int, str]] = Counter()
-    for entry in entries:
-        if entry.kind == "capture":
-            captured_by_period[(entry.team_id, entry.period)] += entry.amount_micro_usd
-    for balance in balances:
-        assert balance.held_micro_usd == 0, context
-        assert balance.captured_micro_usd == captured_by_period[(balance.team_id, balance.period)]
-        if balance.budget_micro_usd is not None:
-            assert balance.held_micro_usd + balance.captured_micro_usd <= balance.budget_micro_usd
-
-    # 3. the ledger agrees with what the upstream billed, job by job
-    usage = httpx.get(world.simulator_url + "/_simulator/usage").json()
-    upstream_billed = {row["job_id"]: parse_usd(row["cost_usd"]) for row in usage["jobs"]}
-    ledger_billed: Counter[str] = Counter()
-    by_upstream_id = {j.upstream_job_id: j for j in jobs if j.upstream_job_id}
-    for entry in entries:
-        if entry.kind in ("capture", "correction"):
-            job = next(j for j in jobs if j.id == entry.job_id)
-            assert job.upstream_job_id is not None, context  # billed only what upstream ran
-            ledger_billed[job.upstream_job_id] += entry.amount_micro_usd
-    missing = set(upstream_billed) - set(by_upstream_id)
-    assert not missing, f"upstream jobs missing from the ledger: {missing} {context}"
-    for upstream_id, cost in upstream_billed.items():
-        assert ledger_billed[upstream_id] == cost, (upstream_id, cost, context)
-    assert sum(ledger_billed.values()) == parse_usd(usage["total_cost_usd"]), context
-
-    # 4. the finance reconciliation finds nothing to report against the simulator's export
-    async def _reconcile(session: AsyncSession) -> Any:
-        charges = reconciliation.parse_usage(json.dumps(usage))
-        ledger = await reconciliation.ledger_charges(session, {c.job_id for c in charges})
-        return reconciliation.compare(charges, ledger, tolerance_micro_usd=0)
-
-    comparison = in_session(world.database_url, _reconcile)
-    assert comparison.clean, (comparison.as_json()["differences"][:5], context)
-    assert comparison.compared_jobs >= len(upstream_billed)
-    print(f"simulation ok: {context}; upstream jobs {len(upstream_billed)}")
+    books = check_books(world.database_url, world.simulator_url, context)
+    upstream_billed = books.upstream_jobs
+    print(f"simulation ok: {context}; upstream jobs {upstream_billed}")

@@ -11,14 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-# SQLSTATE classes that mean "no database to talk to": connection exception (08), insufficient
-# resources such as too many clients (53), operator intervention / shutting down (57P), no
-# such database (3D).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57P", "3D")
 
 
 @asynccontextmanager
@@ -48,22 +41,6 @@ async def read_only(
         else:
             async with session.begin():
                 yield session
-
-
-def is_database_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means the database cannot be reached (not a bug in a query).
-
-    The HTTP layer answers these with 503 ``ledger_unavailable``: the gateway fails closed
-    rather than forward work it cannot meter.
-    """
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
-    if isinstance(exc, PoolTimeout):  # every pooled connection busy: overloaded, not broken
-        return True
-    return isinstance(exc, OSError | ConnectionError | TimeoutError)
 
 
 def dialect_name(session: AsyncSession) -> str:

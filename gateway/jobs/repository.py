@@ -24,6 +24,11 @@ async def find_for_team(session: AsyncSession, upstream_job_id: str, team_id: in
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def exists(session: AsyncSession, job_id: str) -> bool:
+    stmt = select(Job.id).where(Job.id == job_id)
+    return (await session.execute(stmt)).first() is not None
+
+
 async def move_from_pending(
     session: AsyncSession,
     job_id: str,

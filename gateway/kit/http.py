@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.db.session import is_database_unavailable
+from gateway.db.errors import is_database_unavailable
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -89,13 +89,17 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         )
 
-    async def on_database_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
         if is_database_unavailable(exc):
+            runtime = getattr(request.app.state, "runtime", None)
+            if runtime is not None:
+                runtime.db_health.observe(exc)
             logger.error("database unavailable: %s", type(exc).__name__)
             return error_response(
                 ServiceUnavailable(
                     "the gateway's ledger is unavailable; the request was not forwarded",
                     code="ledger_unavailable",
+                    headers={"Retry-After": "1"},
                 )
             )
         raise exc

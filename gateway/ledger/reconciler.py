@@ -94,6 +94,12 @@ class Reconciler:
         run such a job (a replica died after forwarding), so each is flagged for review, and a
         retry with the client's Idempotency-Key replays "outcome unknown" instead of silently
         creating a second job. One transaction per job: replicas never lock rows in bulk."""
+        grace = self.settings.release_grace_after_outage_seconds
+        if self.runtime.db_health.failed_within(grace):
+            # Right after an outage, replicas may still hold the upstream's answers to such
+            # submits in their outboxes: releasing now could un-bill a job the upstream runs.
+            logger.info("unanswered submits left alone for now: the database was just away")
+            return 0
         cutoff = now - timedelta(seconds=self.settings.unanswered_submit_release_after_seconds)
         async with transaction(self.runtime.sessionmaker) as session:
             candidates = [

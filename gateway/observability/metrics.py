@@ -142,6 +142,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.outbox_pending = Gauge(
+            "gateway_outbox_pending",
+            "Upstream answers this process keeps until the ledger can record them (should be "
+            "0; above 0 while the database is away).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         # Ledger gauges (read from the database; the same on every replica).
         self.team_budget = self._ledger_gauge(
             "gateway_team_budget_usd", "The team's budget for the current period.", ["team"]

@@ -179,13 +179,16 @@ async def complete(
     session: AsyncSession, *, team_id: int, key: str, job_id: str, response: StoredResponse
 ) -> None:
     """Store the first request's answer; only this job's claim (a late answer must never
-    overwrite a claim another job made after this one expired or was freed)."""
+    overwrite a claim another job made after this one expired or was freed), and only while
+    it is still in flight (an answer recorded late, from the outbox, must not overwrite what
+    the reconciler resolved meanwhile)."""
     await session.execute(
         update(IdempotencyKey)
         .where(
             IdempotencyKey.team_id == team_id,
             IdempotencyKey.key == key,
             IdempotencyKey.job_id == job_id,
+            IdempotencyKey.state == IN_FLIGHT,
         )
         .values(
             state=COMPLETED,

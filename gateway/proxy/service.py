@@ -18,14 +18,13 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
@@ -49,9 +48,9 @@ from gateway.ledger.periods import period_of
 from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd, price_request
 from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
-from gateway.ledger.repository import BalanceRow
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
+from gateway.proxy.recording import AnswerKind, Released, SubmitAnswer, record_answer
 from gateway.proxy.tags import canonical as canonical_tags
 from gateway.proxy.tags import parse_tags
 from gateway.runtime import Runtime
@@ -65,7 +64,6 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _MAX_JOB_ID_LENGTH = 128
 REPLAYED_HEADER = "Idempotent-Replayed"
 _RECORD_RETRY_DELAYS = (0.0, 0.2, 1.0)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -282,9 +280,9 @@ class _Release:
 @dataclass
 class _AfterForward:
     """Records the upstream's answer to a submit, retrying briefly if the database falters.
-    If it still fails, the client gets the upstream's answer anyway: the upstream has acted,
-    and hiding its job id would only cause a retry and a second job. The job then stays open
-    for the reconciler (and is flagged for review if it has to be released)."""
+    If it still fails, the answer goes to the outbox (durable, retried until the database is
+    back) and the client gets the upstream's answer anyway: the upstream has acted, and hiding
+    its job id would only cause a retry and a second job."""
 
     runtime: Runtime
     job: Job
@@ -298,109 +296,84 @@ class _AfterForward:
         first_check = utcnow() + timedelta(
             seconds=self.runtime.settings.reconciler_first_check_after_seconds
         )
-
-        async def record(session: AsyncSession) -> None:
-            moved = await jobs.move_from_pending(
-                session,
-                self.job.id,
-                JobState.SUBMITTED,
-                upstream_http_status=answer.status_code,
+        await self._record(
+            self._answer(
+                "accepted",
+                http_status=answer.status_code,
                 upstream_job_id=upstream_job_id,
                 next_check_at=first_check,
+                response=response,
             )
-            if not moved and await jobs.record_late_acceptance(
-                session, self.job.id, upstream_job_id
-            ):
-                # Released meanwhile (by an operator): the upstream will bill a job the
-                # ledger released. Its id is kept and it is flagged for review.
-                logger.error(
-                    "the upstream accepted a submit whose hold was already released",
-                    extra={"gateway_job_id": self.job.id, "upstream_job_id": upstream_job_id},
-                )
-            await jobs.drop_request(session, self.job.id)
-            await self._store_response(session, response)
-
-        await self._record("submitted", record)
+        )
 
     async def refused(self, reason: str, *, answer: UpstreamResponse | None = None) -> _Release:
         """Nothing was created upstream: release the hold, let the key be used again. Not if
         the reconciler has claimed the job meanwhile (this request was held up for longer than
-        the re-send delay): from then on the job is the reconciler's."""
-        plan = settlement.release(reason)
-
-        async def record(session: AsyncSession) -> BalanceRow | None:
-            balance = await settlement.apply_settlement(
-                session, self.job, plan, now=utcnow(), unless_claimed=True
+        the re-send delay): from then on the job is the reconciler's. Nor, for now, if the
+        release cannot be recorded: it waits in the outbox, and until then the job is open."""
+        released = await self._record(
+            self._answer(
+                "refused",
+                http_status=answer.status_code if answer else None,
+                release_reason=reason,
             )
-            if balance is None:
-                return None
-            await jobs.record_http_status(
-                session, self.job.id, answer.status_code if answer else None
-            )
-            await jobs.drop_request(session, self.job.id)
-            if self.idempotency_key is not None:
-                await idempotency.forget(
-                    session, team_id=self.job.team_id, key=self.idempotency_key, job_id=self.job.id
-                )
-            return balance
-
-        balance = await self._record("released", record)
-        if balance is None:
+        )
+        if released is None:
             return _Release(None)
-        self.runtime.metrics.record_settlement(self.team_name, self.job, plan)
-        view = BalanceView.of(self.job.period, balance)
+        self.runtime.metrics.record_settlement(self.team_name, self.job, released.plan)
+        view = BalanceView.of(self.job.period, released.balance)
         self.on_balance(view)
         return _Release(view)
 
     async def unknown(self, error: GatewayError) -> None:
         """Sent, outcome unknown: keep the hold, and replay this error to a retry with the same
         key rather than risk a second job."""
-        next_check = utcnow() + _unanswered_recheck(self.runtime.settings)
-
-        async def record(session: AsyncSession) -> None:
-            await jobs.move_from_pending(
-                session,
-                self.job.id,
-                JobState.UNKNOWN,
-                upstream_http_status=None,
-                next_check_at=next_check,
+        stored = ProxiedResponse(
+            error.status_code,
+            json.dumps(error.to_body()).encode(),
+            {"content-type": "application/json"},
+        )
+        await self._record(
+            self._answer(
+                "unknown",
+                next_check_at=utcnow() + _unanswered_recheck(self.runtime.settings),
+                response=stored,
             )
-            stored = ProxiedResponse(
-                error.status_code,
-                json.dumps(error.to_body()).encode(),
-                {"content-type": "application/json"},
-            )
-            await self._store_response(session, stored)
-
-        await self._record("unknown", record)
-
-    async def _store_response(self, session: AsyncSession, response: ProxiedResponse) -> None:
-        if self.idempotency_key is None:
-            return
-        await idempotency.complete(
-            session,
-            team_id=self.job.team_id,
-            key=self.idempotency_key,
-            job_id=self.job.id,
-            response=StoredResponse(response.status_code, response.body, dict(response.headers)),
         )
 
-    async def _record(self, outcome: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
-        """Run ``work`` in its own transaction, retried twice on a database error (each attempt
-        rolls back entirely, so retrying is safe); logged, not raised, if all fail."""
+    def _answer(
+        self, kind: AnswerKind, *, response: ProxiedResponse | None = None, **fields: Any
+    ) -> SubmitAnswer:
+        stored = None
+        if response is not None and self.idempotency_key is not None:
+            stored = StoredResponse(response.status_code, response.body, dict(response.headers))
+        return SubmitAnswer(
+            kind=kind,
+            job_id=self.job.id,
+            team_id=self.job.team_id,
+            answered_at=utcnow(),
+            idempotency_key=self.idempotency_key,
+            response=stored,
+            **fields,
+        )
+
+    async def _record(self, answer: SubmitAnswer) -> Released | None:
+        """Record ``answer`` in its own transaction, retried twice on a database error (each
+        attempt rolls back entirely, so retrying is safe); kept in the outbox if all fail."""
         for attempt, delay in enumerate(_RECORD_RETRY_DELAYS):
             if delay:
                 await asyncio.sleep(delay)
             try:
                 async with transaction(self.runtime.sessionmaker) as session:
-                    return await work(session)
-            except (SQLAlchemyError, OSError):
+                    return await record_answer(session, answer, self.job)
+            except (SQLAlchemyError, OSError) as exc:
+                self.runtime.db_health.observe(exc)
                 if attempt == len(_RECORD_RETRY_DELAYS) - 1:
                     logger.exception(
-                        "could not record the upstream's answer; the job stays open for the "
-                        "reconciler",
-                        extra={"gateway_job_id": self.job.id, "outcome": outcome},
+                        "could not record the upstream's answer; keeping it in the outbox",
+                        extra={"gateway_job_id": self.job.id, "outcome": answer.kind},
                     )
+        await self.runtime.outbox.keep(answer)
         return None
 
 
@@ -413,6 +386,10 @@ async def poll_job(
         raise not_found
     async with read_only(runtime.sessionmaker) as session:
         job = await jobs.find_for_team(session, job_id, principal.team_id)
+    if job is None and await runtime.outbox.record_upstream_job(job_id, principal.team_id):
+        # Accepted while the database was away: recorded just now from the outbox.
+        async with read_only(runtime.sessionmaker) as session:
+            job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None:
         raise not_found
     if job.terminal_body is not None:

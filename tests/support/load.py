@@ -1,0 +1,121 @@
+"""A small closed-loop load of tenant requests, for fault tests: what each client saw, when.
+
+Each worker submits, sometimes polls one of its jobs, and records every answer with its time,
+so a test can assert what clients saw during a fault (fail closed: 503, never 500) and how long
+the gateway took to recover once the fault was lifted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from tests.conftest import SUBMIT_PATH
+from tests.support.tenants import Tenant
+
+MODEL = "grok-imagine-video-1-5"
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float
+    """``time.monotonic()`` when the answer arrived."""
+    op: str
+    status: int
+    """HTTP status; 0 when the connection failed."""
+    code: str | None = None
+    """``error.code`` of an error body."""
+
+
+@dataclass
+class Load:
+    answers: list[Answer] = field(default_factory=list)
+    jobs: dict[str, list[str]] = field(default_factory=dict)
+    """Accepted job ids per team."""
+
+    def statuses(self, op: str | None = None) -> Counter[int]:
+        return Counter(a.status for a in self.answers if op is None or a.op == op)
+
+    def codes(self, status: int) -> Counter[str | None]:
+        return Counter(a.code for a in self.answers if a.status == status)
+
+    @property
+    def accepted(self) -> int:
+        return sum(len(ids) for ids in self.jobs.values())
+
+    def first_success_after(self, moment: float, op: str = "submit") -> float | None:
+        """Seconds from ``moment`` to the first 200 of ``op`` answered after it."""
+        later = [a.at for a in self.answers if a.op == op and a.status == 200 and a.at >= moment]
+        return min(later) - moment if later else None
+
+
+def _code(response: httpx.Response) -> str | None:
+    if response.status_code < 400:
+        return None
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return "not-json"
+    return error.get("code") if isinstance(error, dict) else None
+
+
+async def run_load(
+    urls: Sequence[str],
+    tenants: Sequence[Tenant],
+    *,
+    seconds: float,
+    workers: int = 8,
+    poll_every: int = 2,
+    prompt: str = "load",
+    pause: float = 0.0,
+    load: Load | None = None,
+) -> Load:
+    """``workers`` clients for ``seconds``, round-robin over ``urls`` and ``tenants``; every
+    ``poll_every``-th request of a worker polls one of its team's accepted jobs."""
+    load = load or Load()
+    for tenant in tenants:
+        load.jobs.setdefault(tenant.team, [])
+    deadline = time.monotonic() + seconds
+    counter = itertools.count()
+
+    async def worker(index: int, client: httpx.AsyncClient) -> None:
+        for step in itertools.count():
+            if time.monotonic() >= deadline:
+                return
+            n = next(counter)
+            tenant = tenants[n % len(tenants)]
+            url = urls[(n + index) % len(urls)]
+            jobs = load.jobs[tenant.team]
+            poll = step % poll_every == poll_every - 1 and jobs
+            try:
+                if poll:
+                    op = "poll"
+                    response = await client.get(
+                        f"{url}/v1/jobs/{jobs[n % len(jobs)]}", headers=tenant.headers
+                    )
+                else:
+                    op = "submit"
+                    response = await client.post(
+                        url + SUBMIT_PATH,
+                        json={"model": MODEL, "prompt": f"{prompt} {n}", "duration": 1 + n % 15},
+                        headers=tenant.headers,
+                    )
+            except httpx.TransportError:
+                load.answers.append(Answer(time.monotonic(), op, 0, "connection_failed"))
+                continue
+            load.answers.append(Answer(time.monotonic(), op, response.status_code, _code(response)))
+            if op == "submit" and response.status_code == 200:
+                jobs.append(response.json()["job_id"])
+            if pause:
+                await asyncio.sleep(pause)
+
+    limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=workers * 2)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        await asyncio.gather(*(worker(i, client) for i in range(workers)))
+    return load
