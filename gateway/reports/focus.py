@@ -23,6 +23,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.models import Job
+from gateway.kit.spreadsheet import safe_cell
 from gateway.ledger.models import ClosedPeriod, LedgerEntry, RateCardRow
 from gateway.ledger.periods import month_bounds
 from gateway.ledger.pricing import format_usd
@@ -207,17 +208,17 @@ async def focus_rows(
     if team is not None:
         stmt = stmt.where(Team.name == team)
     common = {
-        "BillingAccountId": identity.billing_account_id,
-        "BillingAccountName": identity.billing_account_name,
+        "BillingAccountId": safe_cell(identity.billing_account_id),
+        "BillingAccountName": safe_cell(identity.billing_account_name),
         "BillingCurrency": "USD",
         "BillingPeriodStart": _iso(start),
         "BillingPeriodEnd": _iso(end),
         "ChargeCategory": "Usage",
-        "InvoiceIssuer": identity.invoice_issuer,
-        "Provider": identity.provider,
-        "Publisher": identity.publisher,
-        "ServiceCategory": identity.service_category,
-        "ServiceName": identity.service_name,
+        "InvoiceIssuer": safe_cell(identity.invoice_issuer),
+        "Provider": safe_cell(identity.provider),
+        "Publisher": safe_cell(identity.publisher),
+        "ServiceCategory": safe_cell(identity.service_category),
+        "ServiceName": safe_cell(identity.service_name),
     }
     result = await session.stream(stmt)
     async for row in result:  # one row: the capture entry with its job and team
@@ -232,16 +233,16 @@ async def focus_rows(
             "ChargePeriodStart": _iso(row.created_at),
             "ChargePeriodEnd": _iso(max(row.settled_at, row.created_at)),
             "SubAccountId": str(row.team_id),
-            "SubAccountName": row.team_name,
+            "SubAccountName": safe_cell(row.team_name),
             "Tags": tags_json.encode(row.tags),
             "x_JobId": row.job_id,
-            "x_UpstreamJobId": row.upstream_job_id or "",
+            "x_UpstreamJobId": safe_cell(row.upstream_job_id or ""),
             "x_Model": row.model,
             "x_Resolution": row.resolution,
             "x_DurationSeconds": seconds,
-            "x_RateCardVersion": row.rate_card_version,
-            "x_CostCenter": row.cost_center or "",
-            "x_Outcome": row.reason or "completed",
+            "x_RateCardVersion": safe_cell(row.rate_card_version),
+            "x_CostCenter": safe_cell(row.cost_center or ""),
+            "x_Outcome": safe_cell(row.reason or "completed"),
             "x_OriginalPeriod": row.period,
         }
         yield {

@@ -4,12 +4,12 @@ charts that loads nothing from anywhere (its Content-Security-Policy forbids it)
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 from decimal import Decimal
 from typing import Any
 
+from gateway.kit.spreadsheet import csv_writer, safe_cell
 from gateway.ledger.pricing import format_usd
 from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
 
@@ -77,7 +77,7 @@ def to_json(report: ChargebackReport) -> dict[str, Any]:
 def to_csv(report: ChargebackReport) -> str:
     resolutions = report.resolutions
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv_writer(out)
     writer.writerow(
         [
             "line",
@@ -113,14 +113,14 @@ def to_csv(report: ChargebackReport) -> str:
         writer.writerow(
             [
                 "charge",
-                row.team or "",
-                row.cost_center or "",
-                row.tag or "",
+                safe_cell(row.team or ""),
+                safe_cell(row.cost_center or ""),
+                safe_cell(row.tag or ""),
                 report.query.month,
                 *counts(row),
                 format_usd(row.captured_micro_usd),
                 format_usd(row.held_micro_usd),
-                " ".join(row.rate_card_versions),
+                safe_cell(" ".join(row.rate_card_versions)),
             ]
         )
     blank = [""] * (5 + len(resolutions) + 1)
@@ -128,14 +128,14 @@ def to_csv(report: ChargebackReport) -> str:
         writer.writerow(
             [
                 "correction",
-                c.team,
-                c.cost_center or "",
+                safe_cell(c.team),
+                safe_cell(c.cost_center or ""),
                 "",
                 c.original_period,
                 *blank,
                 format_usd(c.billed_micro_usd),
                 "",
-                c.kind,
+                safe_cell(c.kind),
             ]
         )
     totals = report.totals
@@ -149,7 +149,7 @@ def to_csv(report: ChargebackReport) -> str:
             *counts(totals),
             format_usd(report.total_due_micro_usd),
             format_usd(totals.held_micro_usd),
-            " ".join(totals.rate_card_versions),
+            safe_cell(" ".join(totals.rate_card_versions)),
         ]
     )
     return out.getvalue()

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.models import Job
+from gateway.kit.spreadsheet import csv_writer, safe_cell
 from gateway.ledger.models import LedgerEntry
 from gateway.ledger.pricing import MICROS_PER_USD, format_usd
 from gateway.tenancy.models import Team
@@ -270,14 +271,14 @@ def to_table(result: Reconciliation) -> str:
 
 def to_csv(result: Reconciliation) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv_writer(out)
     writer.writerow(["kind", "job_id", "team", "ledger_usd", "upstream_usd", "delta_usd"])
     for row in result.as_json()["differences"]:
         writer.writerow(
             [
                 row["kind"],
-                row["job_id"],
-                row["team"] or "",
+                safe_cell(row["job_id"]),
+                safe_cell(row["team"] or ""),
                 row["ledger_usd"],
                 row["upstream_usd"],
                 row["delta_usd"],

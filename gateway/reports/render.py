@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import operator
@@ -12,6 +11,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
+from gateway.kit.spreadsheet import csv_writer
 from gateway.reports.chargeback import ReportQuery, chargeback
 from gateway.reports.focus import COLUMNS, FocusIdentity, focus_rows
 from gateway.reports.formats import to_csv, to_html, to_json
@@ -51,7 +51,7 @@ async def focus_csv_chunks(
 ) -> AsyncIterator[str]:
     """The FOCUS export as CSV text in chunks (rows are streamed from the database)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(COLUMNS)
     # Every row has every column (tested; a missing one would raise KeyError here, not
     # write an empty cell). Picking them in C rather than through csv.DictWriter's
