@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
 from gateway.kit.http import install_error_handlers
+from gateway.kit.http_protocol import HTTP_LIMITS_STATE, HttpLimits
 from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
 from gateway.ledger.reconciler import Reconciler
@@ -44,13 +46,14 @@ def create_app(
     catalog = load_catalog(settings.catalog_path)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_runtime(
             settings, catalog=catalog, upstream_transport=upstream_transport
         ) as runtime:
             app.state.runtime = runtime
             async with _background_work(app, runtime):
-                yield
+                # Read by the server's HTTP protocol for every connection it accepts.
+                yield {HTTP_LIMITS_STATE: http_limits(settings)}
 
     app = FastAPI(
         title="Video billing gateway",
@@ -150,6 +153,14 @@ async def _register_rate_cards(runtime: Runtime) -> None:
             await register_catalog_rate_cards(session, runtime.catalog)
     except Exception:
         logger.exception("could not register the catalog's rate cards at startup")
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(
+        header_timeout_seconds=settings.http_header_timeout_seconds,
+        body_timeout_seconds=settings.http_body_timeout_seconds,
+        max_connections=settings.http_max_connections,
+    )
 
 
 def create_app_from_env() -> FastAPI:

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     """Total size of a request's headers; over it → 431. (uvicorn's httptools parser itself
     sets no limit, so a fronting proxy's header limit still bounds memory.)"""
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """From a connection opening (or the next request starting) to the end of its headers;
+    over it → 408 and closed (slowloris)."""
+    http_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    """From the end of a request's headers to the end of its body; over it → 408 and closed."""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """Open client connections per process; the next one is answered 503 and closed."""
     catalog_path: Path | None = None
 
     # Logging.

@@ -15,6 +15,7 @@ from gateway.cli._common import fail, load_settings, run
 from gateway.config import Settings
 from gateway.db.engine import create_engine, is_sqlite
 from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
+from gateway.kit.http_protocol import PROTOCOL_PATH
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import MULTIPROC_ENV
 
@@ -69,6 +70,7 @@ def serve(host: str, port: int, workers: int, migrate: bool) -> None:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=30,
+            http=PROTOCOL_PATH,  # header/body deadlines, connection cap, JSON refusals
         )
 
 

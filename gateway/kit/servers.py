@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.kit.http_protocol import GatewayHttpProtocol
+
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its owner.
@@ -25,7 +27,12 @@ class EmbeddedServer(uvicorn.Server):
     @classmethod
     def for_app(cls, app: ASGIApp) -> EmbeddedServer:
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, server_header=False, lifespan="on"
+            app,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+            http=GatewayHttpProtocol,
         )
         return cls(config)
 

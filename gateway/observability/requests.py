@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, HeadersTooLarge, InvalidRequest
+from gateway.kit.http_protocol import TIMED_OUT_STATE
 
 access_logger = logging.getLogger("gateway.access")
 logger = logging.getLogger(__name__)
@@ -87,11 +88,15 @@ class RequestContextMiddleware:
                 return
             await self.app(scope, receive, send_with_request_id)
         except ClientDisconnect:
-            # The client went away mid-request (nothing to answer); nginx's 499 in the log.
-            status = CLIENT_CLOSED_REQUEST
-            logger.info(
-                "client disconnected before the request was read", extra={"request_id": request_id}
-            )
+            if state.get(TIMED_OUT_STATE):  # the server answered 408 and closed
+                status = 408
+            else:
+                # The client went away mid-request (nothing to answer); nginx's 499 in the log.
+                status = CLIENT_CLOSED_REQUEST
+                logger.info(
+                    "client disconnected before the request was read",
+                    extra={"request_id": request_id},
+                )
         except Exception:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if not response_started:

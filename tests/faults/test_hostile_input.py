@@ -67,7 +67,10 @@ def test_report_cells_never_reach_a_spreadsheet_as_formulas(
         cells = [cell for row in rows for cell in row]
         assert not [c for c in cells if dangerous(c)], (fmt, [c for c in cells if dangerous(c)])
         # Neutralised, not dropped: the value is still there behind a leading quote.
-        assert "'" + formula in cells, (fmt, [c for c in cells if "newline" in c or "harmless" in c])
+        assert "'" + formula in cells, (
+            fmt,
+            [c for c in cells if "newline" in c or "harmless" in c],
+        )
 
 
 def test_reconciliation_csv_neutralises_ids_from_the_upstreams_export() -> None:
