@@ -185,6 +185,22 @@ def test_valid_es256_token(
             "invalid_token",
             id="tampered",
         ),
+        # RFC 7519: NumericDate is a JSON number; pyjwt alone takes int("9999999999").
+        pytest.param(
+            lambda t: jwt.encode(claims(t, exp=str(int(time.time()) + 300)), SECRET, "HS256"),
+            "invalid_token",
+            id="exp as a numeric string",
+        ),
+        pytest.param(
+            lambda t: jwt.encode(claims(t, iat=str(int(time.time()))), SECRET, "HS256"),
+            "invalid_token",
+            id="iat as a numeric string",
+        ),
+        pytest.param(
+            lambda t: jwt.encode(claims(t, nbf=str(int(time.time()) - 60)), SECRET, "HS256"),
+            "invalid_token",
+            id="nbf as a numeric string",
+        ),
     ],
 )
 def test_refused_tokens_are_401_and_forward_nothing(

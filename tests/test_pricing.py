@@ -109,7 +109,24 @@ def test_format_usd_of_negative_amounts(micro: int) -> None:
     assert text == f"{Decimal(micro).scaleb(-6):.6f}"
 
 
-@pytest.mark.parametrize("bad", ["-1", "abc", "1.0000001", "NaN", "Infinity", "1e30", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "-1",
+        "abc",
+        "1.0000001",
+        "NaN",
+        "Infinity",
+        "1e30",
+        "",
+        "1e3",
+        "1E+3",
+        "1_000",
+        "+5",
+        "1 000",
+        ".5",
+    ],
+)
 def test_parse_usd_refuses_what_it_cannot_represent_exactly(bad: str) -> None:
     with pytest.raises(ValueError, match="USD amount"):
         parse_usd(bad)

@@ -20,7 +20,7 @@ from gateway.tenancy.service import authenticate_key
 
 
 async def current_admin(request: Request, runtime: RuntimeDep) -> Actor:
-    token = bearer_token(request)
+    token = bearer_token(request, allow_x_api_key=False)  # the README: Authorization only
     request_id = request.state.request_id
     configured = runtime.settings.admin_token.get_secret_value()
     if configured and hmac.compare_digest(token.encode(), configured.encode()):

@@ -7,7 +7,6 @@ being billed as a failed generation upstream. Messages never echo the image itse
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from urllib.parse import urlsplit
@@ -107,7 +106,7 @@ def _check_data_uri(value: str, rule: ImageRule, param: str) -> None:
     if len(payload) > 4 * ((rule.max_bytes + 2) // 3):
         raise _too_large(param, rule)
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = _decode_base64(payload)
     except (binascii.Error, ValueError):
         raise InvalidRequest(
             f"{param} data URI is not valid base64", code="invalid_base64", param=param
@@ -122,6 +121,24 @@ def _check_data_uri(value: str, rule: ImageRule, param: str) -> None:
             code="image_type_mismatch",
             param=param,
         )
+
+
+_DECODE_CHUNK = 1024 * 1024  # a multiple of 4: chunks split between base64 quanta
+
+
+def _decode_base64(payload: str) -> bytes:
+    """Strict base64 (RFC 4648: alphabet, padding only at the end), decoded a chunk at a time.
+
+    Each chunk is one short C call, so when a large body is validated on a worker thread the
+    event loop gets the interpreter back between chunks; one call over 10 MiB holds it for
+    ~100 ms (``base64.b64decode(validate=True)`` runs a regex over the whole payload first)."""
+    parts = []
+    for start in range(0, len(payload), _DECODE_CHUNK):
+        chunk = payload[start : start + _DECODE_CHUNK]
+        if start + _DECODE_CHUNK < len(payload) and "=" in chunk:
+            raise ValueError("base64 padding before the end")
+        parts.append(binascii.a2b_base64(chunk, strict_mode=True))
+    return b"".join(parts)
 
 
 def _too_large(param: str, rule: ImageRule) -> InvalidRequest:

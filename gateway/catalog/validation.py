@@ -24,6 +24,7 @@ before anything is priced or forwarded: a typo must never silently cost money. E
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -157,10 +158,29 @@ def _check_param(name: str, value: Any, rule: ParamRule) -> Any:
     raise AssertionError(f"unhandled rule {rule!r}")  # pragma: no cover - catalog types are closed
 
 
+# Characters that show nothing: spaces and separators (Z*), controls (Cc), format characters
+# such as U+200B ZERO WIDTH SPACE and U+FEFF (Cf), unassigned code points (Cn), lone
+# combining marks (Mn, Me), and the letters and symbols known to render blank.
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cn", "Cs", "Mn", "Me"})
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5")
+
+
+def _visible_length(text: str, enough: int) -> int:
+    """How many characters of ``text`` a person would see, counting up to ``enough``."""
+    seen = 0
+    for char in text:
+        if char not in _BLANK_GLYPHS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES:
+            seen += 1
+            if seen >= enough:
+                break
+    return seen
+
+
 def _check_string(name: str, value: Any, rule: StringRule) -> str:
     if not isinstance(value, str):
         raise _wrong_type(name, "a string", value)
-    length = len(value.strip()) if rule.min_length else len(value)
+    # A prompt of invisible characters only (U+200B...) is blank: it must not be billed.
+    length = _visible_length(value, rule.min_length) if rule.min_length else len(value)
     if length < rule.min_length or len(value) > rule.max_length:
         raise InvalidRequest(
             f"{name} must be between {max(rule.min_length, 0)} and {rule.max_length} "

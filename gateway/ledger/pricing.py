@@ -7,6 +7,7 @@ Cost = image fee × images + duration × per-second rate of the resolution, comp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,17 +69,22 @@ def format_usd(micro_usd: int) -> str:
     return f"{'-' if micro_usd < 0 else ''}{dollars}.{micro:06d}"
 
 
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
 def parse_usd(text: str) -> int:
     """A USD amount as written by people (``"100"``, ``"12.50"``) → micro-USD.
 
-    Refuses negatives, non-numbers and more precision than a micro-dollar rather than round.
+    Plain decimal notation only: an exponent (``"1e3"``), a sign, digit separators
+    (``"1_000"``) or inner spaces are refused, as are more decimals than a micro-dollar,
+    rather than read in a way the writer may not have meant (a budget 1000× off).
     """
-    try:
-        amount = Decimal(text.strip())
-    except ArithmeticError:
-        raise ValueError(f"not a USD amount: {text!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"USD amount must be a non-negative number: {text!r}")
+    stripped = text.strip()
+    if not _PLAIN_DECIMAL.fullmatch(stripped):
+        raise ValueError(
+            f"not a USD amount in plain decimal notation (such as 250 or 12.50): {text[:40]!r}"
+        )
+    amount = Decimal(stripped)
     micros = Fraction(amount) * MICROS_PER_USD
     if micros.denominator != 1:
         raise ValueError(f"USD amount has more than 6 decimal places: {text!r}")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from gateway.errors import InvalidRequest
 from gateway.kit.http import RuntimeDep, read_body_capped
 from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
 from gateway.proxy import service
@@ -14,6 +15,10 @@ from gateway.proxy.service import ProxiedResponse
 from gateway.tenancy.auth import CurrentPrincipal, remember_balance
 
 router = APIRouter(tags=["video generation"])
+_SINGLE_HEADERS = (
+    ("Idempotency-Key", "invalid_idempotency_key"),
+    ("X-Gateway-Tags", "invalid_tags"),
+)
 
 
 def _to_response(request: Request, result: ProxiedResponse) -> Response:
@@ -44,6 +49,11 @@ async def submit_generation(
         ),
     ] = None,
 ) -> Response:
+    for name, code in _SINGLE_HEADERS:
+        if len(request.headers.getlist(name)) > 1:
+            # Which one would count? The one validated, or the one a proxy in between keeps?
+            runtime.metrics.validation_rejections.labels(code).inc()
+            raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
     raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
     result = await service.submit_generation(
         runtime,

@@ -21,8 +21,9 @@ from gateway.tenancy.service import Principal, authenticate_key, team_for_token_
 QUOTA_HEADER_STATE = "quota_remaining_usd"
 
 
-def bearer_token(request: Request) -> str:
-    """The token from ``Authorization: Bearer <token>``, else from ``x-api-key``."""
+def bearer_token(request: Request, *, allow_x_api_key: bool = True) -> str:
+    """The token from ``Authorization: Bearer <token>``, else (tenant routes only, as the
+    upstream does) from ``x-api-key``."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
@@ -31,13 +32,15 @@ def bearer_token(request: Request) -> str:
                 "Authorization header must be 'Bearer <key>'", code="invalid_authorization"
             )
         token = token.strip()
-    else:
+    elif allow_x_api_key:
         token = (request.headers.get("x-api-key") or "").strip()
+    else:
+        token = ""
     if not token:
-        raise AuthenticationFailed(
-            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-            code="missing_api_key",
-        )
+        accepted = "'Authorization: Bearer <key>'"
+        if allow_x_api_key:
+            accepted += " or 'x-api-key: <key>'"
+        raise AuthenticationFailed(f"missing credentials: send {accepted}", code="missing_api_key")
     return token
 
 

@@ -105,6 +105,11 @@ class JwtVerifier:
             raise _refused(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
         except jwt.PyJWTError:
             raise _refused("token signature or claims are invalid", "invalid_token") from None
+        for name in _NUMERIC_DATE_CLAIMS:
+            # RFC 7519 §2: a NumericDate is a JSON number. pyjwt alone takes "9999999999".
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise _refused(f"token claim {name!r} must be a number", "invalid_token")
         roles = _roles(claims.get(settings.jwt_roles_claim))
         team = _claim_path(claims, settings.jwt_team_claim)
         subject = claims.get("sub")
@@ -157,6 +162,9 @@ class JwtVerifier:
             return
         self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
         self._fetched_at = time.monotonic()
+
+
+_NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 def _refused(message: str, code: str) -> AuthenticationFailed:

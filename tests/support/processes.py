@@ -74,3 +74,55 @@ class GatewayProcess:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class SimulatorProcess:
+    """``gateway simulator`` in its own process: nothing it does competes with the test (or a
+    gateway) for one interpreter's GIL, as an in-process simulator thread would."""
+
+    def __init__(self, log_dir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        self.log_path = log_dir / "simulator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SimulatorProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "simulator",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(self.url + "/_simulator/usage", timeout=1).raise_for_status()
+                return self
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = self.log_path.read_text()
+                    raise RuntimeError(f"simulator did not start: {log}") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops answering but keeps its connections open."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
