@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     """Failure codes meaning "produced, then blocked": billed, like a success."""
     success_status_words: frozenset[str] = frozenset({"completed", "succeeded", "done"})
     failure_status_words: frozenset[str] = frozenset({"failed", "error", "expired"})
+    running_status_words: frozenset[str] = frozenset(
+        {"queued", "pending", "processing", "running", "in_progress", "starting", "submitted"}
+    )
+    """Words meaning "not done yet". Any other word is treated as running too, but counted
+    (``gateway_upstream_unknown_status_total``) and logged."""
     idempotency_key_ttl_hours: int = Field(default=24, ge=24)
 
     # Reconciler (settles jobs nobody polls; one per replica, safe to run in many).

@@ -4,11 +4,9 @@ an unreadable 2xx body → 502 ``upstream_invalid_response``."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.models import Job
 from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.raw_upstream import raw_server
 from tests.support.tenants import Tenant, in_session
 
 MODEL = "grok-imagine-video-1-5"
@@ -109,37 +108,6 @@ def test_connection_refused_is_502_not_a_timeout(
     response = submit(server.url, tenant, "a cat")
     assert_error(response, 502, "upstream_error")
     assert job_states(postgres_url, tenant.team) == ["released"]
-
-
-@contextlib.contextmanager
-def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A TCP server on loopback that hands each connection to ``handle``; yields its URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with connection, contextlib.suppress(OSError):
-                connection.settimeout(2)
-                handle(connection)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        listener.close()
 
 
 @pytest.fixture

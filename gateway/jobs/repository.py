@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from gateway.db.base import utcnow
 from gateway.jobs.models import Job, JobRequest, JobState
@@ -24,8 +25,15 @@ async def find_for_team(session: AsyncSession, upstream_job_id: str, team_id: in
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def exists(session: AsyncSession, job_id: str) -> bool:
+async def job_exists(session: AsyncSession, job_id: str) -> bool:
     stmt = select(Job.id).where(Job.id == job_id)
+    return (await session.execute(stmt)).first() is not None
+
+
+async def upstream_id_taken(
+    session: AsyncSession, upstream_job_id: str, *, by_other_than: str
+) -> bool:
+    stmt = select(Job.id).where(Job.upstream_job_id == upstream_job_id, Job.id != by_other_than)
     return (await session.execute(stmt)).first() is not None
 
 
@@ -40,20 +48,20 @@ async def move_from_pending(
     from_states: tuple[JobState, ...] = (JobState.PENDING,),
 ) -> bool:
     """Record the upstream's answer to the submit. Only a job still in ``from_states`` moves
-    (True if it did), so a late answer never overrides a settlement."""
+    (True if it did), so a late answer never overrides a settlement; nor one whose
+    ``upstream_job_id`` another job already has (same statement: no extra round trip)."""
     values: dict[str, object] = {
         "state": state.value,
         "upstream_http_status": upstream_http_status,
         "next_check_at": next_check_at,
         "updated_at": utcnow(),
     }
+    stmt = update(Job).where(Job.id == job_id, Job.state.in_([s.value for s in from_states]))
     if upstream_job_id is not None:
         values["upstream_job_id"] = upstream_job_id
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_([s.value for s in from_states]))
-        .values(**values)
-    )
+        other = aliased(Job)
+        stmt = stmt.where(~exists().where(other.upstream_job_id == upstream_job_id))
+    stmt = stmt.values(**values)
     result = await session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
 

@@ -296,9 +296,10 @@ class Reconciler:
         if body is None:
             report.upstream_errors += 1
             return
+        vocabulary = settlement.vocabulary_from(self.settings)
         settled = await settlement.settle_from_poll(
             self.runtime.sessionmaker,
-            settlement.vocabulary_from(self.settings),
+            vocabulary,
             job,
             body,
             answer.body,
@@ -307,8 +308,11 @@ class Reconciler:
         if settled is not None:
             report.settled += 1
             self._record(job, settled.plan)
-        elif settlement.read_terminal(body, settlement.vocabulary_from(self.settings)) is None:
+        elif settlement.read_terminal(body, vocabulary) is None:
             report.still_running += 1
+            word = settlement.unknown_status_word(body, vocabulary)
+            if word is not None:
+                self.runtime.metrics.unknown_status(word, job.id)
 
     async def _flag_old_holds(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=self.settings.hold_max_age_seconds)

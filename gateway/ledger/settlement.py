@@ -43,6 +43,8 @@ class StatusVocabulary:
     success: Collection[str]
     failure: Collection[str]
     moderation_codes: Collection[str]
+    running: Collection[str] = ()
+    """Words known to mean "not done yet"; any other non-terminal word is reported."""
 
 
 def vocabulary_from(settings: Settings) -> StatusVocabulary:
@@ -50,7 +52,18 @@ def vocabulary_from(settings: Settings) -> StatusVocabulary:
         success=settings.success_status_words,
         failure=settings.failure_status_words,
         moderation_codes=settings.moderation_error_codes,
+        running=settings.running_status_words,
     )
+
+
+def unknown_status_word(body: Mapping[str, Any], vocabulary: StatusVocabulary) -> str | None:
+    """The poll answer's status word if it is none of the known ones (clipped for logs). Such
+    a job is treated as still running (settling it on a guess could bill or release wrongly)
+    and is polled again; the caller counts and logs the word so an operator can configure it."""
+    status = body.get("status")
+    word = status.strip().lower() if isinstance(status, str) else repr(status)
+    known = (*vocabulary.success, *vocabulary.failure, *vocabulary.running)
+    return None if word in known else word[:32]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ ledger gauges keep the most recent value of a live worker.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Final
 
@@ -35,6 +36,7 @@ from gateway.ledger.settlement import Settlement
 from gateway.ledger.snapshot import LedgerSnapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+logger = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Ledger gauges: every worker writes the same database figures; keep the latest live one.
 _LEDGER_GAUGE: Final = "livemostrecent"
@@ -77,6 +79,12 @@ class Metrics:
             "Upstream calls that failed: connect, connection_lost, timeout, server_error, "
             "auth, invalid_response, rate_limited.",
             ["kind"],
+            registry=registry,
+        )
+        self.upstream_unknown_status = Counter(
+            "gateway_upstream_unknown_status_total",
+            "Poll answers whose status word is none of the configured success, failure or "
+            "running words (the job is treated as running; the word is logged).",
             registry=registry,
         )
         self.billed = Counter(
@@ -203,6 +211,13 @@ class Metrics:
         ours = plan.captured + plan.excess
         if plan.upstream_cost_micro_usd is not None and plan.upstream_cost_micro_usd != ours:
             self.cost_mismatches.inc()
+
+    def unknown_status(self, word: str, job_id: str) -> None:
+        self.upstream_unknown_status.inc()
+        logger.warning(
+            "upstream answered a status word the gateway does not know; treated as running",
+            extra={"status_word": word, "gateway_job_id": job_id},
+        )
 
     def set_ledger_figures(self, snapshot: LedgerSnapshot) -> None:
         for figures in snapshot.teams:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.health import DatabaseHealth
 from gateway.db.session import transaction
 from gateway.observability.metrics import Metrics
-from gateway.proxy.recording import SubmitAnswer, record_answer
+from gateway.proxy.recording import Released, SubmitAnswer, record_answer
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class AnswerOutbox:
                 )
                 return 0
             del self._waiting[job_id]
-        if released is not None:  # a release: counted without a team label
+        if isinstance(released, Released):  # a release: counted without a team label
             self._metrics.record_settlement("", released.job, released.plan)
         await asyncio.to_thread(self._remove, job_id)
         self._set_gauge()

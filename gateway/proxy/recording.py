@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
+from gateway.errors import UpstreamInvalidResponse
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
@@ -127,14 +128,28 @@ class Released:
     balance: BalanceRow
 
 
+@dataclass(frozen=True)
+class DuplicateJobId:
+    """The upstream "accepted" the submit with the id of a job the ledger already has (for
+    another submit): it cannot be both. The job is recorded as unknown (the hold waits for
+    the reconciler) and flagged for review; the client is answered 502."""
+
+    upstream_job_id: str
+
+
+DUPLICATE_ERROR = UpstreamInvalidResponse(
+    "the upstream answered with the id of another job; the outcome of this request is unknown"
+)
+
+
 async def record_answer(
     session: AsyncSession, answer: SubmitAnswer, job: Job | None = None
-) -> Released | None:
+) -> Released | DuplicateJobId | None:
     """Record ``answer`` in the caller's transaction. ``job`` saves a read when the caller
-    has it. Returns the release when a refusal gave the hold back, else None."""
+    has it. Returns the release when a refusal gave the hold back, ``DuplicateJobId`` when an
+    acceptance named another job's id, else None."""
     if answer.kind == "accepted":
-        await _record_acceptance(session, answer)
-        return None
+        return await _record_acceptance(session, answer)
     if answer.kind == "unknown":
         await jobs.move_from_pending(
             session,
@@ -162,7 +177,7 @@ async def record_answer(
     return Released(job, plan, balance)
 
 
-async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> None:
+async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> DuplicateJobId | None:
     assert answer.upstream_job_id is not None
     moved = await jobs.move_from_pending(
         session,
@@ -174,7 +189,28 @@ async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> Non
     )
     if moved:
         pass
-    elif not await jobs.exists(session, answer.job_id):
+    elif await jobs.upstream_id_taken(session, answer.upstream_job_id, by_other_than=answer.job_id):
+        logger.error(
+            "the upstream accepted a submit with the id of another job; flagged for review",
+            extra={"gateway_job_id": answer.job_id, "upstream_job_id": answer.upstream_job_id},
+        )
+        await jobs.move_from_pending(
+            session,
+            answer.job_id,
+            JobState.UNKNOWN,
+            upstream_http_status=answer.http_status,
+            next_check_at=answer.next_check_at,
+        )
+        await jobs.flag_for_review(session, answer.job_id, utcnow())
+        if answer.idempotency_key is not None:
+            error = StoredResponse(
+                DUPLICATE_ERROR.status_code,
+                json.dumps(DUPLICATE_ERROR.to_body()).encode(),
+                {"content-type": "application/json"},
+            )
+            await _store_response(session, replace(answer, response=error))
+        return DuplicateJobId(answer.upstream_job_id)
+    elif not await jobs.job_exists(session, answer.job_id):
         # Never the case for the database this answer belongs to: refuse to drop it.
         raise UnknownJob(f"no job {answer.job_id!r} in this database")
     elif await jobs.record_late_acceptance(session, answer.job_id, answer.upstream_job_id):
@@ -186,6 +222,7 @@ async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> Non
         )
     await jobs.drop_request(session, answer.job_id)
     await _store_response(session, answer)
+    return None
 
 
 async def _store_response(session: AsyncSession, answer: SubmitAnswer) -> None:

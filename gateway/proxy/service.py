@@ -50,7 +50,14 @@ from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
-from gateway.proxy.recording import AnswerKind, Released, SubmitAnswer, record_answer
+from gateway.proxy.recording import (
+    DUPLICATE_ERROR,
+    AnswerKind,
+    DuplicateJobId,
+    Released,
+    SubmitAnswer,
+    record_answer,
+)
 from gateway.proxy.tags import canonical as canonical_tags
 from gateway.proxy.tags import parse_tags
 from gateway.runtime import Runtime
@@ -311,7 +318,7 @@ class _AfterForward:
         first_check = utcnow() + timedelta(
             seconds=self.runtime.settings.reconciler_first_check_after_seconds
         )
-        await self._record(
+        recorded = await self._record(
             self._answer(
                 "accepted",
                 http_status=answer.status_code,
@@ -320,6 +327,9 @@ class _AfterForward:
                 response=response,
             )
         )
+        if isinstance(recorded, DuplicateJobId):
+            self.runtime.metrics.upstream_errors.labels("invalid_response").inc()
+            raise DUPLICATE_ERROR
 
     async def refused(self, reason: str, *, answer: UpstreamResponse | None = None) -> _Release:
         """Nothing was created upstream: release the hold, let the key be used again. Not if
@@ -333,7 +343,7 @@ class _AfterForward:
                 release_reason=reason,
             )
         )
-        if released is None:
+        if not isinstance(released, Released):
             return _Release(None)
         self.runtime.metrics.record_settlement(self.team_name, self.job, released.plan)
         view = BalanceView.of(self.job.period, released.balance)
@@ -372,7 +382,7 @@ class _AfterForward:
             **fields,
         )
 
-    async def _record(self, answer: SubmitAnswer) -> Released | None:
+    async def _record(self, answer: SubmitAnswer) -> Released | DuplicateJobId | None:
         """Record ``answer`` in its own transaction, retried twice on a database error (each
         attempt rolls back entirely, so retrying is safe); kept in the outbox if all fail."""
         for attempt, delay in enumerate(_RECORD_RETRY_DELAYS):
@@ -420,16 +430,16 @@ async def poll_job(
         logger.warning("upstream answered a poll with a body that is not a JSON object")
         runtime.metrics.upstream_errors.labels("invalid_response").inc()
         raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
+    vocabulary = settlement.vocabulary_from(runtime.settings)
     settled = await settlement.settle_from_poll(
-        runtime.sessionmaker,
-        settlement.vocabulary_from(runtime.settings),
-        job,
-        body,
-        answer.body,
-        now=utcnow(),
+        runtime.sessionmaker, vocabulary, job, body, answer.body, now=utcnow()
     )
     response = _pass_through(answer, job_id=job_id)
     if settled is None:
+        if settlement.read_terminal(body, vocabulary) is None:
+            word = settlement.unknown_status_word(body, vocabulary)
+            if word is not None:
+                runtime.metrics.unknown_status(word, job.id)
         return response
     runtime.metrics.record_settlement(principal.team_name, job, settled.plan)
     captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None

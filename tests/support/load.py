@@ -73,11 +73,13 @@ async def run_load(
     workers: int = 8,
     poll_every: int = 2,
     prompt: str = "load",
+    markers: Sequence[str] = ("",),
     pause: float = 0.0,
     load: Load | None = None,
 ) -> Load:
     """``workers`` clients for ``seconds``, round-robin over ``urls`` and ``tenants``; every
-    ``poll_every``-th request of a worker polls one of its team's accepted jobs."""
+    ``poll_every``-th request of a worker polls one of its team's accepted jobs. Submits cycle
+    through ``markers`` (simulator outcome markers appended to the prompt)."""
     load = load or Load()
     for tenant in tenants:
         load.jobs.setdefault(tenant.team, [])
@@ -103,7 +105,11 @@ async def run_load(
                     op = "submit"
                     response = await client.post(
                         url + SUBMIT_PATH,
-                        json={"model": MODEL, "prompt": f"{prompt} {n}", "duration": 1 + n % 15},
+                        json={
+                            "model": MODEL,
+                            "prompt": f"{prompt} {n}{markers[n % len(markers)]}",
+                            "duration": 1 + n % 15,
+                        },
                         headers=tenant.headers,
                     )
             except httpx.TransportError:

@@ -1,0 +1,233 @@
+"""Upstream faults under load: 5xx bursts and 429 storms, answers reset mid-body, the upstream
+process paused (SIGSTOP) with requests in flight and resumed, truncated JSON, a status word
+never seen before. Clients get the documented errors (never a 500), refused work is never
+billed, work the upstream did is never lost, and the books equal the simulator's bill."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from tests.faults.conftest import OwnDatabase
+from tests.support.invariants import check_books, settle_everything
+from tests.support.ledger import team_ledger
+from tests.support.load import MODEL, run_load
+from tests.support.processes import SimulatorProcess
+from tests.support.raw_upstream import raw_server
+from tests.support.tenants import Tenant, make_tenant
+
+BODY = {"model": MODEL, "prompt": "upstream fault"}
+
+
+def test_5xx_bursts_and_429_storms_fail_cleanly_and_bill_nothing_refused(
+    own_database: OwnDatabase, start_gateway: StartGateway, simulator: SimulatorProbe
+) -> None:
+    tenants = [make_tenant(own_database.url) for _ in range(2)]
+    server = start_gateway(database_url=own_database.url)
+    markers = ["", " #sim:http500", " #sim:http500", " #sim:http429", " #sim:fail", ""]
+    load = asyncio.run(run_load([server.url], tenants, seconds=3.0, workers=6, markers=markers))
+    statuses = load.statuses("submit")
+    assert set(statuses) <= {200, 502, 429}, statuses
+    assert statuses[502] > 5 and statuses[429] > 5 and statuses[200] > 5, statuses
+    assert set(load.codes(502)) == {"upstream_error"}
+    # Every valid submit was forwarded once; a refused one was released at once.
+    assert len(simulator.submits()) == sum(statuses.values())
+    for tenant in tenants:
+        ledger = team_ledger(own_database.url, tenant.team)
+        assert ledger.balance.held_micro_usd == sum(
+            job.estimate_micro_usd for job in ledger.jobs if job.state == "submitted"
+        )
+    refused = httpx.post(
+        server.url + SUBMIT_PATH,
+        json={**BODY, "prompt": "x #sim:http429"},
+        headers=tenants[0].headers,
+    )
+    assert refused.status_code == 429 and refused.headers["retry-after"]
+    settle_everything(own_database.url, simulator.url)
+    books = check_books(own_database.url, simulator.url)
+    assert books.differences == 0 and books.upstream_jobs == load.accepted
+
+
+def reset_after(head: bytes, body_part: bytes) -> Callable[[socket.socket], None]:
+    """A handler that answers ``head`` and part of a body, then resets the connection."""
+
+    def handle(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(head + body_part)
+        # SO_LINGER 0: close with a TCP reset, as a crashing process or a middlebox does.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    return handle
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_submit_answer_reset_mid_body_keeps_the_hold(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 60\r\n\r\n"
+    with raw_server(reset_after(head, b'{"job_id": "job_reset')) as upstream_url:
+        server = start_gateway(upstream_url=upstream_url, upstream_transport=transport)
+        response = httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_error"
+    # The upstream may have created the job: the hold waits for the reconciler.
+    (job,) = team_ledger(postgres_url, tenant.team).jobs
+    assert job.state == "unknown"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_poll_answer_reset_mid_body_settles_nothing(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+) -> None:
+    job_id = f"job_reset_{uuid.uuid4().hex[:12]}"
+    accepted = b'{"job_id": "%s", "status": "queued"}' % job_id.encode()
+
+    def handle(connection: socket.socket) -> None:
+        request = connection.recv(65536)
+        if request.startswith(b"POST"):
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(accepted), accepted)
+            )
+            return
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 90\r\n\r\n"
+        reset_after(head, b'{"job_id": "%s", "status": "compl' % job_id.encode())(connection)
+
+    with raw_server(handle) as upstream_url:
+        server = start_gateway(upstream_url=upstream_url, upstream_transport=transport)
+        assert httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers).is_success
+        polled = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=tenant.headers)
+    assert polled.status_code == 502, polled.text
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert [job.state for job in ledger.jobs] == ["submitted"]
+    assert [entry.kind for entry in ledger.entries] == ["hold"]
+
+
+# Upstream calls end within 1 s; unanswered submits are re-sent after 2 s (the simulator
+# honours Idempotency-Key, so a re-send learns the job a timed-out submit created).
+PAUSE_TIMING = {
+    "upstream_connect_timeout_seconds": 0.25,
+    "upstream_write_timeout_seconds": 0.25,
+    "upstream_read_timeout_seconds": 0.25,
+    "upstream_pool_timeout_seconds": 0.25,
+    "upstream_honors_idempotency_key": True,
+    "unanswered_submit_resend_after_seconds": 2.0,
+}
+
+
+def test_the_upstream_paused_with_requests_in_flight_loses_nothing(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """SIGSTOP the upstream process mid-load (its sockets stay open: requests are accepted by
+    the kernel and wait), SIGCONT it 1.5 s later: the waiting requests are processed, by then
+    answered to nobody. The gateway timed them out (504, hold kept) and must recover each job
+    the upstream created anyway; pooled keep-alive connections must not turn into errors."""
+    from tests.support.database import create_postgres_database, drop_postgres_database
+
+    database_url = create_postgres_database()
+    try:
+        with SimulatorProcess(tmp_path, "--api-key", UPSTREAM_KEY, "--latency", "0") as upstream:
+            tenants = [make_tenant(database_url) for _ in range(2)]
+            server = start_gateway(
+                database_url=database_url, upstream_url=upstream.url, **PAUSE_TIMING
+            )
+            resumed_at: list[float] = []
+
+            def pause_then_resume() -> None:
+                time.sleep(1.0)
+                upstream.pause()
+                time.sleep(1.5)
+                upstream.resume()
+                resumed_at.append(time.monotonic())
+
+            pauser = threading.Thread(target=pause_then_resume)
+            pauser.start()
+            load = asyncio.run(run_load([server.url], tenants, seconds=4.0, workers=6))
+            pauser.join()
+            statuses = load.statuses()
+            assert set(statuses) <= {200, 502, 504}, statuses
+            assert statuses[504] > 0, "no request was in flight during the pause"
+            assert set(load.codes(504)) <= {"upstream_timeout"}
+            recovered_in = load.first_success_after(resumed_at[0])
+            assert recovered_in is not None and recovered_in < 1.0, recovered_in
+            settle_everything(database_url, upstream.url, resend_after=2.0, **PAUSE_TIMING)
+            books = check_books(database_url, upstream.url)
+            assert books.differences == 0 and books.upstream_jobs >= load.accepted
+    finally:
+        drop_postgres_database(database_url)
+
+
+def test_truncated_json_and_unknown_status_words_settle_nothing_until_terminal(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = f"job_words_{uuid.uuid4().hex[:12]}"
+    polls = iter(
+        [
+            httpx.Response(200, json={"job_id": job_id, "status": "rendering"}),
+            httpx.Response(200, content=b'{"job_id": "%s", "status": "compl' % job_id.encode()),
+            httpx.Response(200, json={"job_id": job_id, "status": "Completed"}),
+        ]
+    )
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"job_id": job_id, "status": "queued"})
+        return next(polls)
+
+    server = start_gateway(transport=httpx.MockTransport(upstream))
+    with httpx.Client(base_url=server.url, headers=tenant.headers, timeout=30) as client:
+        assert client.post(SUBMIT_PATH, json=BODY).status_code == 200
+        with caplog.at_level(logging.WARNING):
+            rendering = client.get(f"/v1/jobs/{job_id}")
+        assert rendering.status_code == 200 and rendering.json()["status"] == "rendering"
+        assert [r.status_word for r in caplog.records if hasattr(r, "status_word")] == ["rendering"]
+        metrics = client.get("/metrics").text
+        assert "gateway_upstream_unknown_status_total 1.0" in metrics
+        assert [j.state for j in team_ledger(postgres_url, tenant.team).jobs] == ["submitted"]
+
+        truncated = client.get(f"/v1/jobs/{job_id}")
+        assert truncated.status_code == 502
+        assert truncated.json()["error"]["code"] == "upstream_invalid_response"
+        assert [j.state for j in team_ledger(postgres_url, tenant.team).jobs] == ["submitted"]
+
+        done = client.get(f"/v1/jobs/{job_id}")
+        assert done.status_code == 200
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert [j.state for j in ledger.jobs] == ["captured"]
+    assert [e.kind for e in ledger.entries] == ["hold", "capture"]
+
+
+def test_an_acceptance_naming_another_jobs_id_is_502_and_kept_for_review(
+    start_gateway: StartGateway, tenant: Tenant, postgres_url: str
+) -> None:
+    """A broken upstream answers two submits with one job id. The second cannot be that job:
+    the client gets 502 (not someone else's job id), its hold waits for the reconciler, and
+    the job is flagged for review; the first job is untouched."""
+    job_id = f"job_dup_{uuid.uuid4().hex[:12]}"
+    upstream = httpx.MockTransport(
+        lambda _: httpx.Response(200, json={"job_id": job_id, "status": "queued"})
+    )
+    server = start_gateway(transport=upstream)
+    with httpx.Client(base_url=server.url, headers=tenant.headers, timeout=30) as client:
+        assert client.post(SUBMIT_PATH, json=BODY).status_code == 200
+        second = client.post(SUBMIT_PATH, json=BODY, headers={"Idempotency-Key": "dup-1"})
+        assert second.status_code == 502, second.text
+        assert second.json()["error"]["code"] == "upstream_invalid_response"
+        replay = client.post(SUBMIT_PATH, json=BODY, headers={"Idempotency-Key": "dup-1"})
+        assert replay.status_code == 502 and replay.headers["idempotent-replayed"] == "true"
+    jobs = team_ledger(postgres_url, tenant.team).jobs
+    assert [(j.state, j.upstream_job_id, j.needs_review) for j in jobs] == [
+        ("submitted", job_id, False),
+        ("unknown", None, True),
+    ]
