@@ -60,6 +60,9 @@ def create_app(
         version="0.1.0",
         description="Drop-in, billing-aware gateway in front of the grok-imagine-video API.",
         lifespan=lifespan,
+        # A drop-in API answers every path itself: no 307 to another path (an id that
+        # decodes to "/" would otherwise redirect a poll to "/v1/jobs/").
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(proxy.router)
