@@ -568,3 +568,18 @@ def test_upstream_credits_net_against_their_charges() -> None:
     # JSON amounts are read exactly, not through binary floats.
     (charge,) = reconciliation.parse_usage('[{"job_id": "up-3", "cost_usd": 0.000001}]')
     assert charge.cost_micro_usd == 1
+
+
+def test_a_focus_export_of_a_month_that_cannot_exist_is_400_before_streaming(
+    finance_gateway: tuple[str, str],
+) -> None:
+    """Found by the OpenAPI fuzzer: 0000-01 matches the month pattern, and the FOCUS export
+    only found out once its response had started, so the client got a cut-off body."""
+    url, _ = finance_gateway
+    response = httpx.get(
+        f"{url}/admin/reports/chargeback",
+        params={"month": "0000-01", "format": "focus"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "month"

@@ -18,6 +18,7 @@ from gateway.db.session import read_only, transaction
 from gateway.kit.http import RuntimeDep
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger.closing import close_period, closed_periods
+from gateway.ledger.periods import month_bounds
 from gateway.reports.chargeback import ReportQuery, parse_group_by
 from gateway.reports.render import MEDIA_TYPES, focus_csv_chunks, render_report
 
@@ -69,6 +70,7 @@ async def chargeback_report(
 ) -> Response:
     request.state.actor = admin.name
     if format == "focus":
+        month_bounds(month)  # a month that cannot exist (0000-01) is a 400 before streaming
 
         async def chunks() -> AsyncIterator[str]:
             # A real transaction: Postgres server-side cursors (row streaming) need one.

@@ -80,6 +80,8 @@ def parse_usd(text: str) -> int:
     rather than read in a way the writer may not have meant (a budget 1000× off).
     """
     stripped = text.strip()
+    if stripped.startswith("-") and _PLAIN_DECIMAL.fullmatch(stripped[1:]):
+        raise ValueError(f"USD amount must be a non-negative number: {text!r}")
     if not _PLAIN_DECIMAL.fullmatch(stripped):
         raise ValueError(
             f"not a USD amount in plain decimal notation (such as 250 or 12.50): {text[:40]!r}"

@@ -137,9 +137,10 @@ class DuplicateJobId:
     upstream_job_id: str
 
 
-DUPLICATE_ERROR = UpstreamInvalidResponse(
-    "the upstream answered with the id of another job; the outcome of this request is unknown"
-)
+def duplicate_job_id_error() -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(
+        "the upstream answered with the id of another job; the outcome of this request is unknown"
+    )
 
 
 async def record_answer(
@@ -203,9 +204,10 @@ async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> Dup
         )
         await jobs.flag_for_review(session, answer.job_id, utcnow())
         if answer.idempotency_key is not None:
+            refusal = duplicate_job_id_error()
             error = StoredResponse(
-                DUPLICATE_ERROR.status_code,
-                json.dumps(DUPLICATE_ERROR.to_body()).encode(),
+                refusal.status_code,
+                json.dumps(refusal.to_body()).encode(),
                 {"content-type": "application/json"},
             )
             await _store_response(session, replace(answer, response=error))

@@ -51,11 +51,11 @@ from gateway.ledger.rates import rate_card_in_force
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency import StoredResponse
 from gateway.proxy.recording import (
-    DUPLICATE_ERROR,
     AnswerKind,
     DuplicateJobId,
     Released,
     SubmitAnswer,
+    duplicate_job_id_error,
     record_answer,
 )
 from gateway.proxy.tags import canonical as canonical_tags
@@ -329,7 +329,7 @@ class _AfterForward:
         )
         if isinstance(recorded, DuplicateJobId):
             self.runtime.metrics.upstream_errors.labels("invalid_response").inc()
-            raise DUPLICATE_ERROR
+            raise duplicate_job_id_error()
 
     async def refused(self, reason: str, *, answer: UpstreamResponse | None = None) -> _Release:
         """Nothing was created upstream: release the hold, let the key be used again. Not if

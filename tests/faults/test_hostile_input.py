@@ -144,11 +144,14 @@ def png_data_uri(size: int) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode()
 
 
-def test_a_huge_body_does_not_stall_other_requests(postgres_url: str, tmp_path: Path) -> None:
+def test_a_huge_body_does_not_stall_other_requests(
+    own_database: OwnDatabase, tmp_path: Path
+) -> None:
     """A 14 MB submit (a 10 MiB image as a data URI) is checked off the event loop: other
     requests keep being answered meanwhile. Gateway and simulator run in processes of their
     own, so what is measured is the gateway's event loop alone. Before: every other request
     waited 90-150 ms (worst of three runs, each); now 15-30 ms."""
+    postgres_url = own_database.url
     tenant = make_tenant(postgres_url)
     image = png_data_uri(10 * 1024 * 1024 - 64)
     body = json.dumps({"model": MODEL, "prompt": "x", "image": image}).encode()

@@ -73,11 +73,15 @@ def reset_after(head: bytes, body_part: bytes) -> Callable[[socket.socket], None
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_a_submit_answer_reset_mid_body_keeps_the_hold(
-    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+    start_gateway: StartGateway, own_database: OwnDatabase, transport: str
 ) -> None:
+    postgres_url = own_database.url  # it leaves an unknown job: not in the shared database
+    tenant = make_tenant(postgres_url)
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 60\r\n\r\n"
     with raw_server(reset_after(head, b'{"job_id": "job_reset')) as upstream_url:
-        server = start_gateway(upstream_url=upstream_url, upstream_transport=transport)
+        server = start_gateway(
+            database_url=postgres_url, upstream_url=upstream_url, upstream_transport=transport
+        )
         response = httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers)
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "upstream_error"
@@ -88,8 +92,10 @@ def test_a_submit_answer_reset_mid_body_keeps_the_hold(
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_a_poll_answer_reset_mid_body_settles_nothing(
-    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+    start_gateway: StartGateway, own_database: OwnDatabase, transport: str
 ) -> None:
+    postgres_url = own_database.url
+    tenant = make_tenant(postgres_url)
     job_id = f"job_reset_{uuid.uuid4().hex[:12]}"
     accepted = b'{"job_id": "%s", "status": "queued"}' % job_id.encode()
 
@@ -105,7 +111,9 @@ def test_a_poll_answer_reset_mid_body_settles_nothing(
         reset_after(head, b'{"job_id": "%s", "status": "compl' % job_id.encode())(connection)
 
     with raw_server(handle) as upstream_url:
-        server = start_gateway(upstream_url=upstream_url, upstream_transport=transport)
+        server = start_gateway(
+            database_url=postgres_url, upstream_url=upstream_url, upstream_transport=transport
+        )
         assert httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers).is_success
         polled = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=tenant.headers)
     assert polled.status_code == 502, polled.text
@@ -209,16 +217,18 @@ def test_truncated_json_and_unknown_status_words_settle_nothing_until_terminal(
 
 
 def test_an_acceptance_naming_another_jobs_id_is_502_and_kept_for_review(
-    start_gateway: StartGateway, tenant: Tenant, postgres_url: str
+    start_gateway: StartGateway, own_database: OwnDatabase
 ) -> None:
     """A broken upstream answers two submits with one job id. The second cannot be that job:
     the client gets 502 (not someone else's job id), its hold waits for the reconciler, and
     the job is flagged for review; the first job is untouched."""
+    postgres_url = own_database.url
+    tenant = make_tenant(postgres_url)
     job_id = f"job_dup_{uuid.uuid4().hex[:12]}"
     upstream = httpx.MockTransport(
         lambda _: httpx.Response(200, json={"job_id": job_id, "status": "queued"})
     )
-    server = start_gateway(transport=upstream)
+    server = start_gateway(database_url=postgres_url, transport=upstream)
     with httpx.Client(base_url=server.url, headers=tenant.headers, timeout=30) as client:
         assert client.post(SUBMIT_PATH, json=BODY).status_code == 200
         second = client.post(SUBMIT_PATH, json=BODY, headers={"Idempotency-Key": "dup-1"})
