@@ -57,21 +57,19 @@ from tests.support.database import (
 from tests.support.interleave import asyncpg_dsn
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
-from tests.support.processes import GatewayProcess, SimulatorProcess
+from tests.support.processes import (
+    RESEND_AFTER_SLOW_ANSWERS,
+    GatewayProcess,
+    SimulatorProcess,
+    as_environment,
+)
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.tenants import PEPPER, Tenant, make_tenant
 
 MODEL = "grok-imagine-video-1-5"
 ADMIN = "admin-token-soak-0123456789abcdef"
 RESULTS = Path(__file__).parent / "results"
-TIMING = {
-    "upstream_connect_timeout_seconds": 0.25,
-    "upstream_write_timeout_seconds": 0.25,
-    "upstream_read_timeout_seconds": 2.0,
-    "upstream_pool_timeout_seconds": 0.25,
-    "upstream_honors_idempotency_key": True,
-    "unanswered_submit_resend_after_seconds": 4.0,
-}
+TIMING = RESEND_AFTER_SLOW_ANSWERS
 MARKERS = [("", 62), (" #sim:fail", 8), (" #sim:moderated", 8), (" #sim:duration=4", 8)]
 MARKERS += [(" #sim:http500", 6), (" #sim:http429", 6), (" #sim:hang", 1), (" #sim:duration=12", 1)]
 FAULTS = [
@@ -267,7 +265,7 @@ def main() -> int:
                 "GATEWAY_RECONCILER_INTERVAL_SECONDS": "2",
                 "GATEWAY_RECONCILER_FIRST_CHECK_AFTER_SECONDS": "3",
                 "GATEWAY_OUTBOX_DIR": str(logs / "outbox"),
-                **{f"GATEWAY_{k.upper()}": str(v).lower() for k, v in TIMING.items()},
+                **as_environment(TIMING),
             }
             replicas = [GatewayProcess(env, logs, f"replica-{n}") for n in range(2)]
             for replica in replicas:
@@ -317,7 +315,7 @@ def main() -> int:
             settle_everything(
                 url,
                 upstream.url,
-                resend_after=TIMING["unanswered_submit_resend_after_seconds"],
+                resend_after=float(TIMING["unanswered_submit_resend_after_seconds"]),
                 **TIMING,
             )
             differences: int | str

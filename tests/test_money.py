@@ -43,6 +43,7 @@ from tests.conftest import (
     gateway_settings,
 )
 from tests.support.database import create_postgres_database, drop_postgres_database, migrate
+from tests.support.invariants import reconcile_pass
 from tests.support.ledger import team_ledger
 from tests.support.servers import running
 from tests.support.tenants import Tenant, in_session, make_tenant
@@ -63,14 +64,7 @@ def simulator_cost(simulator: SimulatorProbe, job_id: str) -> int:
     return parse_usd(row["cost_usd"])
 
 
-def reconcile(database_url: str, upstream_url: str, **overrides: Any) -> ReconcileReport:
-    settings = gateway_settings(database_url, upstream_url, **overrides)
-
-    async def _pass() -> ReconcileReport:
-        async with open_runtime(settings) as runtime:
-            return await Reconciler(runtime).run_once(everything=True)
-
-    return asyncio.run(_pass())
+reconcile = reconcile_pass  # one reconciler pass over everything, now
 
 
 def reconcile_at(

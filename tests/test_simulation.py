@@ -34,9 +34,9 @@ from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
 from tests.support.database import create_postgres_database, drop_postgres_database
 from tests.support.invariants import check_books, reconcile_pass, settle_everything
-from tests.support.processes import GatewayProcess
+from tests.support.processes import RESEND_QUICKLY, GatewayProcess, as_environment, replica_env
 from tests.support.servers import running
-from tests.support.tenants import PEPPER, Tenant, make_tenant
+from tests.support.tenants import Tenant, make_tenant
 
 OPS = int(os.environ.get("GATEWAY_SIM_OPS", "300"))
 SEED = int(os.environ.get("GATEWAY_SIM_SEED", "20261124"))
@@ -53,21 +53,7 @@ OUTCOMES = [
 ]
 # Short upstream timeouts (a call lasts at most 4 x 0.25 s), so that unanswered submits can
 # be re-sent soon (after 2 s: a re-send must wait until the original call is surely over).
-TIMING = {
-    "upstream_connect_timeout_seconds": 0.25,
-    "upstream_write_timeout_seconds": 0.25,
-    "upstream_read_timeout_seconds": 0.25,
-    "upstream_pool_timeout_seconds": 0.25,
-    "upstream_honors_idempotency_key": True,
-    "unanswered_submit_resend_after_seconds": 2.0,
-}
-REPLICA_ENV = {
-    "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-    "GATEWAY_KEY_PEPPER": PEPPER,
-    "GATEWAY_RECONCILER_ENABLED": "false",  # passes are operations of the simulation
-    "GATEWAY_LOG_LEVEL": "WARNING",
-    **{f"GATEWAY_{name.upper()}": str(value).lower() for name, value in TIMING.items()},
-}
+TIMING = RESEND_QUICKLY
 
 
 @dataclass
@@ -93,11 +79,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     replicas: list[GatewayProcess] = []
     try:
         with running(simulator) as simulator_server:
-            env = {
-                **REPLICA_ENV,
-                "GATEWAY_DATABASE_URL": database_url,
-                "GATEWAY_UPSTREAM_URL": simulator_server.url,
-            }
+            # Reconciler passes are operations of the simulation: none in the replicas.
+            env = replica_env(database_url, simulator_server.url, **as_environment(TIMING))
             replicas = [GatewayProcess(env, tmp_path, f"replica-{n}") for n in range(2)]
             for replica in replicas:
                 replica.start()

@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.jobs.models import Job
 from gateway.ledger.models import BudgetAlert
 from gateway.ledger.periods import period_of
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, in_ci
+from tests.conftest import SUBMIT_PATH, SimulatorProbe, in_ci
 from tests.faults.conftest import OwnDatabase
 from tests.support.interleave import asyncpg_dsn
 from tests.support.invariants import check_books, settle_everything
-from tests.support.processes import GatewayProcess
+from tests.support.processes import GatewayProcess, replica_env
 from tests.support.servers import ServerThread
-from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
+from tests.support.tenants import Tenant, in_session, make_tenant
 
 MODEL = "grok-imagine-video-1-5"
 PRICE = 1_680_000  # 10 s at 720p, the defaults
@@ -37,17 +37,8 @@ ADMIN = "admin-token-boundaries-0123456789"
 FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
 
-def replica_env(database_url: str, simulator_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_UPSTREAM_URL": simulator_url,
-        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-        "GATEWAY_KEY_PEPPER": PEPPER,
-        "GATEWAY_RECONCILER_ENABLED": "false",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-        "GATEWAY_ADMIN_TOKEN": ADMIN,
-        **extra,
-    }
+def env(database_url: str, simulator_url: str, **extra: str) -> dict[str, str]:
+    return replica_env(database_url, simulator_url, GATEWAY_ADMIN_TOKEN=ADMIN, **extra)
 
 
 def start_replicas(env: dict[str, str], logs: Path, count: int = 2) -> list[GatewayProcess]:
@@ -83,7 +74,7 @@ def test_the_first_submits_of_new_teams_are_never_refused(
 ) -> None:
     """The race of defect 1 at scale: 20 fresh teams (half with a large budget, half
     unlimited), 12 first submits each, 1 ms apart, across two replicas."""
-    replicas = start_replicas(replica_env(own_database.url, simulator_server.url), logs)
+    replicas = start_replicas(env(own_database.url, simulator_server.url), logs)
     try:
         tenants = [
             make_tenant(own_database.url, budget_micro_usd=100_000_000_000 if n % 2 else None)
@@ -133,9 +124,9 @@ def test_the_month_boundary_under_concurrent_load(
     tenants = [make_tenant(own_database.url, budget_micro_usd=per_month * PRICE) for _ in range(4)]
     midnight = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
     offset = midnight - 20 - time.time()  # 20 s before midnight: time to start the replicas
-    env = replica_env(own_database.url, simulator_server.url, **faketime_env(offset))
+    environment = env(own_database.url, simulator_server.url, **faketime_env(offset))
     # Both replicas share one offset, so their clocks agree whenever each one started.
-    replicas = start_replicas(env, logs)
+    replicas = start_replicas(environment, logs)
     try:
         seconds_left = midnight - (time.time() + offset)
         assert seconds_left > 3, "the replicas took too long to start"
@@ -179,7 +170,7 @@ def test_a_budget_changed_while_submits_race_it_is_never_overspent(
     own_database: OwnDatabase, simulator: SimulatorProbe, simulator_server: ServerThread, logs: Path
 ) -> None:
     tenant = make_tenant(own_database.url, budget_micro_usd=20 * PRICE)
-    replicas = start_replicas(replica_env(own_database.url, simulator_server.url), logs)
+    replicas = start_replicas(env(own_database.url, simulator_server.url), logs)
     samples: list[tuple[int, int]] = []
     admin = {"Authorization": f"Bearer {ADMIN}"}
 

@@ -26,32 +26,21 @@ from tests.faults.conftest import OwnDatabase
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
 from tests.support.load import MODEL, Load, run_load
-from tests.support.processes import GatewayProcess, SimulatorProcess
-from tests.support.tenants import PEPPER, Tenant, make_tenant
+from tests.support.processes import (
+    RESEND_AFTER_SLOW_ANSWERS,
+    GatewayProcess,
+    SimulatorProcess,
+    as_environment,
+    replica_env,
+)
+from tests.support.tenants import Tenant, make_tenant
 
-# Calls end within 2.75 s; an unanswered submit is re-sent after 4 s.
-TIMING = {
-    "upstream_connect_timeout_seconds": 0.25,
-    "upstream_write_timeout_seconds": 0.25,
-    "upstream_read_timeout_seconds": 2.0,
-    "upstream_pool_timeout_seconds": 0.25,
-    "upstream_honors_idempotency_key": True,
-    "unanswered_submit_resend_after_seconds": 4.0,
-}
+TIMING = RESEND_AFTER_SLOW_ANSWERS
 SEED = 20261201
 
 
 def env_for(database_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_UPSTREAM_URL": upstream_url,
-        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-        "GATEWAY_KEY_PEPPER": PEPPER,
-        "GATEWAY_RECONCILER_ENABLED": "false",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-        **{f"GATEWAY_{name.upper()}": str(value).lower() for name, value in TIMING.items()},
-        **extra,
-    }
+    return replica_env(database_url, upstream_url, **(as_environment(TIMING) | extra))
 
 
 async def submits(url: str, tenant: Tenant, prompts: list[str], load: Load) -> None:
@@ -151,7 +140,7 @@ def test_replicas_killed_at_every_point_lose_and_double_bill_nothing(
         settle_everything(
             own_database.url,
             upstream.url,
-            resend_after=TIMING["unanswered_submit_resend_after_seconds"],
+            resend_after=float(TIMING["unanswered_submit_resend_after_seconds"]),
             **TIMING,
         )
         books = check_books(own_database.url, upstream.url, f"kills={dict(kills)}")

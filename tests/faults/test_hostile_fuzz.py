@@ -179,7 +179,7 @@ json_values = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(10**20), max_value=10**20),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
     st.sampled_from(["1e3", "0.000001", "100", "-5", "1_000", "NaN", "12.5", "9" * 30]),
     st.lists(st.integers(), max_size=2),

@@ -23,7 +23,7 @@ from tests.faults.conftest import OwnDatabase
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
 from tests.support.load import MODEL, run_load
-from tests.support.processes import SimulatorProcess
+from tests.support.processes import RESEND_QUICKLY, SimulatorProcess
 from tests.support.raw_upstream import raw_server
 from tests.support.tenants import Tenant, make_tenant
 
@@ -122,16 +122,7 @@ def test_a_poll_answer_reset_mid_body_settles_nothing(
     assert [entry.kind for entry in ledger.entries] == ["hold"]
 
 
-# Upstream calls end within 1 s; unanswered submits are re-sent after 2 s (the simulator
-# honours Idempotency-Key, so a re-send learns the job a timed-out submit created).
-PAUSE_TIMING = {
-    "upstream_connect_timeout_seconds": 0.25,
-    "upstream_write_timeout_seconds": 0.25,
-    "upstream_read_timeout_seconds": 0.25,
-    "upstream_pool_timeout_seconds": 0.25,
-    "upstream_honors_idempotency_key": True,
-    "unanswered_submit_resend_after_seconds": 2.0,
-}
+PAUSE_TIMING = RESEND_QUICKLY
 
 
 def test_the_upstream_paused_with_requests_in_flight_loses_nothing(

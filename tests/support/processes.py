@@ -126,3 +126,43 @@ class SimulatorProcess:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+
+# Upstream calls that end within 1 s, unanswered submits re-sent after 2 s: for runs against a
+# simulator that honours Idempotency-Key (a re-send learns the job a lost answer created).
+RESEND_QUICKLY: dict[str, float | bool] = {
+    "upstream_connect_timeout_seconds": 0.25,
+    "upstream_write_timeout_seconds": 0.25,
+    "upstream_read_timeout_seconds": 0.25,
+    "upstream_pool_timeout_seconds": 0.25,
+    "upstream_honors_idempotency_key": True,
+    "unanswered_submit_resend_after_seconds": 2.0,
+}
+# The same for runs with slow answers (#sim:slow=1): calls end within 2.75 s, re-sent after 4 s.
+RESEND_AFTER_SLOW_ANSWERS: dict[str, float | bool] = {
+    **RESEND_QUICKLY,
+    "upstream_read_timeout_seconds": 2.0,
+    "unanswered_submit_resend_after_seconds": 4.0,
+}
+
+
+def as_environment(settings: dict[str, float | bool]) -> dict[str, str]:
+    """Settings overrides as the ``GATEWAY_*`` variables a replica process reads."""
+    return {f"GATEWAY_{name.upper()}": str(value).lower() for name, value in settings.items()}
+
+
+def replica_env(database_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
+    """What every test replica needs: its database, the simulator and its key, the test
+    pepper, quiet logs, and no reconciler of its own unless ``extra`` turns it on."""
+    from tests.conftest import UPSTREAM_KEY
+    from tests.support.tenants import PEPPER
+
+    return {
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_UPSTREAM_URL": upstream_url,
+        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "GATEWAY_KEY_PEPPER": PEPPER,
+        "GATEWAY_RECONCILER_ENABLED": "false",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **extra,
+    }
