@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import Update, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -23,6 +25,10 @@ async def find_for_team(session: AsyncSession, upstream_job_id: str, team_id: in
     """The team's job with that upstream id; None for unknown ids and other teams' jobs alike."""
     stmt = select(Job).where(Job.upstream_job_id == upstream_job_id, Job.team_id == team_id)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# Built once: a fresh alias costs its column proxies on first use (a seventh of a submit's CPU).
+_OTHER_JOB = aliased(Job)
 
 
 async def job_exists(session: AsyncSession, job_id: str) -> bool:
@@ -50,20 +56,38 @@ async def move_from_pending(
     """Record the upstream's answer to the submit. Only a job still in ``from_states`` moves
     (True if it did), so a late answer never overrides a settlement; nor one whose
     ``upstream_job_id`` another job already has (same statement: no extra round trip)."""
-    values: dict[str, object] = {
-        "state": state.value,
-        "upstream_http_status": upstream_http_status,
-        "next_check_at": next_check_at,
-        "updated_at": utcnow(),
+    stmt = _move_statement(tuple(s.value for s in from_states), upstream_job_id is not None)
+    params: dict[str, object] = {
+        "move_job_id": job_id,
+        "new_state": state.value,
+        "new_http_status": upstream_http_status,
+        "new_next_check_at": next_check_at,
+        "new_updated_at": utcnow(),
     }
-    stmt = update(Job).where(Job.id == job_id, Job.state.in_([s.value for s in from_states]))
     if upstream_job_id is not None:
-        values["upstream_job_id"] = upstream_job_id
-        other = aliased(Job)
-        stmt = stmt.where(~exists().where(other.upstream_job_id == upstream_job_id))
-    stmt = stmt.values(**values)
-    result = await session.execute(stmt)
+        params["new_upstream_job_id"] = upstream_job_id
+    result = await session.execute(stmt, params)
     return bool(getattr(result, "rowcount", 0))
+
+
+@functools.cache
+def _move_statement(from_states: tuple[str, ...], with_upstream_id: bool) -> Update:
+    """Built once per shape (it runs for every submit; SQLAlchemy's construction of a
+    statement costs more CPU than its execution). No session synchronisation: the subquery
+    cannot be evaluated in Python, and "fetch" would add a RETURNING; no caller reads a Job
+    object of this session afterwards."""
+    stmt = update(Job).where(Job.id == bindparam("move_job_id"), Job.state.in_(from_states))
+    values: dict[str, Any] = {
+        "state": bindparam("new_state"),
+        "upstream_http_status": bindparam("new_http_status"),
+        "next_check_at": bindparam("new_next_check_at"),
+        "updated_at": bindparam("new_updated_at"),
+    }
+    if with_upstream_id:
+        taken = exists().where(_OTHER_JOB.upstream_job_id == bindparam("new_upstream_job_id"))
+        stmt = stmt.where(~taken)
+        values["upstream_job_id"] = bindparam("new_upstream_job_id")
+    return stmt.values(**values).execution_options(synchronize_session=False)
 
 
 async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_job_id: str) -> bool:
