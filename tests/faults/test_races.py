@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,12 +22,14 @@ from gateway.ledger.quotas import TeamQuota
 from gateway.proxy import idempotency
 from gateway.proxy.idempotency_models import IdempotencyKey
 from gateway.tenancy.models import Team
+from tests.conftest import SUBMIT_PATH, SimulatorProbe
 from tests.support.interleave import interleave, side_connection
-from tests.support.tenants import in_session, make_tenant
+from tests.support.tenants import Tenant, in_session, make_tenant
 
 NOW = datetime(2026, 12, 1, 0, 0, 0, 1000, tzinfo=UTC)  # the first moment of a period
 PERIOD = "2026-12"
 PRICE = 1_680_000
+MODEL = "grok-imagine-video-1-5"
 
 
 def new_job(team_id: int, *, estimate: int = PRICE) -> Job:
@@ -166,3 +170,32 @@ def test_a_retry_whose_key_was_just_freed_claims_it_instead_of_failing(postgres_
     fired, claims = asyncio.run(scenario())
     assert fired == 1
     assert claims == ["retry-job"]
+
+
+def test_retries_racing_an_upstream_refusal_with_one_key_never_500(
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
+) -> None:
+    """Defect 2 as it was seen: 50 concurrent submits with one Idempotency-Key whose upstream
+    refuses (429, 500), round after round. Each answer is the refusal itself, or 409 while
+    another holds the key; never a 500."""
+
+    async def storm(key: str, prompt: str) -> Counter[int]:
+        async with httpx.AsyncClient(base_url=str(gateway.base_url), timeout=30) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        SUBMIT_PATH,
+                        json={"model": MODEL, "prompt": prompt},
+                        headers={**tenant.headers, "Idempotency-Key": key},
+                    )
+                    for _ in range(50)
+                )
+            )
+        return Counter(answer.status_code for answer in answers)
+
+    seen: Counter[int] = Counter()
+    for round_ in range(6):
+        marker = "#sim:http429" if round_ % 2 else "#sim:http500"
+        seen += asyncio.run(storm(f"storm-{uuid.uuid4().hex}", f"x {marker}"))
+    assert 500 not in seen, seen
+    assert set(seen) <= {409, 429, 502}, seen

@@ -13,12 +13,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from gateway.ledger.reconciler import Reconciler, ReconcileReport
+from gateway.runtime import open_runtime
+from tests.conftest import (
+    SUBMIT_PATH,
+    UPSTREAM_KEY,
+    SimulatorProbe,
+    StartGateway,
+    gateway_settings,
+)
 from tests.faults.conftest import OwnDatabase
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
@@ -232,3 +241,47 @@ def test_an_acceptance_naming_another_jobs_id_is_502_and_kept_for_review(
         ("submitted", job_id, False),
         ("unknown", None, True),
     ]
+
+
+def test_a_429_storm_on_polls_pauses_the_reconciler_for_its_retry_after(
+    start_gateway: StartGateway, own_database: OwnDatabase
+) -> None:
+    """The upstream answers every poll 429 with Retry-After: the reconciler stops polling
+    (every job, not just the one refused) until the pause is over, then polls again; nothing
+    is settled meanwhile."""
+    tenant = make_tenant(own_database.url)
+    job_ids = [f"job_storm_{n}_{uuid.uuid4().hex[:8]}" for n in range(5)]
+    accepted = iter(job_ids)
+    polls: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"job_id": next(accepted), "status": "queued"})
+        polls.append(request.url.path)
+        return httpx.Response(429, headers={"Retry-After": "30"}, json={"error": "slow down"})
+
+    transport = httpx.MockTransport(upstream)
+    server = start_gateway(database_url=own_database.url, transport=transport)
+    for _ in job_ids:
+        assert httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers).is_success
+    now = [datetime.now(UTC)]
+    settings = gateway_settings(
+        own_database.url, "http://upstream.invalid", reconciler_concurrency=1
+    )
+
+    async def passes() -> list[ReconcileReport]:
+        async with open_runtime(settings, upstream_transport=transport) as runtime:
+            reconciler = Reconciler(runtime, clock=lambda: now[0])
+            reports = [await reconciler.run_once(everything=True)]
+            now[0] += timedelta(seconds=20)  # still inside the 30 s pause
+            reports.append(await reconciler.run_once(everything=True))
+            now[0] += timedelta(seconds=15)  # past it
+            reports.append(await reconciler.run_once(everything=True))
+            return reports
+
+    first, paused, resumed = asyncio.run(passes())
+    assert first.rate_limited and first.polled == 1, first  # stopped at the first 429
+    assert paused.rate_limited and paused.polled == 0, paused
+    assert resumed.polled == 1 and resumed.settled == 0, resumed
+    assert len(polls) == 2
+    assert {j.state for j in team_ledger(own_database.url, tenant.team).jobs} == {"submitted"}
