@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 from gateway.config import Settings
 from gateway.db.base import Base
 from gateway.db.engine import create_engine
-from gateway.db.models import import_all_models
+from gateway.models import import_all_models
 
 import_all_models()
 target_metadata = Base.metadata

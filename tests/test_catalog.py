@@ -80,7 +80,7 @@ def test_second_model_is_a_data_change(
 
 def test_second_model_prices_from_its_own_rate_card(tmp_path: Path) -> None:
     from gateway.catalog.validation import parse_submission
-    from gateway.ledger.pricing import price_request
+    from gateway.core.pricing import price_request
 
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(catalog_with_second_model()))

@@ -21,7 +21,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import month_bounds
+from gateway.core.pricing import parse_usd
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.errors import Conflict, InvalidRequest
@@ -29,8 +31,6 @@ from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.closing import close_period
 from gateway.ledger.holds import place_hold
-from gateway.ledger.periods import month_bounds
-from gateway.ledger.pricing import parse_usd
 from gateway.ledger.quotas import TeamQuota
 from gateway.reports import reconciliation
 from gateway.reports.chargeback import ReportQuery, chargeback

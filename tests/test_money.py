@@ -21,16 +21,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
+from gateway.core.pricing import parse_usd
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.jobs import repository as jobs_repository
+from gateway.jobs.models import IdempotencyKey
 from gateway.ledger import quotas
-from gateway.ledger.periods import period_of
-from gateway.ledger.pricing import parse_usd
 from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
-from gateway.proxy.idempotency_models import IdempotencyKey
 from gateway.runtime import open_runtime
 from gateway.tenancy import service as tenancy
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.catalog.spec import load_catalog
 from gateway.catalog.validation import parse_submission
-from gateway.ledger.pricing import (
+from gateway.core.pricing import (
     BillableUnits,
     RateCard,
     format_usd,

@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.pricing import parse_usd
 from gateway.ledger.models import LedgerEntry
-from gateway.ledger.pricing import parse_usd
 from gateway.reports.chargeback import ChargebackReport, ReportQuery, chargeback
 from gateway.reports.focus import COLUMNS, MANDATORY, focus_rows
 from gateway.reports.formats import to_csv, to_html, to_json

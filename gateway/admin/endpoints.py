@@ -31,7 +31,8 @@ from gateway.admin.schemas import (
     TeamUsageOut,
 )
 from gateway.audit import service as audit
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
 from gateway.db.session import read_only, transaction
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs import repository as jobs
@@ -39,7 +40,6 @@ from gateway.kit.http import RuntimeDep
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger import manual, rates
 from gateway.ledger import repository as ledger
-from gateway.ledger.periods import period_of
 from gateway.ledger.snapshot import ledger_snapshot
 from gateway.tenancy import repository as tenancy_repository
 from gateway.tenancy import service as tenancy

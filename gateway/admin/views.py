@@ -16,9 +16,9 @@ from gateway.admin.schemas import (
     TeamUsageOut,
 )
 from gateway.audit.models import AuditEntry
+from gateway.core.pricing import format_usd
 from gateway.jobs.models import Job
 from gateway.ledger.models import LedgerEntry, RateCardRow
-from gateway.ledger.pricing import format_usd
 from gateway.ledger.snapshot import TeamFigures
 from gateway.tenancy.models import ApiKey, Team
 

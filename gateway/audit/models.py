@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, BigIntPK, UTCDateTime, utcnow
+from gateway.core.clock import utcnow
+from gateway.db.base import Base, BigIntPK, UTCDateTime
 
 
 class AuditEntry(Base):

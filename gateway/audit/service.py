@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.models import AuditEntry
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
 from gateway.errors import InvalidRequest
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.ledger.pricing import RateCard
+from gateway.core.pricing import RateCard
 
 
 class _Rule(BaseModel):

@@ -42,9 +42,9 @@ from gateway.catalog.spec import (
     ParamRule,
     StringRule,
 )
+from gateway.core.pricing import BillableUnits
 from gateway.errors import InvalidRequest
 from gateway.kit.strictjson import StrictJSONError, loads_strict
-from gateway.ledger.pricing import BillableUnits
 
 _TYPE_NAMES = {
     bool: "a boolean",

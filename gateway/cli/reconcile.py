@@ -10,10 +10,10 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli._common import echo_json, fail, load_settings, run
+from gateway.core.periods import month_bounds
+from gateway.core.pricing import parse_usd
 from gateway.db.session import read_only
 from gateway.errors import GatewayError
-from gateway.ledger.periods import month_bounds
-from gateway.ledger.pricing import parse_usd
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.observability.logging import configure_logging
 from gateway.reports import reconciliation

@@ -11,7 +11,7 @@ import click
 
 from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import read_only, transaction
 from gateway.ledger.closing import close_period, closed_periods

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
-from gateway.ledger.pricing import format_usd, parse_usd
+from gateway.core.pricing import format_usd, parse_usd
 from gateway.tenancy import service
 from gateway.tenancy.models import Team
 

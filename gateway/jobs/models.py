@@ -1,4 +1,5 @@
-"""The gateway's own record of every job a team submitted."""
+"""The gateway's own record of every job a team submitted, and the ``Idempotency-Key`` claims
+that tie a client's retries to one job."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, UTCDateTime, utcnow
+from gateway.core.clock import utcnow
+from gateway.db.base import Base, UTCDateTime
 
 
 class JobState(enum.StrEnum):
@@ -90,3 +92,21 @@ class JobRequest(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the request body (and its tags, if any): the same key with another request
+    is refused."""
+    state: Mapped[str] = mapped_column(String(16))
+    """``in_flight`` until the first request's answer is stored, then ``completed``."""
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

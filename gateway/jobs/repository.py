@@ -11,7 +11,7 @@ from sqlalchemy import Update, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
 from gateway.jobs.models import Job, JobRequest, JobState
 from gateway.tenancy.models import Team
 

@@ -31,10 +31,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.pricing import format_usd
 from gateway.db.session import dialect_name, transaction
 from gateway.ledger.models import BudgetAlert
-from gateway.ledger.pricing import format_usd
 from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.tenancy.models import Team
 

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
+from gateway.core.periods import month_bounds, period_of
 from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest
 from gateway.ledger.models import ClosedPeriod, LedgerEntry
-from gateway.ledger.periods import month_bounds, period_of
 
 
 async def close_period(

@@ -10,14 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.pricing import format_usd
 from gateway.errors import Conflict, NotFound
+from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
-from gateway.ledger.pricing import format_usd
 from gateway.ledger.settlement import Settlement
-from gateway.proxy import idempotency
 
 ADMIN_RELEASE_REASON = "released_by_admin"
 

@@ -19,7 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, BigIntPK, UTCDateTime, utcnow
+from gateway.core.clock import utcnow
+from gateway.db.base import Base, BigIntPK, UTCDateTime
 from gateway.jobs.models import Job
 
 

@@ -15,9 +15,9 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.pricing import format_usd
 from gateway.errors import Conflict, QuotaExceeded
 from gateway.ledger import repository
-from gateway.ledger.pricing import format_usd
 from gateway.ledger.repository import BalanceRow
 
 

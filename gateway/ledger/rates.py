@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.catalog.spec import Catalog, EnumRule
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.pricing import MAX_MICRO_USD, RateCard, format_usd
 from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest, ServiceUnavailable
 from gateway.ledger.models import RateCardRow
-from gateway.ledger.pricing import MAX_MICRO_USD, RateCard, format_usd
 
 
 def _to_rate_card(row: RateCardRow) -> RateCard:

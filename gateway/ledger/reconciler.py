@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.pricing import ESTIMATE_HEADER, format_usd
 from gateway.db.session import transaction
 from gateway.errors import UpstreamError
+from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
-from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
-from gateway.proxy import idempotency
 from gateway.runtime import Runtime
 from gateway.tenancy.repository import team_names
 

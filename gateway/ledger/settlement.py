@@ -25,11 +25,11 @@ from sqlalchemy import ColumnElement, and_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
+from gateway.core.pricing import BillableUnits, format_usd, parse_usd, price_request
 from gateway.db.session import transaction
 from gateway.jobs.models import OPEN_STATES, Job, JobState
 from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry
-from gateway.ledger.pricing import BillableUnits, format_usd, parse_usd, price_request
 from gateway.ledger.rates import rate_card_version
 from gateway.ledger.repository import BalanceRow
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
 from gateway.db.session import read_only
-from gateway.ledger.periods import period_of
 from gateway.ledger.reconciler import Reconciler
 from gateway.ledger.snapshot import ledger_snapshot
 from gateway.observability.metrics import Metrics

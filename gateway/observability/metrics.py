@@ -30,8 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.core.pricing import MICROS_PER_USD
 from gateway.jobs.models import Job, JobState
-from gateway.ledger.pricing import MICROS_PER_USD
 from gateway.ledger.settlement import Settlement
 from gateway.ledger.snapshot import LedgerSnapshot
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from gateway.core.pricing import ESTIMATE_HEADER, format_usd
 from gateway.errors import InvalidRequest
 from gateway.kit.http import RuntimeDep, read_body_capped
-from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd
 from gateway.proxy import service
 from gateway.proxy.schemas import UsageOut
 from gateway.proxy.service import ProxiedResponse

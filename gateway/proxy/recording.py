@@ -26,14 +26,14 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
 from gateway.errors import UpstreamInvalidResponse
+from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
+from gateway.jobs.idempotency import StoredResponse
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.repository import BalanceRow
-from gateway.proxy import idempotency
-from gateway.proxy.idempotency import StoredResponse
 
 logger = logging.getLogger(__name__)
 

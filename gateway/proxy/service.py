@@ -28,7 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
+from gateway.core.pricing import ESTIMATE_HEADER, format_usd, price_request
 from gateway.db.session import read_only, transaction
 from gateway.errors import (
     GatewayError,
@@ -40,16 +42,16 @@ from gateway.errors import (
     UpstreamInvalidResponse,
     UpstreamTimeout,
 )
+from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
+from gateway.jobs.idempotency import StoredResponse
 from gateway.jobs.models import Job, JobState
+from gateway.jobs.tags import canonical as canonical_tags
+from gateway.jobs.tags import parse_tags
 from gateway.ledger import quotas, settlement
 from gateway.ledger.holds import place_hold
-from gateway.ledger.periods import period_of
-from gateway.ledger.pricing import ESTIMATE_HEADER, format_usd, price_request
 from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
-from gateway.proxy import idempotency
-from gateway.proxy.idempotency import StoredResponse
 from gateway.proxy.recording import (
     AnswerKind,
     DuplicateJobId,
@@ -58,8 +60,6 @@ from gateway.proxy.recording import (
     duplicate_job_id_error,
     record_answer,
 )
-from gateway.proxy.tags import canonical as canonical_tags
-from gateway.proxy.tags import parse_tags
 from gateway.runtime import Runtime
 from gateway.tenancy.service import Principal
 from gateway.upstream.client import UpstreamResponse

@@ -23,11 +23,11 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from gateway.core.periods import month_bounds
 from gateway.db.session import dialect_name
 from gateway.errors import InvalidRequest
 from gateway.jobs.models import Job
 from gateway.ledger.models import ClosedPeriod, LedgerEntry
-from gateway.ledger.periods import month_bounds
 from gateway.tenancy.models import Team
 
 GROUPINGS = ("team", "cost_center")

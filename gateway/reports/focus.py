@@ -22,11 +22,11 @@ from decimal import Decimal
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.periods import month_bounds
+from gateway.core.pricing import format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import safe_cell
 from gateway.ledger.models import ClosedPeriod, LedgerEntry, RateCardRow
-from gateway.ledger.periods import month_bounds
-from gateway.ledger.pricing import format_usd
 from gateway.tenancy.models import Team
 
 MANDATORY = [

@@ -9,8 +9,8 @@ import io
 from decimal import Decimal
 from typing import Any
 
+from gateway.core.pricing import format_usd
 from gateway.kit.spreadsheet import csv_writer, safe_cell
-from gateway.ledger.pricing import format_usd
 from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
 
 

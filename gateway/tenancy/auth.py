@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
 from gateway.db.session import read_only, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.kit.http import RuntimeDep
 from gateway.ledger import quotas
-from gateway.ledger.periods import period_of
 from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.runtime import Runtime
 from gateway.tenancy.jwt_auth import looks_like_jwt

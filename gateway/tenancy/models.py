@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, BigIntPK, UTCDateTime, utcnow
+from gateway.core.clock import utcnow
+from gateway.db.base import Base, BigIntPK, UTCDateTime
 
 
 class Team(Base):

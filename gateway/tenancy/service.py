@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
-from gateway.db.base import utcnow
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
+from gateway.core.pricing import MAX_MICRO_USD, format_usd
 from gateway.errors import (
     AuthenticationFailed,
     Conflict,
@@ -28,8 +30,6 @@ from gateway.errors import (
     PermissionDenied,
 )
 from gateway.ledger import quotas
-from gateway.ledger.periods import period_of
-from gateway.ledger.pricing import MAX_MICRO_USD, format_usd
 from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy import repository
 from gateway.tenancy.keys import generate_key, hash_key, key_matches, parse_key

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.periods import period_of
 from gateway.jobs.models import Job
 from gateway.ledger.models import BudgetAlert
-from gateway.ledger.periods import period_of
 from tests.conftest import SUBMIT_PATH, SimulatorProbe, in_ci
 from tests.faults.conftest import OwnDatabase
 from tests.support.interleave import asyncpg_dsn

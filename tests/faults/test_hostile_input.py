@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.db.base import utcnow
-from gateway.ledger.periods import period_of
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
 from gateway.reports import reconciliation
 from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
 from tests.faults.conftest import OwnDatabase

@@ -16,11 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
-from gateway.jobs.models import Job, JobState
+from gateway.jobs import idempotency
+from gateway.jobs.models import IdempotencyKey, Job, JobState
 from gateway.ledger.holds import place_hold
 from gateway.ledger.quotas import TeamQuota
-from gateway.proxy import idempotency
-from gateway.proxy.idempotency_models import IdempotencyKey
 from gateway.tenancy.models import Team
 from tests.conftest import SUBMIT_PATH, SimulatorProbe
 from tests.support.interleave import interleave, side_connection

@@ -24,9 +24,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.pricing import parse_usd
 from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
-from gateway.ledger.pricing import parse_usd
 from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.reports import reconciliation
 from gateway.runtime import open_runtime

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.catalog.spec import load_catalog
+from gateway.core.periods import period_of
+from gateway.core.pricing import BillableUnits, price_request
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.holds import place_hold
-from gateway.ledger.periods import period_of
-from gateway.ledger.pricing import BillableUnits, price_request
 from gateway.ledger.quotas import TeamQuota
 from gateway.ledger.rates import add_rate_card, rate_card_in_force
 from gateway.tenancy import service as tenancy

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest, Unprocessable
-from gateway.proxy.idempotency_models import IdempotencyKey
+from gateway.jobs.models import IdempotencyKey
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"

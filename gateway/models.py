@@ -1,4 +1,6 @@
-"""Registry of every ORM module, so Alembic and tests see the whole schema."""
+"""Every domain's ORM models in one place, for Alembic and for tests that need the whole
+schema. A layer of its own (as Polar's ``models/__init__.py``): it imports every domain, so
+nothing in the gateway imports it; ``migrations/env.py`` does."""
 
 from __future__ import annotations
 
@@ -7,5 +9,4 @@ def import_all_models() -> None:
     from gateway.audit import models as _audit  # noqa: F401
     from gateway.jobs import models as _jobs  # noqa: F401
     from gateway.ledger import models as _ledger  # noqa: F401
-    from gateway.proxy import idempotency_models as _idempotency  # noqa: F401
     from gateway.tenancy import models as _tenancy  # noqa: F401

@@ -1,0 +1,9 @@
+"""The time, always timezone-aware UTC (the ledger never stores a naive datetime)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
