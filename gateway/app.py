@@ -17,21 +17,20 @@ from gateway.admin import reports as finance
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
-from gateway.kit.http import install_error_handlers
 from gateway.kit.http_protocol import HTTP_LIMITS_STATE, HttpLimits
 from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
-from gateway.ledger.reconciler import Reconciler
-from gateway.observability import health
-from gateway.observability.background import (
+from gateway.observability.requests import RequestContextMiddleware
+from gateway.proxy import endpoints as proxy
+from gateway.runtime import Runtime, open_runtime
+from gateway.services.background import (
     deliver_alerts,
     reconcile_and_count,
     refresh_ledger_gauges,
 )
-from gateway.observability.requests import RequestContextMiddleware
-from gateway.proxy import endpoints as proxy
-from gateway.proxy.outbox import RETRY_SECONDS as OUTBOX_RETRY_SECONDS
-from gateway.runtime import Runtime, open_runtime
+from gateway.services.outbox import RETRY_SECONDS as OUTBOX_RETRY_SECONDS
+from gateway.web import probes as health
+from gateway.web.handlers import install_error_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +90,17 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
         run_periodically(
             "ledger gauges",
             settings.metrics_refresh_interval_seconds,
-            lambda: _observed(runtime, refresh_ledger_gauges(runtime)),
+            lambda: _observed(
+                runtime,
+                refresh_ledger_gauges(
+                    runtime.sessionmaker, runtime.metrics, settings.default_budget_policy
+                ),
+            ),
             stop,
         ),
     ]
     if settings.reconciler_enabled:
-        reconciler = Reconciler(runtime)
+        reconciler = runtime.reconciler()
         app.state.reconciler = reconciler
         loops.append(
             run_periodically(
@@ -111,7 +115,7 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
             run_periodically(
                 "budget alerts",
                 settings.alert_delivery_interval_seconds,
-                lambda: deliver_alerts(runtime),
+                lambda: deliver_alerts(runtime.alerts, runtime.metrics),
                 stop,
             )
         )

@@ -6,9 +6,11 @@ to routes as a dependency, instead of module-level globals.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import httpx
@@ -17,11 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
+from gateway.core.clock import utcnow
 from gateway.db.engine import create_engine, create_sessionmaker, normalize_database_url
 from gateway.db.health import DatabaseHealth
-from gateway.ledger.alerts import BudgetAlerts
 from gateway.observability.metrics import Metrics
-from gateway.proxy.outbox import AnswerOutbox, database_id, default_directory
+from gateway.services.alerts import BudgetAlerts
+from gateway.services.outbox import AnswerOutbox, database_id, default_directory
+from gateway.services.proxy import ProxyDeps
+from gateway.services.reconciler import Reconciler
 from gateway.tenancy.jwt_auth import JwtVerifier
 from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
@@ -39,6 +44,30 @@ class Runtime:
     jwt: JwtVerifier
     outbox: AnswerOutbox
     db_health: DatabaseHealth
+
+    @cached_property
+    def proxy(self) -> ProxyDeps:
+        """The tenant routes' collaborators."""
+        return ProxyDeps(
+            settings=self.settings,
+            catalog=self.catalog,
+            sessionmaker=self.sessionmaker,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            alerts=self.alerts,
+            outbox=self.outbox,
+            db_health=self.db_health,
+        )
+
+    def reconciler(self, *, clock: Callable[[], datetime] = utcnow) -> Reconciler:
+        return Reconciler(
+            settings=self.settings,
+            sessionmaker=self.sessionmaker,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            db_health=self.db_health,
+            clock=clock,
+        )
 
 
 @asynccontextmanager
@@ -93,7 +122,7 @@ async def open_runtime(
 
 
 def outbox_directory(settings: Settings) -> Path:
-    """This database's own outbox subdirectory (see ``gateway.proxy.outbox``)."""
+    """This database's own outbox subdirectory (see ``gateway.services.outbox``)."""
     url = make_url(normalize_database_url(settings.database_url))
     if url.get_backend_name() == "sqlite" and url.database:
         url = url.set(database=str(Path(url.database).resolve()))

@@ -30,8 +30,8 @@ from gateway.jobs import repository as jobs_repository
 from gateway.jobs.models import IdempotencyKey
 from gateway.ledger import quotas
 from gateway.ledger.quotas import BalanceView, TeamQuota
-from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.runtime import open_runtime
+from gateway.services.reconciler import ReconcileReport
 from gateway.tenancy import service as tenancy
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import (
@@ -75,7 +75,7 @@ def reconcile_at(
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
-            return await Reconciler(runtime, clock=lambda: at).run_once()
+            return await runtime.reconciler(clock=lambda: at).run_once()
 
     return asyncio.run(_pass())
 
@@ -589,7 +589,7 @@ def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
             gateway = gateway_settings(postgres_url, simulator.url, **settings)
             async with open_runtime(gateway) as runtime:
                 clock = lambda: next(times, start + timedelta(seconds=1))  # noqa: E731
-                assert (await Reconciler(runtime, clock=clock).run_once()).recovered >= 1
+                assert (await runtime.reconciler(clock=clock).run_once()).recovered >= 1
 
         asyncio.run(resend_only())
         assert len(simulator.submits()) == 1  # re-sent while the request still waits
@@ -939,7 +939,7 @@ def test_a_submit_is_resent_only_while_the_resend_ends_before_the_release(
     async def slow_pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
             clock = lambda: next(times, created + window + second)  # noqa: E731
-            return await Reconciler(runtime, clock=clock).run_once()
+            return await runtime.reconciler(clock=clock).run_once()
 
     def states() -> set[tuple[str, bool]]:
         return {(j.state, j.needs_review) for j in team_ledger(postgres_url, tenant.team).jobs}
@@ -1046,7 +1046,7 @@ def test_a_job_an_operator_released_is_not_resent_or_is_kept_and_flagged(
         else:
             transport = ReleasedOnTheWay(release)
         async with open_runtime(settings, upstream_transport=transport) as runtime:
-            return await Reconciler(runtime)._resend(job, body)
+            return await runtime.reconciler()._resend(job, body)
 
     assert asyncio.run(resend_claimed_before_the_release()) is False
     (after,) = team_ledger(postgres_url, tenant.team).jobs

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.ledger.reconciler import ReconcileReport
+from gateway.services.reconciler import ReconcileReport
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
 from tests.support.database import create_postgres_database, drop_postgres_database

@@ -12,11 +12,11 @@ from fastapi import Depends, Request
 from gateway.audit.service import Actor
 from gateway.db.session import read_only
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.kit.http import RuntimeDep
-from gateway.tenancy.auth import bearer_token
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.keys import parse_key
 from gateway.tenancy.service import authenticate_key
+from gateway.web.deps import RuntimeDep
+from gateway.web.tenant_auth import bearer_token
 
 
 async def current_admin(request: Request, runtime: RuntimeDep) -> Actor:

@@ -36,14 +36,16 @@ from gateway.core.periods import period_of
 from gateway.db.session import read_only, transaction
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs import repository as jobs
-from gateway.kit.http import RuntimeDep
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger import manual, rates
 from gateway.ledger import repository as ledger
 from gateway.ledger.snapshot import ledger_snapshot
+from gateway.services import teams
+from gateway.services.settling import count_settlement
 from gateway.tenancy import repository as tenancy_repository
 from gateway.tenancy import service as tenancy
 from gateway.tenancy.service import IssuedKey
+from gateway.web.deps import RuntimeDep
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], route_class=StrictJSONRoute, responses=ERROR_RESPONSES
@@ -136,7 +138,7 @@ async def update_team(
     if not changes:
         raise InvalidRequest("nothing to change", code="missing_parameter")
     async with transaction(runtime.sessionmaker) as session:
-        team = await tenancy.update_team(
+        team = await teams.update_team(
             session, name, changes, actor=admin, policy=runtime.settings.default_budget_policy
         )
     return views.team_out(team)
@@ -310,7 +312,7 @@ async def release_job(
         released = await manual.release_job(
             session, job_id[:128], actor=admin, note=(body or JobRelease()).note
         )
-    runtime.metrics.record_settlement(released.team, released.job, released.plan)
+    count_settlement(runtime.metrics, released.team, released.job, released.plan)
     async with read_only(runtime.sessionmaker) as session:
         return await _job_detail(session, released.job.id)
 

@@ -16,11 +16,11 @@ from gateway.admin.schemas import ERROR_RESPONSES
 from gateway.core.clock import utcnow
 from gateway.core.periods import month_bounds
 from gateway.db.session import read_only, transaction
-from gateway.kit.http import RuntimeDep
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger.closing import close_period, closed_periods
 from gateway.reports.chargeback import ReportQuery, parse_group_by
 from gateway.reports.render import MEDIA_TYPES, focus_csv_chunks, render_report
+from gateway.web.deps import RuntimeDep
 
 router = APIRouter(
     prefix="/admin", tags=["finance"], route_class=StrictJSONRoute, responses=ERROR_RESPONSES

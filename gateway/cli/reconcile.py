@@ -14,11 +14,11 @@ from gateway.core.periods import month_bounds
 from gateway.core.pricing import parse_usd
 from gateway.db.session import read_only
 from gateway.errors import GatewayError
-from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.observability.logging import configure_logging
 from gateway.reports import reconciliation
 from gateway.reports.reconciliation import ColumnMap, Reconciliation, UsageFileError
 from gateway.runtime import open_runtime
+from gateway.services.reconciler import ReconcileReport
 
 
 @click.command()
@@ -91,7 +91,7 @@ def reconcile(
 
     async def _run() -> tuple[ReconcileReport | None, Reconciliation | None]:
         async with open_runtime(settings) as runtime:
-            report = None if no_settle else await Reconciler(runtime).run_once(everything=True)
+            report = None if no_settle else await runtime.reconciler().run_once(everything=True)
             if charges is None:
                 return report, None
             async with read_only(runtime.sessionmaker) as session:

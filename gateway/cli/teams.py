@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
 from gateway.core.pricing import format_usd, parse_usd
+from gateway.services import teams as team_changes
 from gateway.tenancy import service
 from gateway.tenancy.models import Team
 
@@ -137,7 +138,7 @@ def update(
     settings = load_settings()
 
     async def _update(session: AsyncSession) -> Team:
-        return await service.update_team(
+        return await team_changes.update_team(
             session, name, changes, actor=Actor.cli(), policy=settings.default_budget_policy
         )
 

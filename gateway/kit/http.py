@@ -1,37 +1,18 @@
-"""HTTP plumbing shared by every route: the error renderer, the body cap, the runtime dependency."""
+"""Generic HTTP helpers: the error renderer and the capped body read (nothing of the app)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.db.errors import is_database_unavailable
 from gateway.errors import (
     GatewayError,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
 )
-from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-
-async def get_runtime(request: Request) -> Runtime:
-    """Async on purpose: FastAPI runs plain-def dependencies in a thread pool."""
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -55,57 +36,3 @@ async def read_body_capped(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every failure in the one documented error format."""
-
-    async def on_gateway_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)
-        return error_response(exc)
-
-    async def on_http_exception(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFound("no such route", code="route_not_found"))
-        if exc.status_code == 405:
-            error = MethodNotAllowed("method not allowed on this route")
-            error.headers.update(exc.headers or {})
-            return error_response(error)
-        generic = GatewayError(str(exc.detail), code="http_error")
-        generic.status_code = exc.status_code
-        generic.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        return error_response(generic)
-
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
-        return error_response(
-            InvalidRequest(
-                str(first.get("msg", "invalid request")),
-                code="invalid_request",
-                param=".".join(location) or None,
-            )
-        )
-
-    async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
-        if is_database_unavailable(exc):
-            runtime = getattr(request.app.state, "runtime", None)
-            if runtime is not None:
-                runtime.db_health.observe(exc)
-            logger.error("database unavailable: %s", type(exc).__name__)
-            return error_response(
-                ServiceUnavailable(
-                    "the gateway's ledger is unavailable; the request was not forwarded",
-                    code="ledger_unavailable",
-                    headers={"Retry-After": "1"},
-                )
-            )
-        raise exc
-
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_exception)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(SQLAlchemyError, on_database_error)
-    app.add_exception_handler(OSError, on_database_error)

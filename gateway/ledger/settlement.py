@@ -22,11 +22,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
 from gateway.core.pricing import BillableUnits, format_usd, parse_usd, price_request
-from gateway.db.session import transaction
 from gateway.jobs.models import OPEN_STATES, Job, JobState
 from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry
@@ -294,40 +293,3 @@ def _compare_with_upstream_cost(job: Job, plan: Settlement) -> None:
                 "upstream_usd": format_usd(plan.upstream_cost_micro_usd),
             },
         )
-
-
-@dataclass(frozen=True)
-class Settled:
-    plan: Settlement
-    balance: BalanceRow
-
-
-async def settle_from_poll(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    vocabulary: StatusVocabulary,
-    job: Job,
-    body: Mapping[str, Any],
-    raw: bytes,
-    *,
-    now: datetime,
-) -> Settled | None:
-    """Settle ``job`` if this poll answer is terminal. Safe to call from any number of
-    concurrent polls and replicas: exactly one settles, the others change nothing."""
-    outcome = read_terminal(body, vocabulary)
-    if outcome is None:
-        return None
-    async with transaction(sessionmaker) as session:
-        plan = await plan_from_outcome(session, job, outcome, raw)
-        balance = await apply_settlement(session, job, plan, now=now)
-    if balance is None:
-        return None
-    logger.info(
-        "job settled",
-        extra={
-            "gateway_job_id": job.id,
-            "upstream_job_id": job.upstream_job_id,
-            "outcome": plan.state.value,
-            "captured_usd": format_usd(plan.captured),
-        },
-    )
-    return Settled(plan, balance)

@@ -31,9 +31,6 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.core.pricing import MICROS_PER_USD
-from gateway.jobs.models import Job, JobState
-from gateway.ledger.settlement import Settlement
-from gateway.ledger.snapshot import LedgerSnapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 logger = logging.getLogger(__name__)
@@ -196,20 +193,29 @@ class Metrics:
             multiprocess_mode=_LEDGER_GAUGE,
         )
 
-    def record_settlement(self, team: str, job: Job, plan: Settlement) -> None:
-        """Count one settlement this process made (call after its transaction committed)."""
-        if plan.state is not JobState.CAPTURED:
-            self.settlements.labels("released").inc()
-            return
-        moderated = plan.upstream_error_code is not None
+    def record_release(self) -> None:
+        """One settlement this process made that billed nothing."""
+        self.settlements.labels("released").inc()
+
+    def record_capture(
+        self,
+        *,
+        team: str,
+        model: str,
+        resolution: str,
+        moderated: bool,
+        captured_micro_usd: int,
+        video_seconds: float,
+        excess_micro_usd: int,
+        cost_mismatch: bool,
+    ) -> None:
+        """One billed settlement this process made (call after its transaction committed)."""
         self.settlements.labels("moderation_billed" if moderated else "captured").inc()
-        self.billed.labels(team, job.model, job.resolution).inc(_usd(plan.captured))
-        video_ms = plan.video_ms if plan.video_ms is not None else job.duration_ms
-        self.video_seconds.labels(team, job.model, job.resolution).inc(video_ms / 1000)
-        if plan.excess:
+        self.billed.labels(team, model, resolution).inc(_usd(captured_micro_usd))
+        self.video_seconds.labels(team, model, resolution).inc(video_seconds)
+        if excess_micro_usd:
             self.corrections.inc()
-        ours = plan.captured + plan.excess
-        if plan.upstream_cost_micro_usd is not None and plan.upstream_cost_micro_usd != ours:
+        if cost_mismatch:
             self.cost_mismatches.inc()
 
     def unknown_status(self, word: str, job_id: str) -> None:
@@ -219,20 +225,35 @@ class Metrics:
             extra={"status_word": word, "gateway_job_id": job_id},
         )
 
-    def set_ledger_figures(self, snapshot: LedgerSnapshot) -> None:
-        for figures in snapshot.teams:
-            team = figures.team
-            if figures.budget_micro_usd is not None:
-                self.team_budget.labels(team).set(_usd(figures.budget_micro_usd))
-            soft_limit = figures.soft_limit_micro_usd
-            if soft_limit is not None:
-                self.team_soft_limit.labels(team).set(_usd(soft_limit))
-            self.team_spend.labels(team).set(_usd(figures.captured_micro_usd))
-            self.team_held.labels(team).set(_usd(figures.held_micro_usd))
-            self.jobs_in_flight.labels(team).set(figures.jobs_in_flight)
-        self.holds_outstanding.set(_usd(snapshot.holds_outstanding_micro_usd))
-        self.oldest_hold_age.set(snapshot.oldest_hold_age_seconds)
-        self.reconciler_lag.set(snapshot.reconciler_lag_seconds)
+    def set_team_figures(
+        self,
+        team: str,
+        *,
+        budget_micro_usd: int | None,
+        soft_limit_micro_usd: int | None,
+        captured_micro_usd: int,
+        held_micro_usd: int,
+        jobs_in_flight: int,
+    ) -> None:
+        """One team's ledger gauges, as read from the database."""
+        if budget_micro_usd is not None:
+            self.team_budget.labels(team).set(_usd(budget_micro_usd))
+        if soft_limit_micro_usd is not None:
+            self.team_soft_limit.labels(team).set(_usd(soft_limit_micro_usd))
+        self.team_spend.labels(team).set(_usd(captured_micro_usd))
+        self.team_held.labels(team).set(_usd(held_micro_usd))
+        self.jobs_in_flight.labels(team).set(jobs_in_flight)
+
+    def set_ledger_totals(
+        self,
+        *,
+        holds_outstanding_micro_usd: int,
+        oldest_hold_age_seconds: float,
+        reconciler_lag_seconds: float,
+    ) -> None:
+        self.holds_outstanding.set(_usd(holds_outstanding_micro_usd))
+        self.oldest_hold_age.set(oldest_hold_age_seconds)
+        self.reconciler_lag.set(reconciler_lag_seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and content type."""

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Header, Request, Response
 
 from gateway.core.pricing import ESTIMATE_HEADER, format_usd
 from gateway.errors import InvalidRequest
-from gateway.kit.http import RuntimeDep, read_body_capped
-from gateway.proxy import service
+from gateway.kit.http import read_body_capped
 from gateway.proxy.schemas import UsageOut
-from gateway.proxy.service import ProxiedResponse
-from gateway.tenancy.auth import CurrentPrincipal, remember_balance
+from gateway.services import proxy as service
+from gateway.services.proxy import ProxiedResponse
+from gateway.web.deps import RuntimeDep
+from gateway.web.tenant_auth import CurrentPrincipal, remember_balance
 
 router = APIRouter(tags=["video generation"])
 _SINGLE_HEADERS = (
@@ -56,7 +57,7 @@ async def submit_generation(
             raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
     raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
     result = await service.submit_generation(
-        runtime,
+        runtime.proxy,
         principal,
         raw,
         request_id=request.state.request_id,
@@ -71,13 +72,15 @@ async def submit_generation(
 async def get_job(
     job_id: str, request: Request, principal: CurrentPrincipal, runtime: RuntimeDep
 ) -> Response:
-    result = await service.poll_job(runtime, principal, job_id, request_id=request.state.request_id)
+    result = await service.poll_job(
+        runtime.proxy, principal, job_id, request_id=request.state.request_id
+    )
     return _to_response(request, result)
 
 
 @router.get("/v1/usage", summary="The calling team's money for the current period")
 async def get_usage(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep) -> UsageOut:
-    balance = await service.usage(runtime, principal)
+    balance = await service.usage(runtime.proxy, principal)
     remember_balance(request, balance)
     remaining = balance.remaining
     return UsageOut(

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.core.clock import utcnow
-from gateway.core.periods import period_of
 from gateway.core.pricing import MAX_MICRO_USD, format_usd
 from gateway.errors import (
     AuthenticationFailed,
@@ -29,8 +28,6 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
 )
-from gateway.ledger import quotas
-from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy import repository
 from gateway.tenancy.keys import generate_key, hash_key, key_matches, parse_key
 from gateway.tenancy.models import ApiKey, Team
@@ -183,11 +180,10 @@ async def update_team(
     changes: Mapping[str, Any],
     *,
     actor: Actor,
-    policy: BudgetPolicy,
 ) -> Team:
-    """Change some of a team's settings (only the keys present in ``changes``). A budget
-    change applies to the period under way as well; ``disabled`` stops its keys and tokens at
-    once, on every replica."""
+    """Change some of a team's settings (only the keys present in ``changes``), flushed, with
+    its audit entry; ``disabled`` stops its keys and tokens at once, on every replica. The
+    budget of the period under way is the ledger's: ``gateway.services.teams`` applies it."""
     unknown = set(changes) - TEAM_FIELDS
     if unknown:
         raise InvalidRequest(f"cannot change {sorted(unknown)}", code="unknown_parameter")
@@ -206,11 +202,7 @@ async def update_team(
             team.disabled_at = None
     if "monthly_budget_micro_usd" in changes:
         team.monthly_budget_micro_usd = changes["monthly_budget_micro_usd"]
-        quota = TeamQuota(team.id, team.monthly_budget_micro_usd, team.max_concurrent_jobs)
-        await quotas.set_period_budget(
-            session, team.id, period_of(now), quotas.period_budget(quota, policy), now
-        )
-    await session.flush()
+    await session.flush()  # the team's row is locked from here: before any balance row
     after = team_snapshot(team)
     if after != before:
         await audit.record(session, actor, "team.update", "team", name, before=before, after=after)

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.runtime import open_runtime
+from gateway.services.reconciler import ReconcileReport
 from tests.conftest import (
     SUBMIT_PATH,
     UPSTREAM_KEY,
@@ -271,7 +271,7 @@ def test_a_429_storm_on_polls_pauses_the_reconciler_for_its_retry_after(
 
     async def passes() -> list[ReconcileReport]:
         async with open_runtime(settings, upstream_transport=transport) as runtime:
-            reconciler = Reconciler(runtime, clock=lambda: now[0])
+            reconciler = runtime.reconciler(clock=lambda: now[0])
             reports = [await reconciler.run_once(everything=True)]
             now[0] += timedelta(seconds=20)  # still inside the 30 s pause
             reports.append(await reconciler.run_once(everything=True))

@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.pricing import parse_usd
 from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
-from gateway.ledger.reconciler import Reconciler, ReconcileReport
 from gateway.reports import reconciliation
 from gateway.runtime import open_runtime
+from gateway.services.reconciler import ReconcileReport
 from tests.conftest import RELEASE_AT_ONCE, gateway_settings
 from tests.support.tenants import in_session
 
@@ -49,7 +49,7 @@ def reconcile_pass(database_url: str, simulator_url: str, **overrides: Any) -> R
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
-            return await Reconciler(runtime).run_once(everything=True)
+            return await runtime.reconciler().run_once(everything=True)
 
     return asyncio.run(_pass())
 

@@ -11,7 +11,7 @@ processes replaying one outbox) or after the reconciler has moved on changes not
                  reconciler, and a retry with the same key replays the error.
 
 The answer is plain data (``SubmitAnswer``), so one the database cannot take now is kept in the
-outbox (``gateway.proxy.outbox``) and recorded later by this same code.
+outbox (``gateway.services.outbox``) and recorded later by this same code.
 """
 
 from __future__ import annotations

@@ -28,16 +28,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.pricing import ESTIMATE_HEADER, format_usd
+from gateway.db.health import DatabaseHealth
 from gateway.db.session import transaction
 from gateway.errors import UpstreamError
 from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
-from gateway.runtime import Runtime
+from gateway.observability.metrics import Metrics
+from gateway.services import settling
 from gateway.tenancy.repository import team_names
+from gateway.upstream.client import UpstreamClient
 
 logger = logging.getLogger(__name__)
 _DEFAULT_PAUSE_SECONDS = 30.0
@@ -57,9 +63,21 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self.runtime = runtime
-        self.settings = runtime.settings
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        db_health: DatabaseHealth,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.upstream = upstream
+        self.metrics = metrics
+        self.db_health = db_health
         self.clock = clock
         self._paused_until: datetime | None = None
         self.last_run_at: datetime | None = None
@@ -73,7 +91,7 @@ class Reconciler:
         """One pass. ``everything`` polls every submitted job now, whatever its schedule."""
         report = ReconcileReport()
         now = self.clock()
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             self._team_names = await team_names(session)
         report.released_unanswered = await self._release_unanswered(now)
         if self.settings.upstream_honors_idempotency_key:
@@ -84,7 +102,7 @@ class Reconciler:
         else:
             report.rate_limited = True
         report.flagged = await self._flag_old_holds(now)
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             report.purged_idempotency_keys = await idempotency.purge_expired(session, now)
         self.last_run_at = now
         return report
@@ -95,13 +113,13 @@ class Reconciler:
         retry with the client's Idempotency-Key replays "outcome unknown" instead of silently
         creating a second job. One transaction per job: replicas never lock rows in bulk."""
         grace = self.settings.release_grace_after_outage_seconds
-        if self.runtime.db_health.failed_within(grace):
+        if self.db_health.failed_within(grace):
             # Right after an outage, replicas may still hold the upstream's answers to such
             # submits in their outboxes: releasing now could un-bill a job the upstream runs.
             logger.info("unanswered submits left alone for now: the database was just away")
             return 0
         cutoff = now - timedelta(seconds=self.settings.unanswered_submit_release_after_seconds)
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             candidates = [
                 job.id
                 for job in await jobs.unanswered_before(
@@ -119,7 +137,7 @@ class Reconciler:
                     extra={"gateway_job_id": job_id},
                 )
                 try:
-                    async with transaction(self.runtime.sessionmaker) as session:
+                    async with transaction(self.sessionmaker) as session:
                         await jobs.flag_for_review(session, job_id, now)
                 except Exception:  # the database is failing: the rest of the pass still runs
                     logger.exception(
@@ -129,7 +147,7 @@ class Reconciler:
         return released
 
     async def _release_one(self, job_id: str, now: datetime) -> bool:
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             job = await jobs.lock_unanswered(session, job_id)
             if job is None:  # settled meanwhile, or another replica has it
                 return False
@@ -152,7 +170,7 @@ class Reconciler:
     async def _resend_unanswered(self, now: datetime, report: ReconcileReport) -> None:
         # Always on schedule, even for ``gateway reconcile``: re-sending a submit that is still
         # in flight could turn a refusal the client already got into a job it never expects.
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             due = list(
                 await jobs.unanswered_due_for_resend(
                     session,
@@ -177,14 +195,14 @@ class Reconciler:
 
         Only while the re-send is sure to be over before the hold may be released (re-sends
         run one after another, so the window is checked again right before each)."""
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             if await jobs.lock_unanswered(session, job.id) is None:
                 return False  # settled or released (by an operator) since the pass claimed it
         # Checked last, after any database wait, so the re-send ends before the release.
         if self.clock() - job.created_at > self._resend_window:
             return False  # too late: the release takes it from here
         try:
-            answer = await self.runtime.upstream.submit(
+            answer = await self.upstream.submit(
                 body, request_id=f"recover-{job.id}", idempotency_key=job.id
             )
         except UpstreamError:
@@ -193,7 +211,7 @@ class Reconciler:
             if answer.status_code in (409, 429):  # busy or rate-limited: try again later
                 return False
             plan = settlement.release("upstream_refused")
-            async with transaction(self.runtime.sessionmaker) as session:
+            async with transaction(self.sessionmaker) as session:
                 settled = await settlement.apply_settlement(session, job, plan, now=self.clock())
                 await jobs.drop_request(session, job.id)
                 await idempotency.resolve_for_job(session, job.id, None)
@@ -204,7 +222,7 @@ class Reconciler:
         upstream_job_id = parsed.get("job_id") if parsed else None
         if not isinstance(upstream_job_id, str) or not upstream_job_id:
             return False
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             moved = await jobs.move_from_pending(
                 session,
                 job.id,
@@ -239,7 +257,7 @@ class Reconciler:
         return moved
 
     async def _poll_due(self, now: datetime, report: ReconcileReport, *, everything: bool) -> None:
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             due = list(
                 await jobs.due_for_check(
                     session,
@@ -272,7 +290,7 @@ class Reconciler:
     async def _check(self, job: Job, report: ReconcileReport) -> None:
         assert job.upstream_job_id is not None
         try:
-            answer = await self.runtime.upstream.get_job(
+            answer = await self.upstream.get_job(
                 job.upstream_job_id, request_id=f"reconcile-{job.id}"
             )
         except UpstreamError:
@@ -297,8 +315,8 @@ class Reconciler:
             report.upstream_errors += 1
             return
         vocabulary = settlement.vocabulary_from(self.settings)
-        settled = await settlement.settle_from_poll(
-            self.runtime.sessionmaker,
+        settled = await settling.settle_from_poll(
+            self.sessionmaker,
             vocabulary,
             job,
             body,
@@ -312,11 +330,11 @@ class Reconciler:
             report.still_running += 1
             word = settlement.unknown_status_word(body, vocabulary)
             if word is not None:
-                self.runtime.metrics.unknown_status(word, job.id)
+                self.metrics.unknown_status(word, job.id)
 
     async def _flag_old_holds(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=self.settings.hold_max_age_seconds)
-        async with transaction(self.runtime.sessionmaker) as session:
+        async with transaction(self.sessionmaker) as session:
             flagged = await jobs.flag_old_holds(session, cutoff, now)
         for job_id in flagged:
             logger.warning("hold older than the maximum age", extra={"gateway_job_id": job_id})
@@ -324,7 +342,7 @@ class Reconciler:
 
     def _record(self, job: Job, plan: settlement.Settlement) -> None:
         team = self._team_names.get(job.team_id, str(job.team_id))
-        self.runtime.metrics.record_settlement(team, job, plan)
+        settling.count_settlement(self.metrics, team, job, plan)
 
     def _backoff(self, attempts: int) -> timedelta:
         first = max(self.settings.reconciler_interval_seconds, 1.0)

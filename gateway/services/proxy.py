@@ -25,12 +25,15 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.catalog.spec import Catalog
 from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.core.pricing import ESTIMATE_HEADER, format_usd, price_request
+from gateway.db.health import DatabaseHealth
 from gateway.db.session import read_only, transaction
 from gateway.errors import (
     GatewayError,
@@ -52,7 +55,11 @@ from gateway.ledger import quotas, settlement
 from gateway.ledger.holds import place_hold
 from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
-from gateway.proxy.recording import (
+from gateway.observability.metrics import Metrics
+from gateway.services import settling
+from gateway.services.alerts import BudgetAlerts
+from gateway.services.outbox import AnswerOutbox
+from gateway.services.recording import (
     AnswerKind,
     DuplicateJobId,
     Released,
@@ -60,11 +67,25 @@ from gateway.proxy.recording import (
     duplicate_job_id_error,
     record_answer,
 )
-from gateway.runtime import Runtime
 from gateway.tenancy.service import Principal
-from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.client import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProxyDeps:
+    """What the tenant routes' orchestration works with (built once by the runtime)."""
+
+    settings: Settings
+    catalog: Catalog
+    sessionmaker: async_sessionmaker[AsyncSession]
+    upstream: UpstreamClient
+    metrics: Metrics
+    alerts: BudgetAlerts
+    outbox: AnswerOutbox
+    db_health: DatabaseHealth
+
 
 # What an upstream job id may look like before we use it in a query or an upstream URL.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -98,7 +119,7 @@ def team_quota(principal: Principal) -> TeamQuota:
 
 
 async def submit_generation(
-    runtime: Runtime,
+    deps: ProxyDeps,
     principal: Principal,
     raw_body: bytes,
     *,
@@ -109,14 +130,14 @@ async def submit_generation(
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
-    metrics = runtime.metrics
+    metrics = deps.metrics
     try:
         if len(raw_body) > _PARSE_ON_LOOP_MAX_BYTES:
             # A 14 MB data-URI body takes ~0.2 s of CPU to check: on a worker thread, the
             # event loop keeps serving other requests meanwhile.
-            request = await asyncio.to_thread(parse_submission, raw_body, runtime.catalog)
+            request = await asyncio.to_thread(parse_submission, raw_body, deps.catalog)
         else:
-            request = parse_submission(raw_body, runtime.catalog)
+            request = parse_submission(raw_body, deps.catalog)
         tags = parse_tags(tags_header)
         if idempotency_key is not None:
             idempotency.check_key(idempotency_key)
@@ -127,11 +148,11 @@ async def submit_generation(
     job_id = uuid.uuid4().hex
     try:
         opened = await _open_job(
-            runtime, principal, quota, request, raw_body, tags, job_id, request_id, idempotency_key
+            deps, principal, quota, request, raw_body, tags, job_id, request_id, idempotency_key
         )
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(principal.team_name).inc()
-        await runtime.alerts.after_budget_refusal(quota, exc.balance)
+        await deps.alerts.after_budget_refusal(quota, exc.balance)
         raise
     except QuotaExceeded:
         metrics.concurrency_rejections.labels(principal.team_name).inc()
@@ -140,15 +161,15 @@ async def submit_generation(
         metrics.idempotent_replays.inc()
         return opened
     job, balance = opened.job, opened.balance
-    after = _AfterForward(runtime, job, principal.team_name, idempotency_key, on_balance)
+    after = _AfterForward(deps, job, principal.team_name, idempotency_key, on_balance)
     try:
         on_balance(balance)
-        await runtime.alerts.after_hold(quota, balance)
+        await deps.alerts.after_hold(quota, balance)
     except Exception:
         # Nothing was sent: give the hold back now, so the job is never forwarded later.
         await after.refused("not_forwarded")
         raise
-    if _forward_window_passed(runtime.settings, job.created_at):
+    if _forward_window_passed(deps.settings, job.created_at):
         # Held up after its hold was recorded (a slow commit, a slow alert write): given back,
         # unless the reconciler has already taken the job over (or the release cannot be
         # recorded): then, as after a crash, the reconciler decides and the outcome is open.
@@ -158,9 +179,7 @@ async def submit_generation(
     estimate = job.estimate_micro_usd
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
-        answer = await runtime.upstream.submit(
-            raw_body, request_id=request_id, idempotency_key=job_id
-        )
+        answer = await deps.upstream.submit(raw_body, request_id=request_id, idempotency_key=job_id)
     except UpstreamError as exc:
         if exc.outcome_unknown:
             # Sent, but no answer: the upstream may have started the job, so the hold stays.
@@ -192,7 +211,7 @@ class _Opened:
 
 
 async def _open_job(
-    runtime: Runtime,
+    deps: ProxyDeps,
     principal: Principal,
     quota: TeamQuota,
     request: ValidatedRequest,
@@ -204,13 +223,13 @@ async def _open_job(
 ) -> _Opened | ProxiedResponse:
     """One transaction: claim the key (or return the stored answer to replay), price by the
     rate card in force, reserve the hold, record the job and its hold entry."""
-    settings = runtime.settings
+    settings = deps.settings
     units = request.billable_units()
     fingerprint = ""
     if idempotency_key is not None:
         fingerprint = await _fingerprint(raw_body, canonical_tags(tags))
     now = utcnow()
-    async with transaction(runtime.sessionmaker) as session:
+    async with transaction(deps.sessionmaker) as session:
         if idempotency_key is not None:
             stored = await idempotency.claim(
                 session,
@@ -306,7 +325,7 @@ class _AfterForward:
     back) and the client gets the upstream's answer anyway: the upstream has acted, and hiding
     its job id would only cause a retry and a second job."""
 
-    runtime: Runtime
+    deps: ProxyDeps
     job: Job
     team_name: str
     idempotency_key: str | None
@@ -316,7 +335,7 @@ class _AfterForward:
         self, upstream_job_id: str, answer: UpstreamResponse, response: ProxiedResponse
     ) -> None:
         first_check = utcnow() + timedelta(
-            seconds=self.runtime.settings.reconciler_first_check_after_seconds
+            seconds=self.deps.settings.reconciler_first_check_after_seconds
         )
         recorded = await self._record(
             self._answer(
@@ -328,7 +347,7 @@ class _AfterForward:
             )
         )
         if isinstance(recorded, DuplicateJobId):
-            self.runtime.metrics.upstream_errors.labels("invalid_response").inc()
+            self.deps.metrics.upstream_errors.labels("invalid_response").inc()
             raise duplicate_job_id_error()
 
     async def refused(self, reason: str, *, answer: UpstreamResponse | None = None) -> _Release:
@@ -345,7 +364,7 @@ class _AfterForward:
         )
         if not isinstance(released, Released):
             return _Release(None)
-        self.runtime.metrics.record_settlement(self.team_name, self.job, released.plan)
+        settling.count_settlement(self.deps.metrics, self.team_name, self.job, released.plan)
         view = BalanceView.of(self.job.period, released.balance)
         self.on_balance(view)
         return _Release(view)
@@ -361,7 +380,7 @@ class _AfterForward:
         await self._record(
             self._answer(
                 "unknown",
-                next_check_at=utcnow() + _unanswered_recheck(self.runtime.settings),
+                next_check_at=utcnow() + _unanswered_recheck(self.deps.settings),
                 response=stored,
             )
         )
@@ -389,31 +408,31 @@ class _AfterForward:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                async with transaction(self.runtime.sessionmaker) as session:
+                async with transaction(self.deps.sessionmaker) as session:
                     return await record_answer(session, answer, self.job)
             except (SQLAlchemyError, OSError) as exc:
-                self.runtime.db_health.observe(exc)
+                self.deps.db_health.observe(exc)
                 if attempt == len(_RECORD_RETRY_DELAYS) - 1:
                     logger.exception(
                         "could not record the upstream's answer; keeping it in the outbox",
                         extra={"gateway_job_id": self.job.id, "outcome": answer.kind},
                     )
-        await self.runtime.outbox.keep(answer)
+        await self.deps.outbox.keep(answer)
         return None
 
 
 async def poll_job(
-    runtime: Runtime, principal: Principal, job_id: str, *, request_id: str
+    deps: ProxyDeps, principal: Principal, job_id: str, *, request_id: str
 ) -> ProxiedResponse:
     # Another team's job and an unknown id get the same answer, by design.
     not_found = NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
     if not _JOB_ID.fullmatch(job_id):
         raise not_found
-    async with read_only(runtime.sessionmaker) as session:
+    async with read_only(deps.sessionmaker) as session:
         job = await jobs.find_for_team(session, job_id, principal.team_id)
-    if job is None and await runtime.outbox.record_upstream_job(job_id, principal.team_id):
+    if job is None and await deps.outbox.record_upstream_job(job_id, principal.team_id):
         # Accepted while the database was away: recorded just now from the outbox.
-        async with read_only(runtime.sessionmaker) as session:
+        async with read_only(deps.sessionmaker) as session:
             job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None:
         raise not_found
@@ -422,26 +441,26 @@ async def poll_job(
         return ProxiedResponse(
             200, job.terminal_body, {"content-type": "application/json"}, job_id=job_id
         )
-    answer = await runtime.upstream.get_job(job_id, request_id=request_id)
+    answer = await deps.upstream.get_job(job_id, request_id=request_id)
     if answer.status_code >= 400:
         return _pass_through(answer, job_id=job_id)
     body = settlement.parse_poll_body(answer.body)
     if body is None:
         logger.warning("upstream answered a poll with a body that is not a JSON object")
-        runtime.metrics.upstream_errors.labels("invalid_response").inc()
+        deps.metrics.upstream_errors.labels("invalid_response").inc()
         raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
-    vocabulary = settlement.vocabulary_from(runtime.settings)
-    settled = await settlement.settle_from_poll(
-        runtime.sessionmaker, vocabulary, job, body, answer.body, now=utcnow()
+    vocabulary = settlement.vocabulary_from(deps.settings)
+    settled = await settling.settle_from_poll(
+        deps.sessionmaker, vocabulary, job, body, answer.body, now=utcnow()
     )
     response = _pass_through(answer, job_id=job_id)
     if settled is None:
         if settlement.read_terminal(body, vocabulary) is None:
             word = settlement.unknown_status_word(body, vocabulary)
             if word is not None:
-                runtime.metrics.unknown_status(word, job.id)
+                deps.metrics.unknown_status(word, job.id)
         return response
-    runtime.metrics.record_settlement(principal.team_name, job, settled.plan)
+    settling.count_settlement(deps.metrics, principal.team_name, job, settled.plan)
     captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None
     return replace(
         response,
@@ -450,13 +469,13 @@ async def poll_job(
     )
 
 
-async def usage(runtime: Runtime, principal: Principal) -> BalanceView:
-    async with read_only(runtime.sessionmaker) as session:
+async def usage(deps: ProxyDeps, principal: Principal) -> BalanceView:
+    async with read_only(deps.sessionmaker) as session:
         return await quotas.balance_view(
             session,
             team_quota(principal),
             period_of(utcnow()),
-            runtime.settings.default_budget_policy,
+            deps.settings.default_budget_policy,
         )
 
 

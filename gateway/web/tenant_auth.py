@@ -11,12 +11,12 @@ from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.db.session import read_only, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.kit.http import RuntimeDep
 from gateway.ledger import quotas
 from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.runtime import Runtime
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
+from gateway.web.deps import RuntimeDep
 
 QUOTA_HEADER_STATE = "quota_remaining_usd"
 

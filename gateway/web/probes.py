@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db.migrations import head_revisions, schema_is_current
-from gateway.kit.http import RuntimeDep
+from gateway.web.deps import RuntimeDep
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])

@@ -11,7 +11,7 @@ and the submit's own short retries fail, the answer comes here, and:
 - a poll that finds no job for its id looks here first and records the answer on the spot, so
   the job is visible to its owner as soon as the database answers again.
 
-Recording is idempotent (``gateway.proxy.recording``: conditional moves only), so an answer
+Recording is idempotent (``gateway.services.recording``: conditional moves only), so an answer
 recorded twice (two workers replaying one directory) changes nothing the second time. Each
 database has its own subdirectory: a gateway never replays another database's answers.
 
@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.health import DatabaseHealth
 from gateway.db.session import transaction
 from gateway.observability.metrics import Metrics
-from gateway.proxy.recording import Released, SubmitAnswer, record_answer
+from gateway.services.recording import Released, SubmitAnswer, record_answer
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ class AnswerOutbox:
                 )
                 return 0
             del self._waiting[job_id]
-        if isinstance(released, Released):  # a release: counted without a team label
-            self._metrics.record_settlement("", released.job, released.plan)
+        if isinstance(released, Released):
+            self._metrics.record_release()
         await asyncio.to_thread(self._remove, job_id)
         self._set_gauge()
         logger.warning(

@@ -1,0 +1,64 @@
+"""What the background loops of each replica do, and how each pass is counted."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
+from gateway.db.session import read_only
+from gateway.ledger.quotas import BudgetPolicy
+from gateway.ledger.snapshot import ledger_snapshot
+from gateway.observability.metrics import Metrics
+from gateway.services.alerts import BudgetAlerts
+from gateway.services.reconciler import Reconciler
+
+logger = logging.getLogger(__name__)
+
+
+async def refresh_ledger_gauges(
+    sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics, policy: BudgetPolicy
+) -> None:
+    """Re-read budgets, spend, holds and lags from the shared database."""
+    now = utcnow()
+    async with read_only(sessionmaker) as session:
+        snapshot = await ledger_snapshot(session, period=period_of(now), now=now, policy=policy)
+    for figures in snapshot.teams:
+        metrics.set_team_figures(
+            figures.team,
+            budget_micro_usd=figures.budget_micro_usd,
+            soft_limit_micro_usd=figures.soft_limit_micro_usd,
+            captured_micro_usd=figures.captured_micro_usd,
+            held_micro_usd=figures.held_micro_usd,
+            jobs_in_flight=figures.jobs_in_flight,
+        )
+    metrics.set_ledger_totals(
+        holds_outstanding_micro_usd=snapshot.holds_outstanding_micro_usd,
+        oldest_hold_age_seconds=snapshot.oldest_hold_age_seconds,
+        reconciler_lag_seconds=snapshot.reconciler_lag_seconds,
+    )
+
+
+async def reconcile_and_count(reconciler: Reconciler, metrics: Metrics) -> None:
+    try:
+        report = await reconciler.run_once()
+    except Exception:
+        metrics.reconciler_runs.labels("failed").inc()
+        raise
+    metrics.reconciler_runs.labels("ok").inc()
+    if report.settled or report.released_unanswered or report.flagged or report.recovered:
+        logger.info("reconciler pass", extra=vars(report))
+
+
+async def deliver_alerts(alerts: BudgetAlerts, metrics: Metrics) -> None:
+    outcome = await alerts.deliver_due()
+    counter = metrics.alerts_sent
+    for result, count in (
+        ("delivered", outcome.delivered),
+        ("failed", outcome.failed),
+        ("gave_up", outcome.gave_up),
+    ):
+        if count:
+            counter.labels(result).inc(count)
