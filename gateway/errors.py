@@ -1,11 +1,15 @@
 """The gateway's error tree and the HTTP status each branch maps to.
 
-Every error a client can see is one of these; one handler (``gateway.kit.http``) renders them
-as ``{"error": {"type", "code", "param", "message"}}``. Expected business outcomes are 4xx
-and never page anyone; only ``GatewayError`` itself (a bug) is a 500.
+Every error a client can see is one of these; one handler (``gateway.web.handlers``) renders
+them as ``{"error": {"type", "code", "param", "message", ...details}}``. Expected business
+outcomes are 4xx and never page anyone; only ``GatewayError`` itself (a bug) is a 500. What an
+error means is its class, never a flag set on an instance: ``except UpstreamOutcomeUnknown``
+says "the upstream may have acted on it".
 
     GatewayError ............................ 500 api_error / internal_error
+    ├── FrameworkRefusal .................... the framework's own status / http_error
     ├── InvalidRequest ...................... 400 invalid_request_error (code names the rule)
+    │   ├── RequestTimeout .................. 408 invalid_request_error / request_timeout
     │   ├── PayloadTooLarge ................. 413 invalid_request_error / request_too_large
     │   └── HeadersTooLarge ................. 431 invalid_request_error / request_headers_too_large
     ├── AuthenticationFailed ................ 401 authentication_error
@@ -14,11 +18,21 @@ and never page anyone; only ``GatewayError`` itself (a bug) is a 500.
     ├── MethodNotAllowed .................... 405 invalid_request_error / method_not_allowed
     ├── Conflict ............................ 409 invalid_request_error / conflict
     ├── Unprocessable ....................... 422 invalid_request_error (idempotency key reuse)
-    ├── QuotaExceeded ....................... 429 quota_error / quota_exceeded, concurrency_limit
-    ├── ServiceUnavailable .................. 503 api_error (e.g. ledger_unavailable)
-    └── UpstreamError ....................... 502 upstream_error / upstream_error
-        ├── UpstreamInvalidResponse ......... 502 upstream_error / upstream_invalid_response
-        └── UpstreamTimeout ................. 504 upstream_error / upstream_timeout
+    ├── QuotaExceeded ....................... 429 quota_error
+    │   ├── BudgetExhausted ................. 429 quota_error / quota_exceeded (with the figures)
+    │   └── ConcurrencyLimited .............. 429 quota_error / concurrency_limit
+    ├── ServiceUnavailable .................. 503 api_error (ledger_unavailable, ...)
+    │   └── RateCardMissing ................. 503 api_error / rate_card_missing
+    └── UpstreamError ....................... 502 upstream_error: the upstream did not act on it
+        │                                     (the connection was refused, it answered 5xx)
+        ├── UpstreamAuthFailed .............. 502 upstream_error / upstream_auth_failed
+        ├── UpstreamConnectTimeout .......... 504 upstream_error / upstream_timeout: never sent
+        └── UpstreamOutcomeUnknown .......... 502 upstream_error: sent, and perhaps acted on
+            │                                 (connection lost, a proxy's 502/504): the
+            │                                 submit's hold must wait, not be released
+            ├── UpstreamInvalidResponse ..... 502 upstream_error / upstream_invalid_response
+            └── UpstreamTimeout ............. 504 upstream_error / upstream_timeout
+                └── OutcomeUnknown .......... 504 upstream_error / upstream_outcome_unknown
 
 Upstream 4xx answers are not errors of ours: they are passed through unchanged.
 """
@@ -26,6 +40,8 @@ Upstream 4xx answers are not errors of ours: they are passed through unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from gateway.core.usd import format_usd
 
 
 class GatewayError(Exception):
@@ -42,13 +58,14 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, str | None] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
-        self.details: dict[str, str | None] = {}
+        self.details: dict[str, str | None] = dict(details or {})
 
     def to_body(self) -> dict[str, dict[str, str | None]]:
         return {
@@ -62,12 +79,27 @@ class GatewayError(Exception):
         }
 
 
+class FrameworkRefusal(GatewayError):
+    """The web framework refused the request with a status of its own choosing (a route's
+    404 and 405 have classes of their own); rendered in the one error shape all the same."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message, code="http_error")
+        self.status_code = status_code
+        self.error_type = "invalid_request_error" if status_code < 500 else "api_error"
+
+
 class InvalidRequest(GatewayError):
     """The request breaks a documented rule; ``code`` names the rule, ``param`` the field."""
 
     status_code = 400
     error_type = "invalid_request_error"
     default_code = "invalid_request"
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -127,6 +159,39 @@ class QuotaExceeded(GatewayError):
     default_code = "quota_exceeded"
 
 
+class BudgetExhausted(QuotaExceeded):
+    """The request does not fit what is left of the period's budget. Carries the period's
+    figures (micro-USD), for the error object and the hard-limit alert."""
+
+    def __init__(
+        self, *, period: str, budget: int, held: int, captured: int, requested: int
+    ) -> None:
+        used = held + captured
+        super().__init__(
+            f"this request costs {format_usd(requested)} USD but the team's budget for "
+            f"{period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is used or "
+            "held; not forwarded, not billed",
+            details={
+                "period": period,
+                "budget_usd": format_usd(budget),
+                "used_usd": format_usd(used),
+                "requested_usd": format_usd(requested),
+            },
+        )
+        self.period, self.budget, self.held, self.captured = period, budget, held, captured
+
+
+class ConcurrencyLimited(QuotaExceeded):
+    default_code = "concurrency_limit"
+
+    def __init__(self, *, in_flight: int, limit: int) -> None:
+        super().__init__(
+            f"the team already has {in_flight} jobs in flight, its limit is {limit}; retry "
+            "when one finishes",
+            details={"jobs_in_flight": str(in_flight), "max_concurrent_jobs": str(limit)},
+        )
+
+
 class ServiceUnavailable(GatewayError):
     """The gateway cannot meter the request, so it refuses rather than forward unmetered work."""
 
@@ -135,25 +200,52 @@ class ServiceUnavailable(GatewayError):
     default_code = "service_unavailable"
 
 
+class RateCardMissing(ServiceUnavailable):
+    """No rate card in force for the model, or none with a rate for the resolution: the
+    request cannot be priced, so it is not forwarded."""
+
+    default_code = "rate_card_missing"
+
+
 class UpstreamError(GatewayError):
-    """The upstream could not be reached or answered with a server error."""
+    """The upstream could not be reached or refused with a server error: it did not act."""
 
     status_code = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
-    outcome_unknown = False
-    """True when the request may have been acted on although no answer came back (a connection
-    lost after sending, a timeout): a submit's hold must then wait, not be released."""
 
 
-class UpstreamInvalidResponse(UpstreamError):
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream refused the gateway's own key: an operator problem, not the tenant's."""
+
+    default_code = "upstream_auth_failed"
+
+
+class UpstreamConnectTimeout(UpstreamError):
+    """Timed out before the request left (connecting, or waiting for a pooled connection)."""
+
+    status_code = 504
+    default_code = "upstream_timeout"
+
+
+class UpstreamOutcomeUnknown(UpstreamError):
+    """Sent, but no usable answer came back: the upstream may have acted on it, so a submit's
+    hold must wait for the reconciler rather than be released."""
+
+
+class UpstreamInvalidResponse(UpstreamOutcomeUnknown):
     """The upstream answered 2xx with a body the gateway cannot read (not JSON, no job id)."""
 
     default_code = "upstream_invalid_response"
-    outcome_unknown = True
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamOutcomeUnknown):
     status_code = 504
     default_code = "upstream_timeout"
-    outcome_unknown = True
+
+
+class OutcomeUnknown(UpstreamTimeout):
+    """A submit whose job the gateway could not give back (the reconciler had claimed it, or
+    the release could not be recorded): it may yet run upstream."""
+
+    default_code = "upstream_outcome_unknown"

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
-from gateway.core.pricing import parse_usd
+from gateway.core.usd import parse_usd
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.jobs import repository as jobs_repository

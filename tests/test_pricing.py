@@ -12,13 +12,8 @@ import pytest
 
 from gateway.catalog.spec import load_catalog
 from gateway.catalog.validation import parse_submission
-from gateway.core.pricing import (
-    BillableUnits,
-    RateCard,
-    format_usd,
-    parse_usd,
-    price_request,
-)
+from gateway.core.pricing import BillableUnits, RateCard, price_request
+from gateway.core.usd import format_usd, parse_usd
 
 SEED = load_catalog().get("grok-imagine-video-1-5")
 assert SEED is not None

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.pricing import parse_usd
+from gateway.core.usd import parse_usd
 from gateway.ledger.models import LedgerEntry
 from gateway.reports.chargeback import ChargebackReport, ReportQuery, chargeback
 from gateway.reports.focus import COLUMNS, MANDATORY, focus_rows

@@ -18,7 +18,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from gateway.core.pricing import parse_usd
+from gateway.core.usd import parse_usd
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from gateway.admin.schemas import (
     TeamUsageOut,
 )
 from gateway.audit.models import AuditEntry
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.jobs.models import Job
 from gateway.ledger.models import LedgerEntry, RateCardRow
 from gateway.ledger.snapshot import TeamFigures

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit.service import Actor
 from gateway.catalog.spec import load_catalog
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
-from gateway.core.pricing import format_usd, parse_usd
+from gateway.core.usd import format_usd, parse_usd
 from gateway.ledger import rates
 from gateway.ledger.models import RateCardRow
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli._common import echo_json, fail, load_settings, run
 from gateway.core.periods import month_bounds
-from gateway.core.pricing import parse_usd
+from gateway.core.usd import parse_usd
 from gateway.db.session import read_only
 from gateway.errors import GatewayError
 from gateway.observability.logging import configure_logging

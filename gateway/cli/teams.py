@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run_in_session
-from gateway.core.pricing import format_usd, parse_usd
+from gateway.core.usd import format_usd, parse_usd
 from gateway.services import teams as team_changes
 from gateway.tenancy import service
 from gateway.tenancy.models import Team

@@ -31,6 +31,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.errors import GatewayError, InvalidRequest, RequestTimeout, ServiceUnavailable
+
 logger = logging.getLogger(__name__)
 
 HTTP_LIMITS_STATE = "gateway.http_limits"
@@ -49,14 +51,11 @@ class HttpLimits:
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}
 
 
-def _error_bytes(status: int, code: str, message: str) -> bytes:
-    error_type = "api_error" if status >= 500 else "invalid_request_error"
-    body = json.dumps(
-        {"error": {"type": error_type, "code": code, "param": None, "message": message}}
-    ).encode()
+def _error_bytes(error: GatewayError) -> bytes:
+    body = json.dumps(error.to_body()).encode()
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+        b"connection: close\r\n\r\n" % (error.status_code, _REASONS[error.status_code], len(body))
     )
     return head + body
 
@@ -78,7 +77,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 len(self.connections) - 1,
                 self.limits.max_connections,
             )
-            self._refuse(503, "too_many_connections", "the gateway has too many open connections")
+            self._refuse(
+                ServiceUnavailable(
+                    "the gateway has too many open connections", code="too_many_connections"
+                )
+            )
             return
         self._arm(self.limits.header_timeout_seconds, self._headers_late)
 
@@ -88,7 +91,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._disarm()
-        self._refuse(400, "invalid_http_request", "the request is not valid HTTP/1.1")
+        self._refuse(
+            InvalidRequest("the request is not valid HTTP/1.1", code="invalid_http_request")
+        )
 
     # Parser callbacks.
     def on_message_begin(self) -> None:
@@ -122,7 +127,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._headers_done:
             return
         logger.info("closed a connection whose request headers did not arrive in time")
-        self._refuse(408, "request_timeout", "the request headers did not arrive in time")
+        self._refuse(RequestTimeout("the request headers did not arrive in time"))
 
     def _body_late(self) -> None:
         self._deadline = None
@@ -137,9 +142,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if answered:
             self.transport.close()
         else:
-            self._refuse(408, "request_timeout", "the request body did not arrive in time")
+            self._refuse(RequestTimeout("the request body did not arrive in time"))
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, error: GatewayError) -> None:
         if not self.transport.is_closing():
-            self.transport.write(_error_bytes(status, code, message))
+            self.transport.write(_error_bytes(error))
             self.transport.close()

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.core.clock import utcnow
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.errors import Conflict, NotFound
 from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs

@@ -15,8 +15,8 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.pricing import format_usd
-from gateway.errors import Conflict, QuotaExceeded
+from gateway.core.usd import format_usd
+from gateway.errors import BudgetExhausted, ConcurrencyLimited, Conflict
 from gateway.ledger import repository
 from gateway.ledger.repository import BalanceRow
 
@@ -108,7 +108,8 @@ async def reserve_hold(
     now: datetime,
     policy: BudgetPolicy,
 ) -> BalanceView:
-    """Reserve ``amount`` for a new job, or raise ``QuotaExceeded`` (429) with the figures."""
+    """Reserve ``amount`` for a new job, or raise ``BudgetExhausted`` (429 with the figures) or
+    ``ConcurrencyLimited``."""
     if team.max_concurrent_jobs is not None:
         # The concurrency count below runs under a lock on the team's row (not the period's
         # balance row: two submits on either side of a month boundary lock different balance
@@ -128,42 +129,16 @@ async def reserve_hold(
         if row is None:
             current = await repository.get_balance(session, team.team_id, period)
             assert current is not None, "the period's balance row was created above"
-            raise BudgetExhausted(BalanceView.of(period, current), amount)
+            raise BudgetExhausted(
+                period=period,
+                budget=current.budget_micro_usd or 0,
+                held=current.held_micro_usd,
+                captured=current.captured_micro_usd,
+                requested=amount,
+            )
     if team.max_concurrent_jobs is not None:
         # The caller's own new job, already written in this transaction, is among those counted.
         in_flight = await repository.count_open_jobs(session, team.team_id)
         if in_flight > team.max_concurrent_jobs:
-            in_flight -= 1
-            error = QuotaExceeded(
-                f"the team already has {in_flight} jobs in flight, its limit is "
-                f"{team.max_concurrent_jobs}; retry when one finishes",
-                code="concurrency_limit",
-            )
-            error.details = {
-                "jobs_in_flight": str(in_flight),
-                "max_concurrent_jobs": str(team.max_concurrent_jobs),
-            }
-            raise error
+            raise ConcurrencyLimited(in_flight=in_flight - 1, limit=team.max_concurrent_jobs)
     return BalanceView.of(period, row)
-
-
-class BudgetExhausted(QuotaExceeded):
-    """429 ``quota_exceeded``: the request does not fit what is left of the period's budget.
-    Carries the balance, for the hard-limit alert."""
-
-    def __init__(self, balance: BalanceView, amount: int) -> None:
-        used = balance.held + balance.captured
-        budget = balance.budget or 0
-        super().__init__(
-            f"this request costs {format_usd(amount)} USD but the team's budget for "
-            f"{balance.period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is "
-            f"used or held; not forwarded, not billed",
-            code="quota_exceeded",
-        )
-        self.balance = balance
-        self.details = {
-            "period": balance.period,
-            "budget_usd": format_usd(budget),
-            "used_usd": format_usd(used),
-            "requested_usd": format_usd(amount),
-        }

@@ -17,7 +17,8 @@ from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.catalog.spec import Catalog, EnumRule
 from gateway.core.clock import utcnow
-from gateway.core.pricing import MAX_MICRO_USD, RateCard, format_usd
+from gateway.core.pricing import RateCard
+from gateway.core.usd import MAX_MICRO_USD, format_usd
 from gateway.db.session import dialect_name
 from gateway.errors import Conflict, InvalidRequest, ServiceUnavailable
 from gateway.ledger.models import RateCardRow

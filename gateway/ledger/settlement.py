@@ -25,7 +25,8 @@ from sqlalchemy import ColumnElement, and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
-from gateway.core.pricing import BillableUnits, format_usd, parse_usd, price_request
+from gateway.core.pricing import BillableUnits, price_request
+from gateway.core.usd import format_usd, parse_usd
 from gateway.jobs.models import OPEN_STATES, Job, JobState
 from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry

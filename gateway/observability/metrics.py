@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.core.pricing import MICROS_PER_USD
+from gateway.core.usd import MICROS_PER_USD
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 logger = logging.getLogger(__name__)

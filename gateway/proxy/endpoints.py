@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
-from gateway.core.pricing import ESTIMATE_HEADER, format_usd
+from gateway.core.pricing import ESTIMATE_HEADER
+from gateway.core.usd import format_usd
 from gateway.errors import InvalidRequest
 from gateway.kit.http import read_body_capped
 from gateway.proxy.schemas import UsageOut

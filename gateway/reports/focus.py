@@ -23,7 +23,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.periods import month_bounds
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import safe_cell
 from gateway.ledger.models import ClosedPeriod, LedgerEntry, RateCardRow

@@ -9,7 +9,7 @@ import io
 from decimal import Decimal
 from typing import Any
 
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.kit.spreadsheet import csv_writer, safe_cell
 from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
 

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.pricing import MICROS_PER_USD, format_usd
+from gateway.core.usd import MICROS_PER_USD, format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import csv_writer, safe_cell
 from gateway.ledger.models import LedgerEntry

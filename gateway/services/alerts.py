@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.core.clock import utcnow
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.db.session import dialect_name, transaction
 from gateway.ledger.models import BudgetAlert
 from gateway.ledger.quotas import BalanceView, TeamQuota

@@ -32,18 +32,21 @@ from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
-from gateway.core.pricing import ESTIMATE_HEADER, format_usd, price_request
+from gateway.core.pricing import ESTIMATE_HEADER, price_request
+from gateway.core.usd import format_usd
 from gateway.db.health import DatabaseHealth
 from gateway.db.session import read_only, transaction
 from gateway.errors import (
+    BudgetExhausted,
     GatewayError,
     InvalidRequest,
     NotFound,
+    OutcomeUnknown,
     QuotaExceeded,
     ServiceUnavailable,
     UpstreamError,
     UpstreamInvalidResponse,
-    UpstreamTimeout,
+    UpstreamOutcomeUnknown,
 )
 from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
@@ -53,7 +56,7 @@ from gateway.jobs.tags import canonical as canonical_tags
 from gateway.jobs.tags import parse_tags
 from gateway.ledger import quotas, settlement
 from gateway.ledger.holds import place_hold
-from gateway.ledger.quotas import BalanceView, BudgetExhausted, TeamQuota
+from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.observability.metrics import Metrics
 from gateway.services import settling
@@ -152,7 +155,8 @@ async def submit_generation(
         )
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(principal.team_name).inc()
-        await deps.alerts.after_budget_refusal(quota, exc.balance)
+        refused_at = BalanceView(exc.period, exc.budget, exc.held, exc.captured)
+        await deps.alerts.after_budget_refusal(quota, refused_at)
         raise
     except QuotaExceeded:
         metrics.concurrency_rejections.labels(principal.team_name).inc()
@@ -180,12 +184,12 @@ async def submit_generation(
     estimate_header = {ESTIMATE_HEADER: format_usd(estimate)}
     try:
         answer = await deps.upstream.submit(raw_body, request_id=request_id, idempotency_key=job_id)
-    except UpstreamError as exc:
-        if exc.outcome_unknown:
-            # Sent, but no answer: the upstream may have started the job, so the hold stays.
-            await after.unknown(exc)
-        else:
-            await after.refused("upstream_unreachable")
+    except UpstreamOutcomeUnknown as exc:
+        # Sent, but no answer: the upstream may have started the job, so the hold stays.
+        await after.unknown(exc)
+        raise
+    except UpstreamError:
+        await after.refused("upstream_unreachable")
         raise
 
     if answer.status_code >= 400:
@@ -291,13 +295,12 @@ def _not_forwarded() -> ServiceUnavailable:
     )
 
 
-def _outcome_unknown() -> UpstreamTimeout:
+def _outcome_unknown() -> OutcomeUnknown:
     """For a submit whose job the gateway could not give back (the reconciler has claimed it
     for a re-send, or the release could not be recorded): it may yet run upstream."""
-    return UpstreamTimeout(
+    return OutcomeUnknown(
         "the gateway could not confirm whether this request will run upstream; retry with the "
-        "same Idempotency-Key to learn its outcome",
-        code="upstream_outcome_unknown",
+        "same Idempotency-Key to learn its outcome"
     )
 
 

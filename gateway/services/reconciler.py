@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.core.clock import utcnow
-from gateway.core.pricing import ESTIMATE_HEADER, format_usd
+from gateway.core.pricing import ESTIMATE_HEADER
+from gateway.core.usd import format_usd
 from gateway.db.health import DatabaseHealth
 from gateway.db.session import transaction
 from gateway.errors import UpstreamError

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.core.pricing import format_usd
+from gateway.core.usd import format_usd
 from gateway.db.session import transaction
 from gateway.jobs.models import Job, JobState
 from gateway.ledger.repository import BalanceRow

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.core.clock import utcnow
-from gateway.core.pricing import MAX_MICRO_USD, format_usd
+from gateway.core.usd import MAX_MICRO_USD, format_usd
 from gateway.errors import (
     AuthenticationFailed,
     Conflict,

@@ -6,17 +6,17 @@ simulator (``gateway.upstream.simulator``), or hand it an ``httpx.MockTransport`
 the simulator cannot give (malformed bodies, resets).
 
 Failures become gateway errors here, so callers only see ``UpstreamResponse`` or an
-``UpstreamError`` subclass:
+``UpstreamError`` subclass (the tree is drawn in ``gateway.errors``):
 
-    connect error, 5xx, 3xx ............ UpstreamError (502 upstream_error)
+    connect error, 5xx, 3xx ............ UpstreamError (502): not acted on
+    connect or pool timeout ............ UpstreamConnectTimeout (504): never sent
     connection lost after sending,
-    a proxy's 502/504 .................. UpstreamError (502), ``outcome_unknown``
-    upstream 401/403 ................... UpstreamError (502 upstream_auth_failed): the
-                                         gateway's own key is wrong, not the tenant's
-    timeout ............................ UpstreamTimeout (504 upstream_timeout); not
-                                         ``outcome_unknown`` if it timed out connecting;
-                                         also when the whole exchange outlasts the sum of
-                                         the phase timeouts (an answer trickling in)
+    a proxy's 502/504 .................. UpstreamOutcomeUnknown (502): perhaps acted on
+    timeout after sending, or the whole
+    exchange outlasting the sum of the
+    phase timeouts (a trickle) ......... UpstreamTimeout (504): perhaps acted on
+    upstream 401/403 ................... UpstreamAuthFailed (502): the gateway's own key is
+                                         wrong, not the tenant's
     other 4xx .......................... returned, to be passed through unchanged
 
 The real upstream key is added to each request here and nowhere else; it is never logged.
@@ -34,7 +34,13 @@ from urllib.parse import quote
 import httpx
 
 from gateway.config import Settings
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    UpstreamAuthFailed,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamOutcomeUnknown,
+    UpstreamTimeout,
+)
 from gateway.observability.metrics import Metrics
 from gateway.upstream.transport import build_transport
 
@@ -173,56 +179,30 @@ class HttpUpstreamClient:
             # which the reconciler relies on before re-sending or releasing a submit.
             async with asyncio.timeout(self._deadline):
                 response = await self._http.request(method, path, content=content, headers=headers)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Timed out before the request left: the upstream cannot have acted on it.
-            logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
-            self._error("timeout")
-            never_sent = UpstreamTimeout("the upstream could not be reached in time")
-            never_sent.outcome_unknown = False
-            raise never_sent from None
-        except httpx.TimeoutException as exc:
-            logger.warning("upstream %s %s timed out: %s", method, path, type(exc).__name__)
-            self._error("timeout")
-            raise UpstreamTimeout("the upstream did not answer in time") from None
-        except TimeoutError:
-            logger.warning("upstream %s %s outlasted its deadline", method, path)
-            self._error("timeout")
-            raise UpstreamTimeout("the upstream did not answer in time") from None
-        except (httpx.ConnectError, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-            # Never sent: the upstream cannot have acted on it.
+        except (httpx.HTTPError, TimeoutError) as exc:
             logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
-            self._error("connect")
-            raise UpstreamError("the upstream could not be reached") from None
-        except httpx.HTTPError as exc:
-            logger.warning("upstream %s %s failed: %s", method, path, type(exc).__name__)
-            self._error("connection_lost")
-            lost = UpstreamError("the connection to the upstream was lost before it answered")
-            lost.outcome_unknown = True
-            raise lost from None
+            kind, error = _transport_failure(exc)
+            self._error(kind)
+            raise error from None
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.upstream_duration.labels(route).observe(elapsed)
         status = response.status_code
         if status == 429:
             self._error("rate_limited")
-        if status in (401, 403):
-            self._error("auth")
-            logger.error(
-                "upstream refused the gateway's own credentials (HTTP %s); check "
-                "GATEWAY_UPSTREAM_API_KEY",
-                status,
-            )
-            raise UpstreamError(
-                "the gateway is not authorised by the upstream", code="upstream_auth_failed"
-            )
-        if status >= 500 or status < 200 or 300 <= status < 400:
-            logger.warning("upstream %s %s answered HTTP %s", method, path, status)
-            self._error("server_error")
-            failed = UpstreamError(f"the upstream answered HTTP {status}")
-            # 502/504 come from proxies in front of the upstream: the request may have gone
-            # through behind them. Other answers are the upstream's own refusal.
-            failed.outcome_unknown = status in (502, 504)
-            raise failed
+        refusal = _status_failure(status)
+        if refusal is not None:
+            kind, error = refusal
+            self._error(kind)
+            if kind == "auth":
+                logger.error(
+                    "upstream refused the gateway's own credentials (HTTP %s); check "
+                    "GATEWAY_UPSTREAM_API_KEY",
+                    status,
+                )
+            else:
+                logger.warning("upstream %s %s answered HTTP %s", method, path, status)
+            raise error
         return UpstreamResponse(
             status_code=status,
             body=response.content,
@@ -233,6 +213,34 @@ class HttpUpstreamClient:
     def _error(self, kind: str) -> None:
         if self._metrics is not None:
             self._metrics.upstream_errors.labels(kind).inc()
+
+
+def _transport_failure(exc: BaseException) -> tuple[str, UpstreamError]:
+    """What a failed exchange means: the metric's kind, and the error (its class says whether
+    the upstream may have acted on the request)."""
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        # Timed out before the request left: the upstream cannot have acted on it.
+        return "timeout", UpstreamConnectTimeout("the upstream could not be reached in time")
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout", UpstreamTimeout("the upstream did not answer in time")
+    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return "connect", UpstreamError("the upstream could not be reached")  # never sent
+    return "connection_lost", UpstreamOutcomeUnknown(
+        "the connection to the upstream was lost before it answered"
+    )
+
+
+def _status_failure(status: int) -> tuple[str, UpstreamError] | None:
+    """An answer that is a failure of the gateway's, not the tenant's, else None."""
+    if status in (401, 403):
+        return "auth", UpstreamAuthFailed("the gateway is not authorised by the upstream")
+    if status >= 500 or status < 200 or 300 <= status < 400:
+        message = f"the upstream answered HTTP {status}"
+        if status in (502, 504):
+            # From a proxy in front of the upstream: the request may have gone through.
+            return "server_error", UpstreamOutcomeUnknown(message)
+        return "server_error", UpstreamError(message)  # the upstream's own refusal
+    return None
 
 
 def _pass_through_headers(headers: httpx.Headers) -> dict[str, str]:

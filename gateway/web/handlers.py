@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.db.errors import is_database_unavailable
 from gateway.errors import (
+    FrameworkRefusal,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
@@ -38,10 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
             error = MethodNotAllowed("method not allowed on this route")
             error.headers.update(exc.headers or {})
             return error_response(error)
-        generic = GatewayError(str(exc.detail), code="http_error")
-        generic.status_code = exc.status_code
-        generic.error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        return error_response(generic)
+        return error_response(FrameworkRefusal(str(exc.detail), exc.status_code))
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.pricing import parse_usd
+from gateway.core.usd import parse_usd
 from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
 from gateway.reports import reconciliation
