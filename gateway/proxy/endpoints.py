@@ -11,8 +11,8 @@ from gateway.core.usd import format_usd
 from gateway.errors import InvalidRequest
 from gateway.kit.http import read_body_capped
 from gateway.proxy.schemas import UsageOut
-from gateway.services import proxy as service
-from gateway.services.proxy import ProxiedResponse
+from gateway.services import poll, submit
+from gateway.services.proxy import ProxiedResponse, usage
 from gateway.web.deps import RuntimeDep
 from gateway.web.tenant_auth import CurrentPrincipal, remember_balance
 
@@ -57,7 +57,7 @@ async def submit_generation(
             runtime.metrics.validation_rejections.labels(code).inc()
             raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
     raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
-    result = await service.submit_generation(
+    result = await submit.submit_generation(
         runtime.proxy,
         principal,
         raw,
@@ -73,7 +73,7 @@ async def submit_generation(
 async def get_job(
     job_id: str, request: Request, principal: CurrentPrincipal, runtime: RuntimeDep
 ) -> Response:
-    result = await service.poll_job(
+    result = await poll.poll_job(
         runtime.proxy, principal, job_id, request_id=request.state.request_id
     )
     return _to_response(request, result)
@@ -81,7 +81,7 @@ async def get_job(
 
 @router.get("/v1/usage", summary="The calling team's money for the current period")
 async def get_usage(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep) -> UsageOut:
-    balance = await service.usage(runtime.proxy, principal)
+    balance = await usage(runtime.proxy, principal)
     remember_balance(request, balance)
     remaining = balance.remaining
     return UsageOut(

@@ -1,0 +1,319 @@
+"""Submit, in order: validate and price (a bad request is never recorded, forwarded or billed);
+then one transaction claims the Idempotency-Key, reserves the hold against the team's budget
+and records the job and its ``hold`` entry (if the database cannot be written: 503, nothing
+forwarded); then forward; then record the upstream's answer: accepted (the hold stays until the
+job settles), refused (released at once), or unknown (kept for the reconciler). The network
+call always sits between two short transactions, never inside one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from gateway.catalog.validation import ValidatedRequest, parse_submission
+from gateway.config import Settings
+from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
+from gateway.core.pricing import ESTIMATE_HEADER, RateCard, price_request
+from gateway.core.usd import format_usd
+from gateway.db.session import transaction
+from gateway.errors import (
+    BudgetExhausted,
+    InvalidRequest,
+    OutcomeUnknown,
+    QuotaExceeded,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamInvalidResponse,
+    UpstreamOutcomeUnknown,
+)
+from gateway.jobs import idempotency
+from gateway.jobs import repository as jobs
+from gateway.jobs.models import Job, JobState
+from gateway.jobs.tags import canonical as canonical_tags
+from gateway.jobs.tags import parse_tags
+from gateway.ledger import settlement
+from gateway.ledger.holds import place_hold
+from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.rates import rate_card_in_force
+from gateway.services.forwarded import AfterForward, unanswered_recheck
+from gateway.services.proxy import JOB_ID, ProxiedResponse, ProxyDeps, pass_through, team_quota
+from gateway.tenancy.service import Principal
+from gateway.upstream.client import UpstreamResponse
+
+logger = logging.getLogger(__name__)
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+_PARSE_ON_LOOP_MAX_BYTES = 256 * 1024
+
+
+async def submit_generation(
+    deps: ProxyDeps,
+    principal: Principal,
+    raw_body: bytes,
+    *,
+    request_id: str,
+    idempotency_key: str | None = None,
+    tags_header: str | None = None,
+    on_balance: Callable[[BalanceView], None] = lambda _: None,
+) -> ProxiedResponse:
+    """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
+    the response's quota header is right even when an error is raised after the hold."""
+    request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
+    quota = team_quota(principal)
+    opened = await _hold(
+        deps, principal, quota, request, raw_body, tags, request_id, idempotency_key
+    )
+    if isinstance(opened, ProxiedResponse):
+        return opened  # the first answer for this Idempotency-Key, replayed
+    after = AfterForward(deps, opened.job, principal.team_name, idempotency_key, on_balance)
+    await _check_before_forwarding(deps, quota, opened, after, on_balance)
+    return await _forward(deps, opened, after, raw_body, request_id)
+
+
+async def _validated(
+    deps: ProxyDeps, raw_body: bytes, tags_header: str | None, idempotency_key: str | None
+) -> tuple[ValidatedRequest, dict[str, str] | None]:
+    """The request checked against the model's rules, its tags and its key: a 400 here is
+    never recorded, forwarded or billed."""
+    try:
+        if len(raw_body) > _PARSE_ON_LOOP_MAX_BYTES:
+            # A 14 MB data-URI body takes ~0.2 s of CPU to check: on a worker thread, the
+            # event loop keeps serving other requests meanwhile.
+            request = await asyncio.to_thread(parse_submission, raw_body, deps.catalog)
+        else:
+            request = parse_submission(raw_body, deps.catalog)
+        tags = parse_tags(tags_header)
+        if idempotency_key is not None:
+            idempotency.check_key(idempotency_key)
+    except InvalidRequest as exc:
+        deps.metrics.validation_rejections.labels(exc.code).inc()
+        raise
+    return request, tags
+
+
+async def _hold(
+    deps: ProxyDeps,
+    principal: Principal,
+    quota: TeamQuota,
+    request: ValidatedRequest,
+    raw_body: bytes,
+    tags: dict[str, str] | None,
+    request_id: str,
+    idempotency_key: str | None,
+) -> _Opened | ProxiedResponse:
+    """Open the job's account (or find the key's first answer), counting refusals."""
+    metrics = deps.metrics
+    try:
+        opened = await _open_job(
+            deps,
+            principal,
+            quota,
+            request,
+            raw_body,
+            tags,
+            uuid.uuid4().hex,
+            request_id,
+            idempotency_key,
+        )
+    except BudgetExhausted as exc:
+        metrics.quota_rejections.labels(principal.team_name).inc()
+        refused_at = BalanceView(exc.period, exc.budget, exc.held, exc.captured)
+        await deps.alerts.after_budget_refusal(quota, refused_at)
+        raise
+    except QuotaExceeded:
+        metrics.concurrency_rejections.labels(principal.team_name).inc()
+        raise
+    if isinstance(opened, ProxiedResponse):
+        metrics.idempotent_replays.inc()
+    return opened
+
+
+async def _check_before_forwarding(
+    deps: ProxyDeps,
+    quota: TeamQuota,
+    opened: _Opened,
+    after: AfterForward,
+    on_balance: Callable[[BalanceView], None],
+) -> None:
+    """Between the hold and the forward: report the balance, raise a soft-limit alert, and
+    make sure the submit is still inside its forward window. Any failure gives the hold back
+    (nothing was sent), so the job is never forwarded later."""
+    try:
+        on_balance(opened.balance)
+        await deps.alerts.after_hold(quota, opened.balance)
+    except Exception:
+        await after.refused("not_forwarded")
+        raise
+    if _forward_window_passed(deps.settings, opened.job.created_at):
+        # Held up after its hold was recorded (a slow commit, a slow alert write): given back,
+        # unless the reconciler has already taken the job over (or the release cannot be
+        # recorded): then, as after a crash, the reconciler decides and the outcome is open.
+        if (await after.refused("not_forwarded")).balance is None:
+            raise _outcome_unknown()
+        raise _not_forwarded()
+
+
+async def _forward(
+    deps: ProxyDeps, opened: _Opened, after: AfterForward, raw_body: bytes, request_id: str
+) -> ProxiedResponse:
+    """Send the client's bytes with the real key, then record what the upstream answered."""
+    job = opened.job
+    estimate_header = {ESTIMATE_HEADER: format_usd(job.estimate_micro_usd)}
+    try:
+        answer = await deps.upstream.submit(raw_body, request_id=request_id, idempotency_key=job.id)
+    except UpstreamOutcomeUnknown as exc:
+        # Sent, but no answer: the upstream may have started the job, so the hold stays.
+        await after.unknown(exc)
+        raise
+    except UpstreamError:
+        await after.refused("upstream_unreachable")
+        raise
+    if answer.status_code >= 400:
+        released = (await after.refused("upstream_refused", answer=answer)).balance
+        if released is None:  # left open, to be re-sent or released: no longer a plain refusal
+            raise _outcome_unknown()
+        return pass_through(answer, extra=estimate_header, balance=released)
+    try:
+        upstream_job_id = _accepted_job_id(answer)
+    except UpstreamInvalidResponse as exc:
+        deps.metrics.upstream_errors.labels("invalid_response").inc()
+        await after.unknown(exc)
+        raise
+    response = pass_through(
+        answer, extra=estimate_header, job_id=upstream_job_id, balance=opened.balance
+    )
+    await after.accepted(upstream_job_id, answer, response)
+    return response
+
+
+@dataclass(frozen=True)
+class _Opened:
+    job: Job
+    balance: BalanceView
+
+
+async def _open_job(
+    deps: ProxyDeps,
+    principal: Principal,
+    quota: TeamQuota,
+    request: ValidatedRequest,
+    raw_body: bytes,
+    tags: dict[str, str] | None,
+    job_id: str,
+    request_id: str,
+    idempotency_key: str | None,
+) -> _Opened | ProxiedResponse:
+    """One transaction: claim the key (or return the stored answer to replay), price by the
+    rate card in force, reserve the hold, record the job and its hold entry."""
+    settings = deps.settings
+    fingerprint = ""
+    if idempotency_key is not None:
+        fingerprint = await _fingerprint(raw_body, canonical_tags(tags))
+    now = utcnow()
+    async with transaction(deps.sessionmaker) as session:
+        if idempotency_key is not None:
+            stored = await idempotency.claim(
+                session,
+                team_id=principal.team_id,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+                job_id=job_id,
+                now=now,
+                ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
+            )
+            if stored is not None:
+                return ProxiedResponse(
+                    stored.status_code, stored.body, {**stored.headers, REPLAYED_HEADER: "true"}
+                )
+        card = await rate_card_in_force(session, request.model.id, now)
+        job = _new_job(settings, principal, request, card, job_id, request_id, tags, now)
+        if settings.upstream_honors_idempotency_key:
+            # Kept until the upstream's answer is recorded, so a crash can be recovered.
+            jobs.keep_request(session, job_id, raw_body, now)
+        balance = await place_hold(
+            session, quota, job, policy=settings.default_budget_policy, now=now
+        )
+        if _forward_window_passed(settings, now):
+            raise _not_forwarded()  # held up by database waits: rolled back, nothing recorded
+    return _Opened(job, balance)
+
+
+def _new_job(
+    settings: Settings,
+    principal: Principal,
+    request: ValidatedRequest,
+    card: RateCard,
+    job_id: str,
+    request_id: str,
+    tags: dict[str, str] | None,
+    now: datetime,
+) -> Job:
+    """The job as the hold records it: ``pending``, priced once, in the period of ``now``."""
+    units = request.billable_units()
+    return Job(
+        id=job_id,
+        team_id=principal.team_id,
+        api_key_id=principal.key_id,
+        state=JobState.PENDING.value,
+        model=request.model.id,
+        duration_ms=int(Decimal(units.duration_seconds) * 1000),
+        resolution=units.resolution,
+        image_count=units.image_count,
+        estimate_micro_usd=price_request(units, card),
+        rate_card_version=card.version,
+        period=period_of(now),
+        request_id=request_id,
+        tags=tags,
+        check_attempts=0,
+        needs_review=False,
+        next_check_at=now + unanswered_recheck(settings),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _fingerprint(raw_body: bytes, tags: str) -> str:
+    if len(raw_body) > _PARSE_ON_LOOP_MAX_BYTES:  # hashing 14 MB takes ~10 ms
+        return await asyncio.to_thread(idempotency.request_fingerprint, raw_body, tags)
+    return idempotency.request_fingerprint(raw_body, tags)
+
+
+def _not_forwarded() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the gateway was too slow to forward this request in time; it was not sent upstream "
+        "and nothing is billed: retry",
+        code="forward_window_passed",
+    )
+
+
+def _outcome_unknown() -> OutcomeUnknown:
+    """For a submit whose job the gateway could not give back (the reconciler has claimed it
+    for a re-send, or the release could not be recorded): it may yet run upstream."""
+    return OutcomeUnknown(
+        "the gateway could not confirm whether this request will run upstream; retry with the "
+        "same Idempotency-Key to learn its outcome"
+    )
+
+
+def _forward_window_passed(settings: Settings, held_at: datetime) -> bool:
+    """Sent now, could the call still be on the wire when the reconciler re-sends the submit
+    or releases its hold? Then it is not sent at all."""
+    late = utcnow() - held_at > timedelta(seconds=settings.forward_window_seconds)
+    if late:
+        logger.error("a submit outlasted its forward window before being sent; not forwarded")
+    return late
+
+
+def _accepted_job_id(answer: UpstreamResponse) -> str:
+    body = settlement.parse_poll_body(answer.body)
+    job_id = body.get("job_id") if body is not None else None
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        logger.warning("upstream accepted a submit without a usable job_id")
+        raise UpstreamInvalidResponse("the upstream's answer has no usable job_id")
+    return job_id
