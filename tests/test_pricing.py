@@ -14,6 +14,7 @@ from gateway.catalog.spec import load_catalog
 from gateway.catalog.validation import parse_submission
 from gateway.core.pricing import BillableUnits, RateCard, price_request
 from gateway.core.usd import format_usd, parse_usd
+from gateway.errors import RateCardMissing
 
 SEED = load_catalog().get("grok-imagine-video-1-5")
 assert SEED is not None
@@ -80,8 +81,11 @@ def test_result_is_an_int_never_a_float() -> None:
 
 
 def test_unknown_resolution_and_negative_units_are_refused() -> None:
-    with pytest.raises(ValueError, match="1080p"):
+    # A card without the resolution is the operator's gap, answered 503 rate_card_missing.
+    with pytest.raises(RateCardMissing, match="1080p") as refused:
         price_request(BillableUnits(5, "1080p", 0), CARD)
+    assert refused.value.status_code == 503
+    assert refused.value.code == "rate_card_missing"
     with pytest.raises(ValueError, match="negative"):
         price_request(BillableUnits(Decimal(-1), "720p", 0), CARD)
 

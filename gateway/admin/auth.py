@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.audit.service import Actor
-from gateway.db.session import read_only
+from gateway.db.session import autocommit
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.keys import parse_key
@@ -20,6 +20,13 @@ from gateway.web.tenant_auth import bearer_token
 
 
 async def current_admin(request: Request, runtime: RuntimeDep) -> Actor:
+    """Who is calling the admin API (also written to the access log as ``actor``)."""
+    actor = await _authenticate_admin(request, runtime)
+    request.state.actor = actor.name
+    return actor
+
+
+async def _authenticate_admin(request: Request, runtime: RuntimeDep) -> Actor:
     token = bearer_token(request, allow_x_api_key=False)  # the README: Authorization only
     request_id = request.state.request_id
     configured = runtime.settings.admin_token.get_secret_value()
@@ -34,7 +41,7 @@ async def current_admin(request: Request, runtime: RuntimeDep) -> Actor:
             code="admin_role_required",
         )
     if parse_key(token) is not None:
-        async with read_only(runtime.sessionmaker) as session:
+        async with autocommit(runtime.sessionmaker) as session:
             principal = await authenticate_key(session, token, pepper=runtime.pepper)
         request.state.team = principal.team_name
         raise PermissionDenied("team API keys cannot use the admin API", code="admin_required")

@@ -7,7 +7,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import views
@@ -33,7 +33,6 @@ from gateway.admin.schemas import (
 from gateway.audit import service as audit
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
-from gateway.db.session import read_only, transaction
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs import repository as jobs
 from gateway.kit.strict_route import StrictJSONRoute
@@ -45,7 +44,7 @@ from gateway.services.settling import count_settlement
 from gateway.tenancy import repository as tenancy_repository
 from gateway.tenancy import service as tenancy
 from gateway.tenancy.service import IssuedKey
-from gateway.web.deps import RuntimeDep
+from gateway.web.deps import RuntimeDep, UnitOfWorkDep
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], route_class=StrictJSONRoute, responses=ERROR_RESPONSES
@@ -78,69 +77,58 @@ def _issued(issued: IssuedKey) -> IssuedKeyOut:
     )
 
 
-def _seen(request: Request, actor: str) -> None:
-    request.state.actor = actor
-
-
 # Teams
 
 
 @router.get("/teams", summary="List teams", response_model=Page[TeamOut])
 async def list_teams(
-    request: Request,
     admin: AdminActor,
-    runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[TeamOut]:
-    _seen(request, admin.name)
     after = _decode(cursor) if cursor else None
-    async with read_only(runtime.sessionmaker) as session:
-        teams = await tenancy.list_teams(session, limit=limit + 1, after=after)
+    session = work.session
+    teams = await tenancy.list_teams(session, limit=limit + 1, after=after)
     page = list(teams[:limit])
     next_cursor = _encode(page[-1].name) if len(teams) > limit else None
     return Page[TeamOut](data=[views.team_out(t) for t in page], next_cursor=next_cursor)
 
 
 @router.post("/teams", status_code=201, summary="Create a team", response_model=TeamOut)
-async def create_team(
-    request: Request, body: TeamCreate, admin: AdminActor, runtime: RuntimeDep
-) -> TeamOut:
-    _seen(request, admin.name)
-    async with transaction(runtime.sessionmaker) as session:
-        team = await tenancy.create_team(
-            session,
-            body.name,
-            actor=admin,
-            cost_center=body.cost_center,
-            monthly_budget_micro_usd=body.monthly_budget_usd,
-            max_concurrent_jobs=body.max_concurrent_jobs,
-            soft_limit_percent=body.soft_limit_percent,
-        )
+async def create_team(body: TeamCreate, admin: AdminActor, work: UnitOfWorkDep) -> TeamOut:
+    session = work.session
+    team = await tenancy.create_team(
+        session,
+        body.name,
+        actor=admin,
+        cost_center=body.cost_center,
+        monthly_budget_micro_usd=body.monthly_budget_usd,
+        max_concurrent_jobs=body.max_concurrent_jobs,
+        soft_limit_percent=body.soft_limit_percent,
+    )
     return views.team_out(team)
 
 
 @router.get("/teams/{name}", summary="Get a team", response_model=TeamOut)
-async def get_team(name: str, request: Request, admin: AdminActor, runtime: RuntimeDep) -> TeamOut:
-    _seen(request, admin.name)
-    async with read_only(runtime.sessionmaker) as session:
-        return views.team_out(await tenancy.require_team(session, name))
+async def get_team(name: str, admin: AdminActor, work: UnitOfWorkDep) -> TeamOut:
+    session = work.session
+    return views.team_out(await tenancy.require_team(session, name))
 
 
 @router.patch("/teams/{name}", summary="Change a team (budget, limits, disable)")
 async def update_team(
-    name: str, body: TeamUpdate, request: Request, admin: AdminActor, runtime: RuntimeDep
+    name: str, body: TeamUpdate, admin: AdminActor, runtime: RuntimeDep, work: UnitOfWorkDep
 ) -> TeamOut:
-    _seen(request, admin.name)
     changes = body.model_dump(exclude_unset=True)
     if "monthly_budget_usd" in changes:
         changes["monthly_budget_micro_usd"] = changes.pop("monthly_budget_usd")
     if not changes:
         raise InvalidRequest("nothing to change", code="missing_parameter")
-    async with transaction(runtime.sessionmaker) as session:
-        team = await teams.update_team(
-            session, name, changes, actor=admin, policy=runtime.settings.default_budget_policy
-        )
+    session = work.session
+    team = await teams.update_team(
+        session, name, changes, actor=admin, policy=runtime.settings.default_budget_policy
+    )
     return views.team_out(team)
 
 
@@ -148,12 +136,9 @@ async def update_team(
 
 
 @router.get("/teams/{name}/keys", summary="List a team's keys (never the keys themselves)")
-async def list_keys(
-    name: str, request: Request, admin: AdminActor, runtime: RuntimeDep
-) -> list[KeyOut]:
-    _seen(request, admin.name)
-    async with read_only(runtime.sessionmaker) as session:
-        keys = await tenancy.list_keys(session, name)
+async def list_keys(name: str, admin: AdminActor, work: UnitOfWorkDep) -> list[KeyOut]:
+    session = work.session
+    keys = await tenancy.list_keys(session, name)
     now = utcnow()
     return [views.key_out(k, name, now) for k in keys]
 
@@ -161,31 +146,27 @@ async def list_keys(
 @router.post("/teams/{name}/keys", status_code=201, summary="Create a key (shown once)")
 async def create_key(
     name: str,
-    request: Request,
     admin: AdminActor,
     runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     body: Annotated[KeyCreate | None, Body()] = None,
 ) -> IssuedKeyOut:
-    _seen(request, admin.name)
     body = body or KeyCreate()
     expires_at = (
         datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     )
-    async with transaction(runtime.sessionmaker) as session:
-        issued = await tenancy.create_key(
-            session, name, pepper=runtime.pepper, actor=admin, name=body.name, expires_at=expires_at
-        )
+    session = work.session
+    issued = await tenancy.create_key(
+        session, name, pepper=runtime.pepper, actor=admin, name=body.name, expires_at=expires_at
+    )
     return _issued(issued)
 
 
 @router.post("/keys/{key_id}/revoke", summary="Revoke a key (at once, on every replica)")
-async def revoke_key(
-    key_id: str, request: Request, admin: AdminActor, runtime: RuntimeDep
-) -> KeyOut:
-    _seen(request, admin.name)
-    async with transaction(runtime.sessionmaker) as session:
-        key = await tenancy.revoke_key(session, key_id, actor=admin)
-        team = await tenancy_repository.get_team_by_id(session, key.team_id)
+async def revoke_key(key_id: str, admin: AdminActor, work: UnitOfWorkDep) -> KeyOut:
+    session = work.session
+    key = await tenancy.revoke_key(session, key_id, actor=admin)
+    team = await tenancy_repository.get_team_by_id(session, key.team_id)
     assert team is not None
     return views.key_out(key, team.name, utcnow())
 
@@ -197,17 +178,16 @@ async def revoke_key(
 )
 async def rotate_key(
     key_id: str,
-    request: Request,
     admin: AdminActor,
     runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     body: Annotated[KeyRotate | None, Body()] = None,
 ) -> IssuedKeyOut:
-    _seen(request, admin.name)
     overlap = timedelta(seconds=(body or KeyRotate()).overlap_seconds)
-    async with transaction(runtime.sessionmaker) as session:
-        issued = await tenancy.rotate_key(
-            session, key_id, pepper=runtime.pepper, actor=admin, overlap=overlap
-        )
+    session = work.session
+    issued = await tenancy.rotate_key(
+        session, key_id, pepper=runtime.pepper, actor=admin, overlap=overlap
+    )
     return _issued(issued)
 
 
@@ -216,30 +196,28 @@ async def rotate_key(
 
 @router.get("/rate-cards", summary="Rate card versions, oldest first")
 async def list_rate_cards(
-    request: Request, admin: AdminActor, runtime: RuntimeDep, model: str | None = None
+    admin: AdminActor, work: UnitOfWorkDep, model: str | None = None
 ) -> list[RateCardOut]:
-    _seen(request, admin.name)
-    async with read_only(runtime.sessionmaker) as session:
-        rows = await rates.list_rate_cards(session, model)
+    session = work.session
+    rows = await rates.list_rate_cards(session, model)
     return [views.rate_card_out(r) for r in rows]
 
 
 @router.post("/rate-cards", status_code=201, summary="Add a rate card version")
 async def add_rate_card(
-    body: RateCardIn, request: Request, admin: AdminActor, runtime: RuntimeDep
+    body: RateCardIn, admin: AdminActor, runtime: RuntimeDep, work: UnitOfWorkDep
 ) -> RateCardOut:
-    _seen(request, admin.name)
-    async with transaction(runtime.sessionmaker) as session:
-        row = await rates.add_rate_card(
-            session,
-            runtime.catalog,
-            model=body.model,
-            version=body.version,
-            image_fee_micro_usd=body.image_fee_usd,
-            per_second_micro_usd=dict(body.per_second_usd),
-            actor=admin,
-            effective_from=body.effective_from,
-        )
+    session = work.session
+    row = await rates.add_rate_card(
+        session,
+        runtime.catalog,
+        model=body.model,
+        version=body.version,
+        image_fee_micro_usd=body.image_fee_usd,
+        per_second_micro_usd=dict(body.per_second_usd),
+        actor=admin,
+        effective_from=body.effective_from,
+    )
     return views.rate_card_out(row)
 
 
@@ -248,16 +226,14 @@ async def add_rate_card(
 
 @router.get("/jobs", summary="Jobs, newest first", response_model=Page[JobOut])
 async def list_jobs(
-    request: Request,
     admin: AdminActor,
-    runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     team: str | None = None,
     state: JobState | None = None,
     period: Period = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[JobOut]:
-    _seen(request, admin.name)
     after: tuple[datetime, str] | None = None
     if cursor:
         stamp, _, job_id = _decode(cursor).partition("|")
@@ -265,11 +241,11 @@ async def list_jobs(
             after = (datetime.fromisoformat(stamp), job_id)
         except ValueError:
             raise InvalidRequest("cursor is not valid", code="invalid_cursor") from None
-    async with read_only(runtime.sessionmaker) as session:
-        team_id = (await tenancy.require_team(session, team)).id if team else None
-        rows = await jobs.list_jobs(
-            session, limit=limit + 1, after=after, team_id=team_id, state=state, period=period
-        )
+    session = work.session
+    team_id = (await tenancy.require_team(session, team)).id if team else None
+    rows = await jobs.list_jobs(
+        session, limit=limit + 1, after=after, team_id=team_id, state=state, period=period
+    )
     page = list(rows[:limit])
     next_cursor = None
     if len(rows) > limit:
@@ -279,12 +255,9 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", summary="One job (gateway or upstream id) with its ledger entries")
-async def get_job(
-    job_id: str, request: Request, admin: AdminActor, runtime: RuntimeDep
-) -> JobDetailOut:
-    _seen(request, admin.name)
-    async with read_only(runtime.sessionmaker) as session:
-        return await _job_detail(session, job_id[:128])
+async def get_job(job_id: str, admin: AdminActor, work: UnitOfWorkDep) -> JobDetailOut:
+    session = work.session
+    return await _job_detail(session, job_id[:128])
 
 
 async def _job_detail(session: AsyncSession, job_id: str) -> JobDetailOut:
@@ -302,36 +275,35 @@ async def _job_detail(session: AsyncSession, job_id: str) -> JobDetailOut:
 )
 async def release_job(
     job_id: str,
-    request: Request,
     admin: AdminActor,
     runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     body: Annotated[JobRelease | None, Body()] = None,
 ) -> JobDetailOut:
-    _seen(request, admin.name)
-    async with transaction(runtime.sessionmaker) as session:
-        released = await manual.release_job(
-            session, job_id[:128], actor=admin, note=(body or JobRelease()).note
-        )
-    count_settlement(runtime.metrics, released.team, released.job, released.plan)
-    async with read_only(runtime.sessionmaker) as session:
-        return await _job_detail(session, released.job.id)
+    session = work.session
+    released = await manual.release_job(
+        session, job_id[:128], actor=admin, note=(body or JobRelease()).note
+    )
+    work.after_commit(
+        lambda: count_settlement(runtime.metrics, released.team, released.job, released.plan)
+    )
+    return await _job_detail(session, released.job.id)
 
 
 @router.get("/usage", summary="Every team's money for a period (default: the current one)")
 async def usage(
-    request: Request,
     admin: AdminActor,
     runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     period: Period = None,
     team: str | None = None,
 ) -> list[TeamUsageOut]:
-    _seen(request, admin.name)
     now = utcnow()
     period = period or period_of(now)
-    async with read_only(runtime.sessionmaker) as session:
-        snapshot = await ledger_snapshot(
-            session, period=period, now=now, policy=runtime.settings.default_budget_policy
-        )
+    session = work.session
+    snapshot = await ledger_snapshot(
+        session, period=period, now=now, policy=runtime.settings.default_budget_policy
+    )
     figures = [f for f in snapshot.teams if team is None or f.team == team]
     if team is not None and not figures:
         raise NotFound(f"no team named {team!r}", code="team_not_found", param="team")
@@ -343,9 +315,8 @@ async def usage(
 
 @router.get("/audit", summary="The audit log, newest first", response_model=Page[AuditOut])
 async def list_audit(
-    request: Request,
     admin: AdminActor,
-    runtime: RuntimeDep,
+    work: UnitOfWorkDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     actor: str | None = None,
@@ -353,15 +324,14 @@ async def list_audit(
     target_type: str | None = None,
     target_id: str | None = None,
 ) -> Page[AuditOut]:
-    _seen(request, admin.name)
-    async with read_only(runtime.sessionmaker) as session:
-        entries, next_cursor = await audit.list_entries(
-            session,
-            limit=limit,
-            cursor=cursor,
-            actor=actor,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-        )
+    session = work.session
+    entries, next_cursor = await audit.list_entries(
+        session,
+        limit=limit,
+        cursor=cursor,
+        actor=actor,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+    )
     return Page[AuditOut](data=[views.audit_out(e) for e in entries], next_cursor=next_cursor)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -15,12 +15,12 @@ from gateway.admin.auth import AdminActor
 from gateway.admin.schemas import ERROR_RESPONSES
 from gateway.core.clock import utcnow
 from gateway.core.periods import month_bounds
-from gateway.db.session import read_only, transaction
+from gateway.db.session import autocommit, transaction
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger.closing import close_period, closed_periods
 from gateway.reports.chargeback import ReportQuery, parse_group_by
 from gateway.reports.render import MEDIA_TYPES, focus_csv_chunks, render_report
-from gateway.web.deps import RuntimeDep
+from gateway.web.deps import RuntimeDep, UnitOfWorkDep
 
 router = APIRouter(
     prefix="/admin", tags=["finance"], route_class=StrictJSONRoute, responses=ERROR_RESPONSES
@@ -58,7 +58,6 @@ class ClosedPeriodOut(BaseModel):
     },
 )
 async def chargeback_report(
-    request: Request,
     admin: AdminActor,
     runtime: RuntimeDep,
     month: Month,
@@ -68,7 +67,6 @@ async def chargeback_report(
     tag: Annotated[str | None, Query(pattern=r"^[^=]+=.+$", examples=["project=atlas"])] = None,
     daily: bool = False,
 ) -> Response:
-    request.state.actor = admin.name
     if format == "focus":
         month_bounds(month)  # a month that cannot exist (0000-01) is a 400 before streaming
 
@@ -91,30 +89,22 @@ async def chargeback_report(
         tag=(key, value) if tag else None,
         daily=daily or format == "html",
     )
-    async with read_only(runtime.sessionmaker) as session:
+    async with autocommit(runtime.sessionmaker) as session:
         body = await render_report(session, query, format)
     return Response(content=body, media_type=MEDIA_TYPES[format])
 
 
 @router.post("/periods/{month}/close", status_code=201, summary="Close a month (freeze its report)")
-async def close_month(
-    month: str, request: Request, admin: AdminActor, runtime: RuntimeDep
-) -> ClosedPeriodOut:
-    request.state.actor = admin.name
-    async with transaction(runtime.sessionmaker) as session:
-        closed = await close_period(session, month, actor=admin, now=utcnow())
+async def close_month(month: str, admin: AdminActor, work: UnitOfWorkDep) -> ClosedPeriodOut:
+    closed = await close_period(work.session, month, actor=admin, now=utcnow())
     return ClosedPeriodOut(
         month=closed.period, closed_at=closed.closed_at.isoformat(), closed_by=closed.closed_by
     )
 
 
 @router.get("/periods", summary="Closed months")
-async def list_closed(
-    request: Request, admin: AdminActor, runtime: RuntimeDep
-) -> list[ClosedPeriodOut]:
-    request.state.actor = admin.name
-    async with read_only(runtime.sessionmaker) as session:
-        rows = await closed_periods(session)
+async def list_closed(admin: AdminActor, work: UnitOfWorkDep) -> list[ClosedPeriodOut]:
+    rows = await closed_periods(work.session)
     return [
         ClosedPeriodOut(month=p.period, closed_at=p.closed_at.isoformat(), closed_by=p.closed_by)
         for p in rows

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.cli._common import echo_json, fail, load_settings, run
 from gateway.core.periods import month_bounds
 from gateway.core.usd import parse_usd
-from gateway.db.session import read_only
+from gateway.db.session import autocommit
 from gateway.errors import GatewayError
 from gateway.observability.logging import configure_logging
 from gateway.reports import reconciliation
@@ -94,7 +94,7 @@ def reconcile(
             report = None if no_settle else await runtime.reconciler().run_once(everything=True)
             if charges is None:
                 return report, None
-            async with read_only(runtime.sessionmaker) as session:
+            async with autocommit(runtime.sessionmaker) as session:
                 ledger = await reconciliation.ledger_charges(
                     session, {c.job_id for c in charges}, month
                 )

@@ -13,7 +13,7 @@ from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, fail, load_settings, run
 from gateway.core.clock import utcnow
 from gateway.db.engine import create_engine, create_sessionmaker
-from gateway.db.session import read_only, transaction
+from gateway.db.session import autocommit, transaction
 from gateway.ledger.closing import close_period, closed_periods
 from gateway.ledger.models import ClosedPeriod
 from gateway.reports.chargeback import ReportQuery, parse_group_by
@@ -119,7 +119,7 @@ def list_closed() -> None:
     async def _list() -> Sequence[ClosedPeriod]:
         engine = create_engine(settings.database_url)
         try:
-            async with read_only(create_sessionmaker(engine)) as session:
+            async with autocommit(create_sessionmaker(engine)) as session:
                 return await closed_periods(session)
         finally:
             await engine.dispose()

@@ -1,6 +1,7 @@
 """Transactions.
 
-Services only ``flush``; whoever opens the transaction commits it. HTTP routes that talk to
+Domains only ``flush``; whoever opens the transaction commits it: an application service, or an
+entry point's unit of work (``gateway.web.deps.UnitOfWorkDep``). HTTP routes that talk to
 the upstream cannot hold one transaction across the network call (a slow upstream would pin a
 pooled connection per request), so the proxy opens short ``transaction()`` blocks around each
 database step instead of a request-scoped session.
@@ -28,12 +29,13 @@ async def transaction(
 
 
 @asynccontextmanager
-async def read_only(
+async def autocommit(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
-    """A session for reads that need no transaction of their own (a key lookup, a balance):
-    on Postgres it runs in autocommit, saving the BEGIN and COMMIT round trips; on SQLite (one
-    process, its own locking) it is an ordinary transaction."""
+    """A session whose statements each commit on their own: for reads that need no
+    transaction (a key lookup, a balance) and single-statement writes that need none either
+    (a key's last-used time). On Postgres it runs in autocommit, saving the BEGIN and COMMIT
+    round trips; on SQLite (one process, its own locking) it is an ordinary transaction."""
     async with sessionmaker() as session:
         if dialect_name(session) == "postgresql":
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
-from gateway.db.session import read_only
+from gateway.db.session import autocommit
 from gateway.ledger.quotas import BudgetPolicy
 from gateway.ledger.snapshot import ledger_snapshot
 from gateway.observability.metrics import Metrics
@@ -23,7 +23,7 @@ async def refresh_ledger_gauges(
 ) -> None:
     """Re-read budgets, spend, holds and lags from the shared database."""
     now = utcnow()
-    async with read_only(sessionmaker) as session:
+    async with autocommit(sessionmaker) as session:
         snapshot = await ledger_snapshot(session, period=period_of(now), now=now, policy=policy)
     for figures in snapshot.teams:
         metrics.set_team_figures(

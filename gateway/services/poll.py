@@ -9,7 +9,7 @@ import logging
 from dataclasses import replace
 
 from gateway.core.clock import utcnow
-from gateway.db.session import read_only
+from gateway.db.session import autocommit
 from gateway.errors import (
     NotFound,
     UpstreamInvalidResponse,
@@ -34,11 +34,11 @@ async def poll_job(
     not_found = NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
     if not JOB_ID.fullmatch(job_id):
         raise not_found
-    async with read_only(deps.sessionmaker) as session:
+    async with autocommit(deps.sessionmaker) as session:
         job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None and await deps.outbox.record_upstream_job(job_id, principal.team_id):
         # Accepted while the database was away: recorded just now from the outbox.
-        async with read_only(deps.sessionmaker) as session:
+        async with autocommit(deps.sessionmaker) as session:
             job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None:
         raise not_found

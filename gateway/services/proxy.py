@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.db.health import DatabaseHealth
-from gateway.db.session import read_only
+from gateway.db.session import autocommit
 from gateway.ledger import quotas
 from gateway.ledger.quotas import BalanceView, TeamQuota
 from gateway.observability.metrics import Metrics
@@ -68,7 +68,7 @@ def team_quota(principal: Principal) -> TeamQuota:
 
 
 async def usage(deps: ProxyDeps, principal: Principal) -> BalanceView:
-    async with read_only(deps.sessionmaker) as session:
+    async with autocommit(deps.sessionmaker) as session:
         return await quotas.balance_view(
             session,
             team_quota(principal),

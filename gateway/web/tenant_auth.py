@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
-from gateway.db.session import read_only, transaction
+from gateway.db.session import autocommit, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.ledger import quotas
 from gateway.ledger.quotas import BalanceView, TeamQuota
@@ -85,10 +85,10 @@ async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
     token = bearer_token(request)
     if runtime.jwt.enabled and looks_like_jwt(token):
         principal = await _principal_for_jwt(runtime, token)
-        async with read_only(runtime.sessionmaker) as session:
+        async with autocommit(runtime.sessionmaker) as session:
             balance = await _balance(session, runtime, principal)
     else:
-        async with read_only(runtime.sessionmaker) as session:
+        async with autocommit(runtime.sessionmaker) as session:
             principal = await authenticate_key(
                 session,
                 token,
