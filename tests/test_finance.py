@@ -84,7 +84,7 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
         team = await tenancy.create_team(session, "closers", actor=ACTOR, cost_center="CC-9")
         quota = TeamQuota(team.id, None, None)
         early = await _hold(session, quota, datetime(2026, 10, 5, tzinfo=UTC), 1_680_000)
-        capture = settlement.Settlement(JobState.CAPTURED, 1_680_000, reason="completed")
+        capture = settlement.SettlementPlan(JobState.CAPTURED, 1_680_000, reason="completed")
         await settlement.apply_settlement(
             session, early, capture, now=datetime(2026, 10, 5, 1, tzinfo=UTC)
         )
@@ -102,7 +102,7 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
 
     october_before = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
     # The October job settles now, after the close: the closed month must not change.
-    capture = settlement.Settlement(JobState.CAPTURED, 960_000, reason="completed")
+    capture = settlement.SettlementPlan(JobState.CAPTURED, 960_000, reason="completed")
     in_session(url, lambda s: settlement.apply_settlement(s, late, capture, now=utcnow()))
     october = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
     assert october.closed_at is not None
@@ -160,11 +160,11 @@ def test_a_close_waits_for_entries_being_written_so_the_month_never_changes_afte
         try:
             async with sessions() as writing, writing.begin():
                 # The first settlement is being written (its entry id is the lower one)...
-                capture = settlement.Settlement(JobState.CAPTURED, 1_680_000, reason="completed")
+                capture = settlement.SettlementPlan(JobState.CAPTURED, 1_680_000, reason="completed")
                 await settlement.apply_settlement(writing, first, capture, now=utcnow())
                 # ...while the second is written and committed.
                 async with transaction(sessions) as other:
-                    capture = settlement.Settlement(JobState.CAPTURED, 960_000, reason="completed")
+                    capture = settlement.SettlementPlan(JobState.CAPTURED, 960_000, reason="completed")
                     await settlement.apply_settlement(other, second, capture, now=utcnow())
 
                 async def close() -> None:

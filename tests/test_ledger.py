@@ -92,7 +92,7 @@ def hold(
     return in_session(url, _hold)
 
 
-def settle(url: str, job: Job, plan: settlement.Settlement) -> bool:
+def settle(url: str, job: Job, plan: settlement.SettlementPlan) -> bool:
     async def _settle(session: AsyncSession) -> bool:
         return await settlement.apply_settlement(session, job, plan, now=NOW) is not None
 
@@ -189,7 +189,7 @@ def test_settlement_happens_once_and_moves_the_money(database_url: str) -> None:
     quota = team_quota(database_url, tenant.team)
     captured_job = hold(database_url, quota, 1_680_000)
     released_job = hold(database_url, quota, 960_000)
-    capture = settlement.Settlement(JobState.CAPTURED, 1_680_000, reason="completed")
+    capture = settlement.SettlementPlan(JobState.CAPTURED, 1_680_000, reason="completed")
     assert settle(database_url, captured_job, capture) is True
     assert settle(database_url, captured_job, capture) is False
     assert settle(database_url, captured_job, settlement.release("failed")) is False
@@ -213,7 +213,7 @@ def test_cost_belongs_to_the_period_of_submit(database_url: str) -> None:
         period="2026-10",
         created_at=datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC),
     )
-    settle(database_url, job, settlement.Settlement(JobState.CAPTURED, 500_000))
+    settle(database_url, job, settlement.SettlementPlan(JobState.CAPTURED, 500_000))
     ledger = team_ledger(database_url, tenant.team)
     assert [(b.period, b.captured_micro_usd) for b in ledger.balances] == [("2026-10", 500_000)]
     assert {e.period for e in ledger.entries} == {"2026-10"}
@@ -378,7 +378,7 @@ def test_balance_view_for_usage(database_url: str) -> None:
         3_000_000,
     )
     job = hold(database_url, quota, 1_000_000)
-    settle(database_url, job, settlement.Settlement(JobState.CAPTURED, 700_000))
+    settle(database_url, job, settlement.SettlementPlan(JobState.CAPTURED, 700_000))
     hold(database_url, quota, 500_000)
     view = in_session(database_url, lambda s: quotas.balance_view(s, quota, PERIOD, "unlimited"))
     assert (view.held, view.captured, view.remaining) == (500_000, 700_000, 1_800_000)

@@ -29,7 +29,7 @@ from gateway.db.session import transaction
 from gateway.jobs import repository as jobs_repository
 from gateway.jobs.models import IdempotencyKey
 from gateway.ledger import quotas
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
 from gateway.tenancy import service as tenancy
@@ -243,7 +243,7 @@ def test_a_budget_change_and_a_capped_submit_opening_the_period_do_not_deadlock(
     tenant = make_tenant(postgres_url, budget_micro_usd=None, max_concurrent_jobs=2)
     period = period_of(utcnow())
 
-    async def scenario() -> BalanceView:
+    async def scenario() -> PeriodBalance:
         engine = create_engine(postgres_url)
         sessions = create_sessionmaker(engine)
         try:
@@ -252,7 +252,7 @@ def test_a_budget_change_and_a_capped_submit_opening_the_period_do_not_deadlock(
                 team_id = team.id
                 await quotas.set_period_budget(admin_session, team_id, period, 5_000_000, utcnow())
 
-                async def capped_submit() -> BalanceView:
+                async def capped_submit() -> PeriodBalance:
                     async with transaction(sessions) as session:
                         return await quotas.reserve_hold(
                             session,

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, La
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.core.clock import utcnow
-from gateway.db.base import Base, UTCDateTime
+from gateway.db.base import Base, StrEnumColumn, UTCDateTime
 
 
 class JobState(enum.StrEnum):
@@ -52,7 +52,7 @@ class Job(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     upstream_job_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     """The id the upstream returned; the one clients poll with."""
-    state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING.value)
+    state: Mapped[JobState] = mapped_column(StrEnumColumn(JobState, 16), default=JobState.PENDING)
     model: Mapped[str] = mapped_column(String(128))
     duration_ms: Mapped[int] = mapped_column(BigInteger)
     """Requested video length in milliseconds (defaults applied)."""

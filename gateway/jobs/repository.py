@@ -56,10 +56,10 @@ async def move_from_pending(
     """Record the upstream's answer to the submit. Only a job still in ``from_states`` moves
     (True if it did), so a late answer never overrides a settlement; nor one whose
     ``upstream_job_id`` another job already has (same statement: no extra round trip)."""
-    stmt = _move_statement(tuple(s.value for s in from_states), upstream_job_id is not None)
+    stmt = _move_statement(tuple(from_states), upstream_job_id is not None)
     params: dict[str, object] = {
         "move_job_id": job_id,
-        "new_state": state.value,
+        "new_state": state,
         "new_http_status": upstream_http_status,
         "new_next_check_at": next_check_at,
         "new_updated_at": utcnow(),
@@ -71,7 +71,7 @@ async def move_from_pending(
 
 
 @functools.cache
-def _move_statement(from_states: tuple[str, ...], with_upstream_id: bool) -> Update:
+def _move_statement(from_states: tuple[JobState, ...], with_upstream_id: bool) -> Update:
     """Built once per shape (it runs for every submit; SQLAlchemy's construction of a
     statement costs more CPU than its execution). No session synchronisation: the subquery
     cannot be evaluated in Python, and "fetch" would add a RETURNING; no caller reads a Job
@@ -98,7 +98,7 @@ async def record_late_acceptance(session: AsyncSession, job_id: str, upstream_jo
         update(Job)
         .where(
             Job.id == job_id,
-            Job.state == JobState.RELEASED.value,
+            Job.state == JobState.RELEASED,
             Job.upstream_job_id.is_(None),
         )
         .values(upstream_job_id=upstream_job_id, needs_review=True)
@@ -124,7 +124,7 @@ async def unanswered_due_for_resend(
         select(Job, JobRequest.body)
         .join(JobRequest, JobRequest.job_id == Job.id)
         .where(
-            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+            Job.state.in_([JobState.PENDING, JobState.UNKNOWN]),
             Job.next_check_at <= now,
             Job.created_at > created_after,
         )
@@ -146,7 +146,7 @@ async def due_for_check(
     session: AsyncSession, *, now: datetime, limit: int, everything: bool = False
 ) -> Sequence[Job]:
     """Submitted jobs whose next check is due, locked so other replicas skip them."""
-    stmt = select(Job).where(Job.state == JobState.SUBMITTED.value)
+    stmt = select(Job).where(Job.state == JobState.SUBMITTED)
     if not everything:
         stmt = stmt.where(Job.next_check_at <= now)
     stmt = stmt.order_by(Job.next_check_at).limit(limit).with_for_update(skip_locked=True)
@@ -158,7 +158,7 @@ async def schedule_next_check(
 ) -> None:
     await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.SUBMITTED.value)
+        .where(Job.id == job_id, Job.state == JobState.SUBMITTED)
         .values(next_check_at=at, check_attempts=attempts)
     )
 
@@ -168,7 +168,7 @@ async def schedule_unanswered_check(
 ) -> None:
     await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]))
+        .where(Job.id == job_id, Job.state.in_([JobState.PENDING, JobState.UNKNOWN]))
         .values(next_check_at=at, check_attempts=attempts)
     )
 
@@ -178,7 +178,7 @@ async def unanswered_before(session: AsyncSession, cutoff: datetime, limit: int)
     stmt = (
         select(Job)
         .where(
-            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+            Job.state.in_([JobState.PENDING, JobState.UNKNOWN]),
             Job.created_at < cutoff,
         )
         # Jobs already flagged (one the ledger refused to release, say) last, so a batch of
@@ -196,7 +196,7 @@ async def lock_unanswered(session: AsyncSession, job_id: str) -> Job | None:
         select(Job)
         .where(
             Job.id == job_id,
-            Job.state.in_([JobState.PENDING.value, JobState.UNKNOWN.value]),
+            Job.state.in_([JobState.PENDING, JobState.UNKNOWN]),
         )
         .with_for_update(skip_locked=True)
     )
@@ -215,9 +215,7 @@ async def flag_old_holds(session: AsyncSession, cutoff: datetime, now: datetime)
     stmt = (
         update(Job)
         .where(
-            Job.state.in_(
-                [JobState.PENDING.value, JobState.SUBMITTED.value, JobState.UNKNOWN.value]
-            ),
+            Job.state.in_([JobState.PENDING, JobState.SUBMITTED, JobState.UNKNOWN]),
             Job.created_at < cutoff,
             Job.flagged_at.is_(None),
         )

@@ -14,15 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import quotas
 from gateway.ledger.models import EntryKind, LedgerEntry
-from gateway.ledger.quotas import BalanceView, BudgetPolicy, TeamQuota
+from gateway.ledger.quotas import BudgetPolicy, PeriodBalance, TeamQuota
 
 
 async def place_hold(
     session: AsyncSession, team: TeamQuota, job: Job, *, policy: BudgetPolicy, now: datetime
-) -> BalanceView:
+) -> PeriodBalance:
     """Hold ``job.estimate_micro_usd`` for the new ``job`` in its period, or raise
     ``QuotaExceeded``. The job is inserted ``pending``; nothing is committed here."""
-    assert job.state == JobState.PENDING.value
+    assert job.state == JobState.PENDING
     assert job.team_id == team.team_id
     session.add(job)
     session.add(LedgerEntry.for_job(job, EntryKind.HOLD, job.estimate_micro_usd, now=now))

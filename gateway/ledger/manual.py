@@ -17,7 +17,7 @@ from gateway.jobs import idempotency
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
-from gateway.ledger.settlement import Settlement
+from gateway.ledger.settlement import SettlementPlan
 
 ADMIN_RELEASE_REASON = "released_by_admin"
 
@@ -26,7 +26,7 @@ ADMIN_RELEASE_REASON = "released_by_admin"
 class ManualRelease:
     job: Job
     team: str
-    plan: Settlement
+    plan: SettlementPlan
 
 
 async def release_job(
@@ -50,6 +50,6 @@ async def release_job(
         # Never confirmed by the upstream: a retry with the client's key must not replay a
         # claim that no longer holds anything (nor silently submit a second job).
         await idempotency.resolve_for_job(session, job.id, idempotency.OUTCOME_UNKNOWN)
-    after = {"state": JobState.RELEASED.value, "reason": ADMIN_RELEASE_REASON, "note": note}
+    after = {"state": JobState.RELEASED, "reason": ADMIN_RELEASE_REASON, "note": note}
     await audit.record(session, actor, "job.release", "job", job.id, before=before, after=after)
     return ManualRelease(job, team, plan)

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.core.clock import utcnow
-from gateway.db.base import Base, BigIntPK, UTCDateTime
+from gateway.db.base import Base, BigIntPK, StrEnumColumn, UTCDateTime
 from gateway.jobs.models import Job
 
 
@@ -109,7 +109,7 @@ class LedgerEntry(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
     period: Mapped[str] = mapped_column(String(7))
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[EntryKind] = mapped_column(StrEnumColumn(EntryKind, 16))
     amount_micro_usd: Mapped[int] = mapped_column(BigInteger)
     """Non-negative micro-USD. hold: amount reserved; capture: amount billed; release: amount
     given back; correction: amount to review (e.g. produced beyond the hold)."""
@@ -142,7 +142,7 @@ class LedgerEntry(Base):
             job_id=job.id,
             team_id=job.team_id,
             period=job.period,
-            kind=kind.value,
+            kind=kind,
             amount_micro_usd=amount_micro_usd,
             rate_card_version=job.rate_card_version,
             reason=reason,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.usd import format_usd
 from gateway.errors import BudgetExhausted, ConcurrencyLimited, Conflict
 from gateway.ledger import repository
-from gateway.ledger.repository import BalanceRow
+from gateway.ledger.repository import PeriodAmounts
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class TeamQuota:
 
 
 @dataclass(frozen=True)
-class BalanceView:
-    """A team's money for one period, micro-USD. ``budget`` None means unlimited."""
+class PeriodBalance:
+    """A team's balance for one period as the API shows it, micro-USD. ``budget`` None means
+    unlimited."""
 
     period: str
     budget: int | None
@@ -51,7 +52,7 @@ class BalanceView:
         return "unlimited" if remaining is None else format_usd(remaining)
 
     @classmethod
-    def of(cls, period: str, row: BalanceRow) -> BalanceView:
+    def of(cls, period: str, row: PeriodAmounts) -> PeriodBalance:
         return cls(period, row.budget_micro_usd, row.held_micro_usd, row.captured_micro_usd)
 
 
@@ -92,11 +93,11 @@ def period_budget(team: TeamQuota, policy: BudgetPolicy) -> int | None:
 
 async def balance_view(
     session: AsyncSession, team: TeamQuota, period: str, policy: BudgetPolicy
-) -> BalanceView:
+) -> PeriodBalance:
     row = await repository.get_balance(session, team.team_id, period)
     if row is None:
-        return BalanceView(period, period_budget(team, policy), 0, 0)
-    return BalanceView.of(period, row)
+        return PeriodBalance(period, period_budget(team, policy), 0, 0)
+    return PeriodBalance.of(period, row)
 
 
 async def reserve_hold(
@@ -107,7 +108,7 @@ async def reserve_hold(
     amount: int,
     now: datetime,
     policy: BudgetPolicy,
-) -> BalanceView:
+) -> PeriodBalance:
     """Reserve ``amount`` for a new job, or raise ``BudgetExhausted`` (429 with the figures) or
     ``ConcurrencyLimited``."""
     if team.max_concurrent_jobs is not None:
@@ -141,4 +142,4 @@ async def reserve_hold(
         in_flight = await repository.count_open_jobs(session, team.team_id)
         if in_flight > team.max_concurrent_jobs:
             raise ConcurrencyLimited(in_flight=in_flight - 1, limit=team.max_concurrent_jobs)
-    return BalanceView.of(period, row)
+    return PeriodBalance.of(period, row)

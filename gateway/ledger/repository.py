@@ -18,7 +18,9 @@ from gateway.tenancy.models import Team
 
 
 @dataclass(frozen=True)
-class BalanceRow:
+class PeriodAmounts:
+    """A team's period row as a statement returned it (micro-USD; budget None: unlimited)."""
+
     budget_micro_usd: int | None
     held_micro_usd: int
     captured_micro_usd: int
@@ -33,7 +35,7 @@ _RETURNED = (
 
 async def try_reserve(
     session: AsyncSession, team_id: int, period: str, amount: int, now: datetime
-) -> BalanceRow | None:
+) -> PeriodAmounts | None:
     """Add ``amount`` to held if it fits the budget; the row stays locked until commit.
 
     None when it does not fit, or when the period has no balance row yet.
@@ -53,7 +55,7 @@ async def try_reserve(
         .returning(*_RETURNED)
     )
     row = (await session.execute(stmt)).one_or_none()
-    return BalanceRow(*row) if row is not None else None
+    return PeriodAmounts(*row) if row is not None else None
 
 
 async def set_budget(
@@ -66,10 +68,10 @@ async def set_budget(
     )
 
 
-async def get_balance(session: AsyncSession, team_id: int, period: str) -> BalanceRow | None:
+async def get_balance(session: AsyncSession, team_id: int, period: str) -> PeriodAmounts | None:
     stmt = select(*_RETURNED).where(TeamBalance.team_id == team_id, TeamBalance.period == period)
     row = (await session.execute(stmt)).one_or_none()
-    return BalanceRow(*row) if row is not None else None
+    return PeriodAmounts(*row) if row is not None else None
 
 
 async def create_balance_if_missing(
@@ -96,7 +98,7 @@ async def move_settled_amounts(
     hold: int,
     captured: int,
     now: datetime,
-) -> BalanceRow:
+) -> PeriodAmounts:
     """Settle one hold: it leaves ``held``; ``captured`` (≤ hold) joins ``captured``."""
     stmt = (
         update(TeamBalance)
@@ -108,7 +110,7 @@ async def move_settled_amounts(
         )
         .returning(*_RETURNED)
     )
-    return BalanceRow(*(await session.execute(stmt)).one())
+    return PeriodAmounts(*(await session.execute(stmt)).one())
 
 
 async def lock_team(session: AsyncSession, team_id: int) -> None:
@@ -118,9 +120,7 @@ async def lock_team(session: AsyncSession, team_id: int) -> None:
 
 
 async def count_open_jobs(session: AsyncSession, team_id: int) -> int:
-    stmt = select(func.count()).where(
-        Job.team_id == team_id, Job.state.in_([s.value for s in OPEN_STATES])
-    )
+    stmt = select(func.count()).where(Job.team_id == team_id, Job.state.in_(OPEN_STATES))
     return int((await session.execute(stmt)).scalar_one())
 
 

@@ -31,7 +31,7 @@ from gateway.jobs.models import OPEN_STATES, Job, JobState
 from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.rates import rate_card_version
-from gateway.ledger.repository import BalanceRow
+from gateway.ledger.repository import PeriodAmounts
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +158,9 @@ def _upstream_cost(usage: Mapping[str, Any]) -> int | None:
 
 
 @dataclass(frozen=True)
-class Settlement:
-    """One planned settlement of one job."""
+class SettlementPlan:
+    """How one job is to be settled: what to bill, why, and what the upstream said. A plan:
+    ``apply_settlement`` carries it out, once."""
 
     state: JobState
     captured: int
@@ -175,20 +176,20 @@ class Settlement:
     needs_review: bool = False
 
 
-def release(reason: str, *, needs_review: bool = False) -> Settlement:
-    return Settlement(JobState.RELEASED, 0, reason=reason, needs_review=needs_review)
+def release(reason: str, *, needs_review: bool = False) -> SettlementPlan:
+    return SettlementPlan(JobState.RELEASED, 0, reason=reason, needs_review=needs_review)
 
 
 async def plan_from_outcome(
     session: AsyncSession, job: Job, outcome: TerminalOutcome, terminal_body: bytes
-) -> Settlement:
+) -> SettlementPlan:
     common: dict[str, Any] = {
         "upstream_status": outcome.status_word,
         "upstream_error_code": outcome.error_code,
         "terminal_body": terminal_body,
     }
     if not outcome.billed:
-        return Settlement(JobState.RELEASED, 0, reason=outcome.error_code or "failed", **common)
+        return SettlementPlan(JobState.RELEASED, 0, reason=outcome.error_code or "failed", **common)
     hold = job.estimate_micro_usd
     reason = "moderation_blocked" if outcome.error_code else "completed"
     if outcome.produced_seconds is None:
@@ -199,7 +200,7 @@ async def plan_from_outcome(
         price = price_request(units, card)
         video_ms = int(outcome.produced_seconds * 1000)
     captured = min(price, hold)
-    return Settlement(
+    return SettlementPlan(
         JobState.CAPTURED,
         captured,
         excess=price - captured,
@@ -214,24 +215,43 @@ async def plan_from_outcome(
 async def apply_settlement(
     session: AsyncSession,
     job: Job,
-    plan: Settlement,
+    plan: SettlementPlan,
     *,
     now: datetime,
     unless_claimed: bool = False,
-) -> BalanceRow | None:
+) -> PeriodAmounts | None:
     """Settle ``job`` as planned, once. Returns the new balance, or None if it was already
     settled (by another poll, replica or the reconciler): then nothing is written.
 
     ``unless_claimed``: only a job still pending that the reconciler has never claimed (its
     claim counts an attempt, committed before it re-sends the submit) is settled."""
-    open_job: ColumnElement[bool] = Job.state.in_([s.value for s in OPEN_STATES])
+    if not await _close(session, job, plan, now=now, unless_claimed=unless_claimed):
+        return None
+    await repository.add_entries(session, *_entries(job, plan, now=now))
+    _compare_with_upstream_cost(job, plan)
+    return await repository.move_settled_amounts(
+        session,
+        job.team_id,
+        job.period,
+        hold=job.estimate_micro_usd,
+        captured=plan.captured,
+        now=now,
+    )
+
+
+async def _close(
+    session: AsyncSession, job: Job, plan: SettlementPlan, *, now: datetime, unless_claimed: bool
+) -> bool:
+    """Move the job to its final state if it is still open: the one conditional update that
+    makes a settlement happen once, whoever else tries."""
+    open_job: ColumnElement[bool] = Job.state.in_(OPEN_STATES)
     if unless_claimed:
-        open_job = and_(Job.state == JobState.PENDING.value, Job.check_attempts == 0)
+        open_job = and_(Job.state == JobState.PENDING, Job.check_attempts == 0)
     moved = await session.execute(
         update(Job)
         .where(Job.id == job.id, open_job)
         .values(
-            state=plan.state.value,
+            state=plan.state,
             settled_at=now,
             updated_at=now,
             next_check_at=None,
@@ -241,15 +261,18 @@ async def apply_settlement(
             needs_review=Job.needs_review | plan.needs_review,
         )
     )
-    if not getattr(moved, "rowcount", 0):
-        return None
-    hold = job.estimate_micro_usd
+    return bool(getattr(moved, "rowcount", 0))
+
+
+def _entries(job: Job, plan: SettlementPlan, *, now: datetime) -> list[LedgerEntry]:
+    """The ledger lines of a settlement: the capture (what was billed) or the release (the
+    whole hold), and a correction for review if the upstream produced more than was held."""
     captured = plan.state is JobState.CAPTURED
     entries = [
         LedgerEntry.for_job(
             job,
             EntryKind.CAPTURE if captured else EntryKind.RELEASE,
-            plan.captured if captured else hold,
+            plan.captured if captured else job.estimate_micro_usd,
             now=now,
             reason=plan.reason,
             video_ms=plan.video_ms,
@@ -273,14 +296,10 @@ async def apply_settlement(
             "upstream produced more than was held; excess recorded for review",
             extra={"gateway_job_id": job.id, "excess_usd": format_usd(plan.excess)},
         )
-    await repository.add_entries(session, *entries)
-    _compare_with_upstream_cost(job, plan)
-    return await repository.move_settled_amounts(
-        session, job.team_id, job.period, hold=hold, captured=plan.captured, now=now
-    )
+    return entries
 
 
-def _compare_with_upstream_cost(job: Job, plan: Settlement) -> None:
+def _compare_with_upstream_cost(job: Job, plan: SettlementPlan) -> None:
     if plan.upstream_cost_micro_usd is None:
         return
     ours = plan.captured + plan.excess

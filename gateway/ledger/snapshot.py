@@ -43,7 +43,7 @@ class LedgerSnapshot:
 async def ledger_snapshot(
     session: AsyncSession, *, period: str, now: datetime, policy: BudgetPolicy
 ) -> LedgerSnapshot:
-    open_states = [s.value for s in OPEN_STATES]
+    open_states = OPEN_STATES
     in_flight = (
         select(Job.team_id, func.count().label("n"))
         .where(Job.state.in_(open_states))
@@ -83,7 +83,7 @@ async def ledger_snapshot(
     most_overdue = (
         await session.execute(
             select(func.min(Job.next_check_at)).where(
-                Job.state == JobState.SUBMITTED.value, Job.next_check_at <= now
+                Job.state == JobState.SUBMITTED, Job.next_check_at <= now
             )
         )
     ).scalar()

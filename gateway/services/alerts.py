@@ -35,7 +35,7 @@ from gateway.core.clock import utcnow
 from gateway.core.usd import format_usd
 from gateway.db.session import dialect_name, transaction
 from gateway.ledger.models import BudgetAlert
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.tenancy.models import Team
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class BudgetAlerts:
         # Thresholds this process already raised: skip the insert on every later submit.
         self._raised: set[tuple[int, str, str]] = set()
 
-    async def after_hold(self, team: TeamQuota, balance: BalanceView) -> None:
+    async def after_hold(self, team: TeamQuota, balance: PeriodBalance) -> None:
         """Raise the soft-limit alert if this hold took the team past it."""
         if team.soft_limit_percent is None or balance.budget is None:
             return
@@ -74,12 +74,14 @@ class BudgetAlerts:
         if used >= limit:
             await self._raise(team.team_id, balance, SOFT_LIMIT, limit)
 
-    async def after_budget_refusal(self, team: TeamQuota, balance: BalanceView) -> None:
+    async def after_budget_refusal(self, team: TeamQuota, balance: PeriodBalance) -> None:
         """A submit did not fit the budget: the team is at its hard limit."""
         if balance.budget is not None:
             await self._raise(team.team_id, balance, HARD_LIMIT, balance.budget)
 
-    async def _raise(self, team_id: int, balance: BalanceView, threshold: str, limit: int) -> None:
+    async def _raise(
+        self, team_id: int, balance: PeriodBalance, threshold: str, limit: int
+    ) -> None:
         key = (team_id, balance.period, threshold)
         if key in self._raised:
             return

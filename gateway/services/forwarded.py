@@ -21,7 +21,7 @@ from gateway.errors import (
 )
 from gateway.jobs.idempotency import StoredResponse
 from gateway.jobs.models import Job
-from gateway.ledger.quotas import BalanceView
+from gateway.ledger.quotas import PeriodBalance
 from gateway.services import settling
 from gateway.services.proxy import ProxiedResponse, ProxyDeps
 from gateway.services.recording import (
@@ -44,7 +44,7 @@ class Release:
     """A submit's own release: the team's new balance, or None if the job was not released
     (the reconciler had claimed it, or the database could not record it: left open)."""
 
-    balance: BalanceView | None
+    balance: PeriodBalance | None
 
 
 @dataclass
@@ -58,7 +58,7 @@ class AfterForward:
     job: Job
     team_name: str
     idempotency_key: str | None
-    on_balance: Callable[[BalanceView], None]
+    on_balance: Callable[[PeriodBalance], None]
 
     async def accepted(
         self, upstream_job_id: str, answer: UpstreamResponse, response: ProxiedResponse
@@ -94,7 +94,7 @@ class AfterForward:
         if not isinstance(released, Released):
             return Release(None)
         settling.count_settlement(self.deps.metrics, self.team_name, self.job, released.plan)
-        view = BalanceView.of(self.job.period, released.balance)
+        view = PeriodBalance.of(self.job.period, released.balance)
         self.on_balance(view)
         return Release(view)
 

@@ -17,7 +17,7 @@ from gateway.errors import (
 from gateway.jobs import repository as jobs
 from gateway.jobs.models import JobState
 from gateway.ledger import settlement
-from gateway.ledger.quotas import BalanceView
+from gateway.ledger.quotas import PeriodBalance
 from gateway.services import settling
 from gateway.services.proxy import JOB_ID, ProxiedResponse, ProxyDeps, pass_through
 from gateway.tenancy.service import Principal
@@ -70,6 +70,6 @@ async def poll_job(
     captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None
     return replace(
         response,
-        balance=BalanceView.of(job.period, settled.balance),
+        balance=PeriodBalance.of(job.period, settled.balance),
         captured_micro_usd=captured,
     )

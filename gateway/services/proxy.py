@@ -17,7 +17,7 @@ from gateway.core.periods import period_of
 from gateway.db.health import DatabaseHealth
 from gateway.db.session import autocommit
 from gateway.ledger import quotas
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox
@@ -53,7 +53,7 @@ class ProxiedResponse:
     headers: dict[str, str] = field(default_factory=dict)
     job_id: str | None = None
     upstream_seconds: float | None = None
-    balance: BalanceView | None = None
+    balance: PeriodBalance | None = None
     captured_micro_usd: int | None = None
     """Set when this response settled its job with a capture (for the access log)."""
 
@@ -67,7 +67,7 @@ def team_quota(principal: Principal) -> TeamQuota:
     )
 
 
-async def usage(deps: ProxyDeps, principal: Principal) -> BalanceView:
+async def usage(deps: ProxyDeps, principal: Principal) -> PeriodBalance:
     async with autocommit(deps.sessionmaker) as session:
         return await quotas.balance_view(
             session,
@@ -82,7 +82,7 @@ def pass_through(
     *,
     extra: dict[str, str] | None = None,
     job_id: str | None = None,
-    balance: BalanceView | None = None,
+    balance: PeriodBalance | None = None,
 ) -> ProxiedResponse:
     headers = dict(answer.headers)
     if extra:

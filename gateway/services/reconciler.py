@@ -153,7 +153,7 @@ class Reconciler:
             if job is None:  # settled meanwhile, or another replica has it
                 return False
             state = job.state
-            unknown = state == JobState.UNKNOWN.value
+            unknown = state == JobState.UNKNOWN
             plan = settlement.release(
                 "submit_outcome_unknown" if unknown else "submit_unanswered", needs_review=True
             )
@@ -341,7 +341,7 @@ class Reconciler:
             logger.warning("hold older than the maximum age", extra={"gateway_job_id": job_id})
         return len(flagged)
 
-    def _record(self, job: Job, plan: settlement.Settlement) -> None:
+    def _record(self, job: Job, plan: settlement.SettlementPlan) -> None:
         team = self._team_names.get(job.team_id, str(job.team_id))
         settling.count_settlement(self.metrics, team, job, plan)
 

@@ -33,7 +33,7 @@ from gateway.jobs import repository as jobs
 from gateway.jobs.idempotency import StoredResponse
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
-from gateway.ledger.repository import BalanceRow
+from gateway.ledger.repository import PeriodAmounts
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class Released:
     """A refusal's release, when it happened: the job, what was settled, the new balance."""
 
     job: Job
-    plan: settlement.Settlement
-    balance: BalanceRow
+    plan: settlement.SettlementPlan
+    balance: PeriodAmounts
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.core.usd import format_usd
 from gateway.db.session import transaction
 from gateway.jobs.models import Job, JobState
-from gateway.ledger.repository import BalanceRow
+from gateway.ledger.repository import PeriodAmounts
 from gateway.ledger.settlement import (
-    Settlement,
+    SettlementPlan,
     StatusVocabulary,
     apply_settlement,
     plan_from_outcome,
@@ -30,7 +30,7 @@ from gateway.observability.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 
-def count_settlement(metrics: Metrics, team: str, job: Job, plan: Settlement) -> None:
+def count_settlement(metrics: Metrics, team: str, job: Job, plan: SettlementPlan) -> None:
     """Count one settlement this process made (after its transaction committed)."""
     if plan.state is not JobState.CAPTURED:
         metrics.record_release()
@@ -51,8 +51,8 @@ def count_settlement(metrics: Metrics, team: str, job: Job, plan: Settlement) ->
 
 @dataclass(frozen=True)
 class Settled:
-    plan: Settlement
-    balance: BalanceRow
+    plan: SettlementPlan
+    balance: PeriodAmounts
 
 
 async def settle_from_poll(

@@ -39,7 +39,7 @@ from gateway.jobs.tags import canonical as canonical_tags
 from gateway.jobs.tags import parse_tags
 from gateway.ledger import settlement
 from gateway.ledger.holds import place_hold
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.services.forwarded import AfterForward, unanswered_recheck
 from gateway.services.proxy import JOB_ID, ProxiedResponse, ProxyDeps, pass_through, team_quota
@@ -60,7 +60,7 @@ async def submit_generation(
     request_id: str,
     idempotency_key: str | None = None,
     tags_header: str | None = None,
-    on_balance: Callable[[BalanceView], None] = lambda _: None,
+    on_balance: Callable[[PeriodBalance], None] = lambda _: None,
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
@@ -123,7 +123,7 @@ async def _hold(
         )
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(principal.team_name).inc()
-        refused_at = BalanceView(exc.period, exc.budget, exc.held, exc.captured)
+        refused_at = PeriodBalance(exc.period, exc.budget, exc.held, exc.captured)
         await deps.alerts.after_budget_refusal(quota, refused_at)
         raise
     except QuotaExceeded:
@@ -139,7 +139,7 @@ async def _check_before_forwarding(
     quota: TeamQuota,
     opened: _Opened,
     after: AfterForward,
-    on_balance: Callable[[BalanceView], None],
+    on_balance: Callable[[PeriodBalance], None],
 ) -> None:
     """Between the hold and the forward: report the balance, raise a soft-limit alert, and
     make sure the submit is still inside its forward window. Any failure gives the hold back
@@ -195,7 +195,7 @@ async def _forward(
 @dataclass(frozen=True)
 class _Opened:
     job: Job
-    balance: BalanceView
+    balance: PeriodBalance
 
 
 async def _open_job(
@@ -260,7 +260,7 @@ def _new_job(
         id=job_id,
         team_id=principal.team_id,
         api_key_id=principal.key_id,
-        state=JobState.PENDING.value,
+        state=JobState.PENDING,
         model=request.model.id,
         duration_ms=int(Decimal(units.duration_seconds) * 1000),
         resolution=units.resolution,

@@ -12,7 +12,7 @@ from gateway.core.periods import period_of
 from gateway.db.session import autocommit, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.ledger import quotas
-from gateway.ledger.quotas import BalanceView, TeamQuota
+from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.runtime import Runtime
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
@@ -44,7 +44,7 @@ def bearer_token(request: Request, *, allow_x_api_key: bool = True) -> str:
     return token
 
 
-def remember_balance(request: Request, balance: BalanceView) -> None:
+def remember_balance(request: Request, balance: PeriodBalance) -> None:
     """The figure every tenant response carries as ``X-Quota-Remaining-USD``."""
     setattr(request.state, QUOTA_HEADER_STATE, balance.remaining_header())
 
@@ -66,7 +66,7 @@ async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
     return Principal.of(team, subject=verified.subject)
 
 
-async def _balance(session: AsyncSession, runtime: Runtime, principal: Principal) -> BalanceView:
+async def _balance(session: AsyncSession, runtime: Runtime, principal: Principal) -> PeriodBalance:
     quota = TeamQuota(
         principal.team_id,
         principal.monthly_budget_micro_usd,
