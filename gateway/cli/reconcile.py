@@ -16,7 +16,12 @@ from gateway.db.session import autocommit
 from gateway.errors import GatewayError
 from gateway.observability.logging import configure_logging
 from gateway.reports import reconciliation
-from gateway.reports.reconciliation import ColumnMap, Reconciliation, UsageFileError
+from gateway.reports.reconciliation import (
+    ColumnMap,
+    Reconciliation,
+    UpstreamCharge,
+    UsageFileError,
+)
 from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
 
@@ -74,15 +79,7 @@ def reconcile(
         tolerance = parse_usd(tolerance_usd)  # exact, and never negative
     except ValueError as exc:
         fail(f"--tolerance-usd: {exc}", code=2)
-    try:
-        column_map = ColumnMap.parse(columns)
-        charges = (
-            reconciliation.parse_usage(upstream_usage.read_text("utf-8"), column_map)
-            if upstream_usage
-            else None
-        )
-    except (UsageFileError, ValueError) as exc:
-        fail(f"cannot read the upstream usage: {exc}", code=2)
+    charges = _read_usage(upstream_usage, columns)
     if month is not None:
         try:
             month_bounds(month)
@@ -108,6 +105,23 @@ def reconcile(
         assert report is not None
         _print_pass(report, as_json)
         return
+    _print_comparison(report, comparison, fmt)
+    sys.exit(0 if comparison.clean else 1)
+
+
+def _read_usage(path: Path | None, columns: tuple[str, ...]) -> list[UpstreamCharge] | None:
+    """The upstream's usage export, if one was given (exit 2 if it, or a --column mapping,
+    cannot be read)."""
+    try:
+        column_map = ColumnMap.parse(columns)
+        if path is None:
+            return None
+        return reconciliation.parse_usage(path.read_text("utf-8"), column_map)
+    except (UsageFileError, ValueError) as exc:
+        fail(f"cannot read the upstream usage: {exc}", code=2)
+
+
+def _print_comparison(report: ReconcileReport | None, comparison: Reconciliation, fmt: str) -> None:
     if report is not None:
         click.echo(
             f"settlement pass: settled {report.settled}, still running {report.still_running}",
@@ -119,7 +133,6 @@ def reconcile(
         click.echo(reconciliation.to_csv(comparison), nl=False)
     else:
         click.echo(reconciliation.to_table(comparison), nl=False)
-    sys.exit(0 if comparison.clean else 1)
 
 
 def _print_pass(report: ReconcileReport, as_json: bool) -> None:

@@ -61,18 +61,15 @@ async def list_rate_cards(session: AsyncSession, model: str | None = None) -> Se
     return (await session.execute(stmt)).scalars().all()
 
 
-async def add_rate_card(
-    session: AsyncSession,
+def _check_rate_card(
     catalog: Catalog,
-    *,
     model: str,
     version: str,
     image_fee_micro_usd: int,
     per_second_micro_usd: dict[str, int],
-    actor: Actor,
-    effective_from: datetime | None = None,
-) -> RateCardRow:
-    """Add a version. It must price every resolution the model accepts."""
+) -> None:
+    """Refuse (400) a card for a model the catalog lacks, one that leaves a resolution
+    unpriced, a negative or absurd amount, or a version name out of bounds."""
     spec = catalog.get(model)
     if spec is None:
         raise InvalidRequest(f"model {model!r} is not in the catalog", code="unknown_model")
@@ -90,6 +87,21 @@ async def add_rate_card(
         raise InvalidRequest("rates must be non-negative amounts", code="out_of_range")
     if not 1 <= len(version) <= 64:
         raise InvalidRequest("version must be 1-64 characters", code="invalid_length")
+
+
+async def add_rate_card(
+    session: AsyncSession,
+    catalog: Catalog,
+    *,
+    model: str,
+    version: str,
+    image_fee_micro_usd: int,
+    per_second_micro_usd: dict[str, int],
+    actor: Actor,
+    effective_from: datetime | None = None,
+) -> RateCardRow:
+    """Add a version. It must price every resolution the model accepts."""
+    _check_rate_card(catalog, model, version, image_fee_micro_usd, per_second_micro_usd)
     existing = await session.execute(
         select(RateCardRow.id).where(RateCardRow.model == model, RateCardRow.version == version)
     )

@@ -44,7 +44,7 @@ from gateway.ledger import settlement
 from gateway.observability.metrics import Metrics
 from gateway.services import settling
 from gateway.tenancy.repository import team_names
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
 _DEFAULT_PAUSE_SECONDS = 30.0
@@ -209,20 +209,30 @@ class Reconciler:
         except UpstreamError:
             return False
         if answer.status_code >= 400:
-            if answer.status_code in (409, 429):  # busy or rate-limited: try again later
-                return False
-            plan = settlement.release("upstream_refused")
-            async with transaction(self.sessionmaker) as session:
-                settled = await settlement.apply_settlement(session, job, plan, now=self.clock())
-                await jobs.drop_request(session, job.id)
-                await idempotency.resolve_for_job(session, job.id, None)
-            if settled is not None:
-                self._record(job, plan)
+            if answer.status_code not in (409, 429):  # busy or rate-limited: try again later
+                await self._release_refused(job)
             return False
         parsed = settlement.parse_poll_body(answer.body)
         upstream_job_id = parsed.get("job_id") if parsed else None
         if not isinstance(upstream_job_id, str) or not upstream_job_id:
             return False
+        return await self._record_recovered(job, answer, upstream_job_id)
+
+    async def _release_refused(self, job: Job) -> None:
+        """The upstream refused the re-sent submit: it will never run, so its hold goes back."""
+        plan = settlement.release("upstream_refused")
+        async with transaction(self.sessionmaker) as session:
+            settled = await settlement.apply_settlement(session, job, plan, now=self.clock())
+            await jobs.drop_request(session, job.id)
+            await idempotency.resolve_for_job(session, job.id, None)
+        if settled is not None:
+            self._record(job, plan)
+
+    async def _record_recovered(
+        self, job: Job, answer: UpstreamResponse, upstream_job_id: str
+    ) -> bool:
+        """The re-send was accepted: the job is submitted now, and a client retrying with the
+        original Idempotency-Key hears the answer it missed. True if the job moved."""
         async with transaction(self.sessionmaker) as session:
             moved = await jobs.move_from_pending(
                 session,
@@ -243,13 +253,10 @@ class Reconciler:
                 )
             if moved:
                 estimate = {ESTIMATE_HEADER: format_usd(job.estimate_micro_usd)}
-                await idempotency.resolve_for_job(
-                    session,
-                    job.id,
-                    idempotency.StoredResponse(
-                        answer.status_code, answer.body, {**answer.headers, **estimate}
-                    ),
+                stored = idempotency.StoredResponse(
+                    answer.status_code, answer.body, {**answer.headers, **estimate}
                 )
+                await idempotency.resolve_for_job(session, job.id, stored)
         if moved:
             logger.warning(
                 "recovered the upstream job of a submit left unanswered",
