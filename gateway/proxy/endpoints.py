@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.pricing import ESTIMATE_HEADER
 from gateway.core.usd import format_usd
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.jobs.models import Job
 from gateway.kit.http import read_body_capped
+from gateway.ledger.quotas import PeriodBalance
 from gateway.proxy.schemas import UsageOut
 from gateway.services import poll, submit
 from gateway.services.proxy import ProxiedResponse, usage
+from gateway.tenancy.service import Principal
 from gateway.web.deps import RuntimeDep
-from gateway.web.tenant_auth import CurrentPrincipal, remember_balance
+from gateway.web.tenant_auth import (
+    SubmittingPrincipal,
+    authenticated,
+    remember_balance,
+    remember_balance_if_unknown,
+)
 
 router = APIRouter(tags=["video generation"])
 _SINGLE_HEADERS = (
@@ -39,7 +48,7 @@ def _to_response(request: Request, result: ProxiedResponse) -> Response:
 @router.post("/v1/videos/generations", summary="Submit a video generation job")
 async def submit_generation(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: SubmittingPrincipal,
     runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     tags: Annotated[
@@ -51,37 +60,76 @@ async def submit_generation(
         ),
     ] = None,
 ) -> Response:
-    for name, code in _SINGLE_HEADERS:
-        if len(request.headers.getlist(name)) > 1:
-            # Which one would count? The one validated, or the one a proxy in between keeps?
-            runtime.metrics.validation_rejections.labels(code).inc()
-            raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
-    raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
-    result = await submit.submit_generation(
-        runtime.proxy,
-        principal,
-        raw,
-        request_id=request.state.request_id,
-        idempotency_key=idempotency_key,
-        tags_header=tags,
-        on_balance=lambda balance: remember_balance(request, balance),
-    )
-    return _to_response(request, result)
+    try:
+        for name, code in _SINGLE_HEADERS:
+            if len(request.headers.getlist(name)) > 1:
+                # Which one would count? The one validated, or the one a proxy in between keeps?
+                runtime.metrics.validation_rejections.labels(code).inc()
+                raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
+        raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
+        result = await submit.submit_generation(
+            runtime.proxy,
+            principal,
+            raw,
+            request_id=request.state.request_id,
+            idempotency_key=idempotency_key,
+            tags_header=tags,
+            on_balance=lambda balance: remember_balance(request, balance),
+        )
+    except GatewayError as exc:
+        if exc.status_code < 500:
+            # Refused before a hold said what is left (a 400, 409 or 429): read it, as for
+            # any tenant response. Not after a 5xx: the database may be why it failed.
+            await remember_balance_if_unknown(request, runtime, principal)
+        raise
+    response = _to_response(request, result)
+    await remember_balance_if_unknown(request, runtime, principal)  # an idempotent replay
+    return response
+
+
+async def _polling(
+    job_id: str, request: Request, runtime: RuntimeDep
+) -> tuple[Principal, Job | None]:
+    """The caller, its balance and the job it polls, in one database session."""
+
+    async def read(session: AsyncSession, principal: Principal) -> Job | None:
+        remember_balance(request, await usage(session, runtime.proxy, principal))
+        return await poll.find_job(session, job_id, principal)
+
+    principal, job = await authenticated(request, runtime, read)
+    return principal, job
 
 
 @router.get("/v1/jobs/{job_id}", summary="Poll a job")
 async def get_job(
-    job_id: str, request: Request, principal: CurrentPrincipal, runtime: RuntimeDep
+    job_id: str,
+    request: Request,
+    caller: Annotated[tuple[Principal, Job | None], Depends(_polling)],
+    runtime: RuntimeDep,
 ) -> Response:
+    principal, job = caller
     result = await poll.poll_job(
-        runtime.proxy, principal, job_id, request_id=request.state.request_id
+        runtime.proxy, principal, job_id, job, request_id=request.state.request_id
     )
     return _to_response(request, result)
 
 
+async def _with_balance(
+    request: Request, runtime: RuntimeDep
+) -> tuple[Principal, PeriodBalance | None]:
+    async def read(session: AsyncSession, principal: Principal) -> PeriodBalance:
+        return await usage(session, runtime.proxy, principal)
+
+    return await authenticated(request, runtime, read)
+
+
 @router.get("/v1/usage", summary="The calling team's money for the current period")
-async def get_usage(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep) -> UsageOut:
-    balance = await usage(runtime.proxy, principal)
+async def get_usage(
+    request: Request,
+    caller: Annotated[tuple[Principal, PeriodBalance | None], Depends(_with_balance)],
+) -> UsageOut:
+    principal, balance = caller
+    assert balance is not None  # read for every caller
     remember_balance(request, balance)
     remaining = balance.remaining
     return UsageOut(

@@ -127,6 +127,7 @@ class AfterForward:
             answered_at=utcnow(),
             idempotency_key=self.idempotency_key,
             response=stored,
+            request_kept=self.deps.settings.upstream_honors_idempotency_key,
             **fields,
         )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from gateway.core.clock import utcnow
 from gateway.db.session import autocommit
 from gateway.errors import (
@@ -15,7 +17,7 @@ from gateway.errors import (
     UpstreamInvalidResponse,
 )
 from gateway.jobs import repository as jobs
-from gateway.jobs.models import JobState
+from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.quotas import PeriodBalance
 from gateway.services import settling
@@ -27,21 +29,35 @@ logger = logging.getLogger(__name__)
 _MAX_JOB_ID_LENGTH = 128
 
 
-async def poll_job(
-    deps: ProxyDeps, principal: Principal, job_id: str, *, request_id: str
-) -> ProxiedResponse:
-    # Another team's job and an unknown id get the same answer, by design.
-    not_found = NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
+async def find_job(session: AsyncSession, job_id: str, principal: Principal) -> Job | None:
+    """The caller's job with that upstream id, read in the session that authenticated the
+    caller (one pool checkout per poll); None for a malformed id without a query."""
     if not JOB_ID.fullmatch(job_id):
-        raise not_found
-    async with autocommit(deps.sessionmaker) as session:
-        job = await jobs.find_for_team(session, job_id, principal.team_id)
-    if job is None and await deps.outbox.record_upstream_job(job_id, principal.team_id):
+        return None
+    return await jobs.find_for_team(session, job_id, principal.team_id)
+
+
+async def poll_job(
+    deps: ProxyDeps,
+    principal: Principal,
+    job_id: str,
+    job: Job | None,
+    *,
+    request_id: str,
+) -> ProxiedResponse:
+    """Answer a poll of ``job_id``; ``job`` is what ``find_job`` found for it."""
+    outbox = deps.outbox
+    if (
+        job is None
+        and JOB_ID.fullmatch(job_id)
+        and await outbox.record_upstream_job(job_id, principal.team_id)
+    ):
         # Accepted while the database was away: recorded just now from the outbox.
         async with autocommit(deps.sessionmaker) as session:
             job = await jobs.find_for_team(session, job_id, principal.team_id)
     if job is None:
-        raise not_found
+        # Another team's job and an unknown id get the same answer, by design.
+        raise NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
     if job.terminal_body is not None:
         # Settled: the gateway's own record answers; the upstream is not asked again.
         return ProxiedResponse(
@@ -55,7 +71,7 @@ async def poll_job(
         logger.warning("upstream answered a poll with a body that is not a JSON object")
         deps.metrics.upstream_errors.labels("invalid_response").inc()
         raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
-    vocabulary = settlement.vocabulary_from(deps.settings)
+    vocabulary = deps.vocabulary
     settled = await settling.settle_from_poll(
         deps.sessionmaker, vocabulary, job, body, answer.body, now=utcnow()
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,8 +16,7 @@ from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.db.health import DatabaseHealth
-from gateway.db.session import autocommit
-from gateway.ledger import quotas
+from gateway.ledger import quotas, settlement
 from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
@@ -43,6 +43,11 @@ class ProxyDeps:
     outbox: AnswerOutbox
     db_health: DatabaseHealth
 
+    @cached_property
+    def vocabulary(self) -> settlement.StatusVocabulary:
+        """The upstream's status words, as configured (read once, not per poll)."""
+        return settlement.vocabulary_from(self.settings)
+
 
 @dataclass(frozen=True)
 class ProxiedResponse:
@@ -67,14 +72,11 @@ def team_quota(principal: Principal) -> TeamQuota:
     )
 
 
-async def usage(deps: ProxyDeps, principal: Principal) -> PeriodBalance:
-    async with autocommit(deps.sessionmaker) as session:
-        return await quotas.balance_view(
-            session,
-            team_quota(principal),
-            period_of(utcnow()),
-            deps.settings.default_budget_policy,
-        )
+async def usage(session: AsyncSession, deps: ProxyDeps, principal: Principal) -> PeriodBalance:
+    """The caller's team's balance for the current period."""
+    return await quotas.balance_view(
+        session, team_quota(principal), period_of(utcnow()), deps.settings.default_budget_policy
+    )
 
 
 def pass_through(

@@ -63,6 +63,9 @@ class SubmitAnswer:
     idempotency_key: str | None = None
     response: StoredResponse | None = None
     """What a retry with the same Idempotency-Key is answered with."""
+    request_kept: bool = True
+    """Whether the submit's body was kept for a re-send (only when the upstream honours
+    Idempotency-Key): only then is there a row to drop once the answer is recorded."""
 
     def to_json(self) -> bytes:
         response = self.response
@@ -77,6 +80,7 @@ class SubmitAnswer:
                 "release_reason": self.release_reason,
                 "next_check_at": self.next_check_at.isoformat() if self.next_check_at else None,
                 "idempotency_key": self.idempotency_key,
+                "request_kept": self.request_kept,
                 "response": None
                 if response is None
                 else {
@@ -116,6 +120,7 @@ class SubmitAnswer:
             next_check_at=datetime.fromisoformat(next_check) if next_check else None,
             idempotency_key=data.get("idempotency_key"),
             response=response,
+            request_kept=bool(data.get("request_kept", True)),  # older files: drop, to be sure
         )
 
 
@@ -170,7 +175,8 @@ async def record_answer(
     if balance is None:
         return None
     await jobs.record_http_status(session, answer.job_id, answer.http_status)
-    await jobs.drop_request(session, answer.job_id)
+    if answer.request_kept:
+        await jobs.drop_request(session, answer.job_id)
     if answer.idempotency_key is not None:
         await idempotency.forget(
             session, team_id=answer.team_id, key=answer.idempotency_key, job_id=answer.job_id
@@ -222,7 +228,8 @@ async def _record_acceptance(session: AsyncSession, answer: SubmitAnswer) -> Dup
             "the upstream accepted a submit whose hold was already released",
             extra={"gateway_job_id": answer.job_id, "upstream_job_id": answer.upstream_job_id},
         )
-    await jobs.drop_request(session, answer.job_id)
+    if answer.request_kept:
+        await jobs.drop_request(session, answer.job_id)
     await _store_response(session, answer)
     return None
 

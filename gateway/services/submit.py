@@ -67,7 +67,7 @@ async def submit_generation(
     request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
     quota = team_quota(principal)
     opened = await _hold(
-        deps, principal, quota, request, raw_body, tags, request_id, idempotency_key
+        deps, principal, quota, request, raw_body, tags, request_id, idempotency_key, on_balance
     )
     if isinstance(opened, ProxiedResponse):
         return opened  # the first answer for this Idempotency-Key, replayed
@@ -106,6 +106,7 @@ async def _hold(
     tags: dict[str, str] | None,
     request_id: str,
     idempotency_key: str | None,
+    on_balance: Callable[[PeriodBalance], None],
 ) -> _Opened | ProxiedResponse:
     """Open the job's account (or find the key's first answer), counting refusals."""
     metrics = deps.metrics
@@ -124,6 +125,7 @@ async def _hold(
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(principal.team_name).inc()
         refused_at = PeriodBalance(exc.period, exc.budget, exc.held, exc.captured)
+        on_balance(refused_at)
         await deps.alerts.after_budget_refusal(quota, refused_at)
         raise
     except QuotaExceeded:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.clock import utcnow
-from gateway.core.periods import period_of
 from gateway.db.session import autocommit, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.ledger import quotas
-from gateway.ledger.quotas import PeriodBalance, TeamQuota
+from gateway.ledger.quotas import PeriodBalance
 from gateway.runtime import Runtime
+from gateway.services.proxy import usage
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
 from gateway.web.deps import RuntimeDep
@@ -66,27 +65,23 @@ async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
     return Principal.of(team, subject=verified.subject)
 
 
-async def _balance(session: AsyncSession, runtime: Runtime, principal: Principal) -> PeriodBalance:
-    quota = TeamQuota(
-        principal.team_id,
-        principal.monthly_budget_micro_usd,
-        principal.max_concurrent_jobs,
-        principal.soft_limit_percent,
-    )
-    return await quotas.balance_view(
-        session, quota, period_of(utcnow()), runtime.settings.default_budget_policy
-    )
+T = TypeVar("T")
+Read = Callable[[AsyncSession, Principal], Awaitable[T]]
 
 
-async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    """A company JWT (when configured and the token looks like one) or a gateway API key;
-    the team's balance is read for the response's quota header (with a key, in the same
-    database session as the key itself: this runs on every tenant request)."""
+async def authenticated(
+    request: Request, runtime: Runtime, read: Read[T] | None = None
+) -> tuple[Principal, T | None]:
+    """A company JWT (when configured and the token looks like one) or a gateway API key,
+    and what ``read`` reads for the caller: with a key, in the same database session as the
+    key itself (one pool checkout: this runs on every tenant request)."""
     token = bearer_token(request)
+    extra: T | None = None
     if runtime.jwt.enabled and looks_like_jwt(token):
         principal = await _principal_for_jwt(runtime, token)
-        async with autocommit(runtime.sessionmaker) as session:
-            balance = await _balance(session, runtime, principal)
+        if read is not None:
+            async with autocommit(runtime.sessionmaker) as session:
+                extra = await read(session, principal)
     else:
         async with autocommit(runtime.sessionmaker) as session:
             principal = await authenticate_key(
@@ -95,10 +90,26 @@ async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
                 pepper=runtime.pepper,
                 last_used_resolution=runtime.settings.key_last_used_resolution_seconds,
             )
-            balance = await _balance(session, runtime, principal)
+            if read is not None:
+                extra = await read(session, principal)
     request.state.team = principal.team_name
-    remember_balance(request, balance)
+    return principal, extra
+
+
+async def submitting_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller of a submit. Its balance is not read here: the hold's own statement returns
+    it; a submit refused before its hold reads it then (``remember_balance_if_unknown``)."""
+    principal, _ = await authenticated(request, runtime)
     return principal
 
 
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+async def remember_balance_if_unknown(
+    request: Request, runtime: Runtime, principal: Principal
+) -> None:
+    if getattr(request.state, QUOTA_HEADER_STATE, None) is not None:
+        return
+    async with autocommit(runtime.sessionmaker) as session:
+        remember_balance(request, await usage(session, runtime.proxy, principal))
+
+
+SubmittingPrincipal = Annotated[Principal, Depends(submitting_principal)]
