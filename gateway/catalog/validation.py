@@ -1,4 +1,4 @@
-"""Validation of a submit body against the model's parameter rules (PRODUCT §3).
+"""Validation of a submit body against the model's parameter rules (its catalog entry).
 
 Everything a client could get wrong is refused with a 400 naming the field and the rule,
 before anything is priced or forwarded: a typo must never silently cost money. Error codes:

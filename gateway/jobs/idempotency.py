@@ -1,4 +1,5 @@
-"""``Idempotency-Key`` on submit (the IETF httpapi draft's semantics, PRODUCT §5).
+"""``Idempotency-Key`` on submit (the IETF httpapi draft's semantics): a retry with the same
+key never creates a second job or bills twice.
 
 The key is claimed in the same transaction as the hold, so a retry can never create a second
 job or a second hold. Then:

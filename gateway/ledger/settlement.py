@@ -5,7 +5,7 @@ may all try to settle the same job at once. Only one wins: the job's state moves
 settled with a conditional update, and the ledger's unique index on (job, settlement) backs it.
 The winner writes the entry and moves the amounts on the balance row in the same transaction.
 
-What is billed (PRODUCT §4): a success, and a failure whose code means "produced, then blocked
+What is billed: a success, and a failure whose code means "produced, then blocked
 by moderation". The capture is the price of the seconds the upstream reports producing, priced
 on the job's own rate card version and never more than the hold; an excess is written as a
 ``correction`` flagged for review. With no reported duration, the hold is captured.

@@ -1,7 +1,8 @@
 """Configuration of the built-in upstream simulator.
 
-The fields mirror the ``gateway simulator`` command-line flags (PRODUCT.md section 9), so the CLI,
-the demo and the tests all describe a simulator the same way.
+The fields mirror the ``gateway simulator`` command-line flags one for one (a stable interface:
+scripts outside the repo start the simulator with them), so the CLI, the demo and the tests all
+describe a simulator the same way.
 """
 
 from __future__ import annotations
