@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
@@ -32,16 +33,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def run_in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one committed transaction on the configured database."""
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the configured database for one command, disposed after it."""
+    engine = create_engine(settings.database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def run_in_session(
+    settings: Settings,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    opened: Callable[
+        [async_sessionmaker[AsyncSession]], AbstractAsyncContextManager[AsyncSession]
+    ] = transaction,
+) -> T:
+    """Run ``work`` in one committed transaction (or, with ``opened=autocommit``, a session
+    whose statements commit on their own) on the configured database."""
 
     async def _main() -> T:
-        engine = create_engine(settings.database_url)
-        try:
-            async with transaction(create_sessionmaker(engine)) as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine, opened(create_sessionmaker(engine)) as session:
+            return await work(session)
 
     return run(_main())
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli._common import load_settings, run
-from gateway.db.engine import create_engine
+from gateway.cli._common import database, load_settings, run
 from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
 
 
@@ -20,12 +19,9 @@ def upgrade() -> None:
     settings = load_settings()
 
     async def _upgrade() -> frozenset[str]:
-        engine = create_engine(settings.database_url)
-        try:
+        async with database(settings) as engine:
             await upgrade_to_head(engine)
             return await current_revisions(engine)
-        finally:
-            await engine.dispose()
 
     revisions = run(_upgrade())
     click.echo(f"database is at revision {', '.join(sorted(revisions))} (head)")
@@ -37,11 +33,8 @@ def current() -> None:
     settings = load_settings()
 
     async def _current() -> frozenset[str]:
-        engine = create_engine(settings.database_url)
-        try:
+        async with database(settings) as engine:
             return await current_revisions(engine)
-        finally:
-            await engine.dispose()
 
     revisions = run(_current())
     state = "at head" if revisions == head_revisions() else "BEHIND head"

@@ -17,9 +17,9 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.audit.service import Actor
-from gateway.cli._common import fail
+from gateway.cli._common import database, fail
 from gateway.config import Settings
-from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.engine import create_sessionmaker
 from gateway.db.migrations import upgrade_to_head
 from gateway.db.session import transaction
 from gateway.kit.servers import EmbeddedServer, bind_socket
@@ -122,8 +122,7 @@ async def _demo(*, once: bool, port: int, latency: float, data_dir: Path) -> boo
 
 
 async def _prepare_database(settings: Settings) -> str:
-    engine = create_engine(settings.database_url)
-    try:
+    async with database(settings) as engine:
         await upgrade_to_head(engine)
         async with transaction(create_sessionmaker(engine)) as session:
             if await tenancy_repository.get_team_by_name(session, DEMO_TEAM) is None:
@@ -142,8 +141,6 @@ async def _prepare_database(settings: Settings) -> str:
                 name="demo",
             )
         return issued.token
-    finally:
-        await engine.dispose()
 
 
 def _print_banner(gateway_url: str, sim_url: str, key: str, data_dir: Path) -> None:

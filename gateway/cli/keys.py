@@ -51,13 +51,9 @@ def create(team_name: str, name: str | None, expires_in_days: int | None, as_jso
             expires_at=expires_at,
         )
 
-    issued = run_in_session(settings, _create)
-    if as_json:
-        echo_json({"id": issued.key.id, "key": issued.token, "team": issued.team.name})
-        return
-    click.echo(f"key id: {issued.key.id}  team: {issued.team.name}")
-    click.echo(issued.token)
-    click.echo("Store this key now: it cannot be shown again.", err=True)
+    _print_issued(run_in_session(settings, _create), as_json, label="key id")
+    if not as_json:
+        click.echo("Store this key now: it cannot be shown again.", err=True)
 
 
 @keys.command("list")
@@ -119,10 +115,15 @@ def rotate(key_id: str, overlap_seconds: int, as_json: bool) -> None:
             overlap=timedelta(seconds=overlap_seconds),
         )
 
-    issued = run_in_session(settings, _rotate)
+    _print_issued(run_in_session(settings, _rotate), as_json, label="new key id")
+    if not as_json:
+        click.echo(f"{key_id} stops working in {overlap_seconds} s.", err=True)
+
+
+def _print_issued(issued: IssuedKey, as_json: bool, *, label: str) -> None:
+    """The new key, shown this once: as {"id", "key", "team"}, or as two lines."""
     if as_json:
         echo_json({"id": issued.key.id, "key": issued.token, "team": issued.team.name})
         return
-    click.echo(f"new key id: {issued.key.id}  team: {issued.team.name}")
+    click.echo(f"{label}: {issued.key.id}  team: {issued.team.name}")
     click.echo(issued.token)
-    click.echo(f"{key_id} stops working in {overlap_seconds} s.", err=True)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import click
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
-from gateway.cli._common import echo_json, fail, load_settings, run
+from gateway.cli._common import echo_json, fail, load_settings, run_in_session
 from gateway.core.clock import utcnow
-from gateway.db.engine import create_engine, create_sessionmaker
-from gateway.db.session import autocommit, transaction
+from gateway.db.session import autocommit
 from gateway.ledger.closing import close_period, closed_periods
-from gateway.ledger.models import ClosedPeriod
 from gateway.reports.chargeback import ReportQuery, parse_group_by
 from gateway.reports.render import Format, focus_csv_chunks, render_report
 
@@ -70,25 +68,20 @@ def chargeback(
     )
     settings = load_settings()
 
-    async def _render() -> None:
-        engine = create_engine(settings.database_url)
+    async def _render(session: AsyncSession) -> None:
+        target = output.open("w", encoding="utf-8") if output else sys.stdout
         try:
-            # A real transaction: Postgres server-side cursors (FOCUS streaming) need one.
-            async with transaction(create_sessionmaker(engine)) as session:
-                target = output.open("w", encoding="utf-8") if output else sys.stdout
-                try:
-                    if fmt == "focus":
-                        async for chunk in focus_csv_chunks(session, month, settings, team=team):
-                            target.write(chunk)
-                    else:
-                        target.write(await render_report(session, query, cast(Format, fmt)))
-                finally:
-                    if output:
-                        target.close()
+            if fmt == "focus":
+                async for chunk in focus_csv_chunks(session, month, settings, team=team):
+                    target.write(chunk)
+            else:
+                target.write(await render_report(session, query, cast(Format, fmt)))
         finally:
-            await engine.dispose()
+            if output:
+                target.close()
 
-    run(_render())
+    # A real transaction: Postgres server-side cursors (FOCUS streaming) need one.
+    run_in_session(settings, _render)
     if output:
         click.echo(f"wrote {output}", err=True)
 
@@ -97,36 +90,20 @@ def chargeback(
 @click.option("--month", required=True, help="YYYY-MM; must have ended.")
 def close_month(month: str) -> None:
     """Freeze a month's chargeback; later entries appear as corrections in later months."""
-    settings = load_settings()
-
-    async def _close() -> ClosedPeriod:
-        engine = create_engine(settings.database_url)
-        try:
-            async with transaction(create_sessionmaker(engine)) as session:
-                return await close_period(session, month, actor=Actor.cli(), now=utcnow())
-        finally:
-            await engine.dispose()
-
-    closed = run(_close())
+    closed = run_in_session(
+        load_settings(),
+        lambda session: close_period(session, month, actor=Actor.cli(), now=utcnow()),
+    )
     click.echo(f"closed {closed.period} at {closed.closed_at.isoformat()}")
 
 
 @report_group.command("closed")
 def list_closed() -> None:
     """List closed months."""
-    settings = load_settings()
-
-    async def _list() -> Sequence[ClosedPeriod]:
-        engine = create_engine(settings.database_url)
-        try:
-            async with autocommit(create_sessionmaker(engine)) as session:
-                return await closed_periods(session)
-        finally:
-            await engine.dispose()
-
+    closed = run_in_session(load_settings(), closed_periods, opened=autocommit)
     echo_json(
         [
             {"month": p.period, "closed_at": p.closed_at.isoformat(), "closed_by": p.closed_by}
-            for p in run(_list())
+            for p in closed
         ]
     )

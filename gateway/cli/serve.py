@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 import uvicorn
 
-from gateway.cli._common import fail, load_settings, run
+from gateway.cli._common import database, fail, load_settings, run
 from gateway.config import Settings
-from gateway.db.engine import create_engine, is_sqlite
+from gateway.db.engine import is_sqlite
 from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
 from gateway.kit.http_protocol import PROTOCOL_PATH
 from gateway.observability.logging import configure_logging
@@ -22,13 +22,10 @@ from gateway.observability.metrics import MULTIPROC_ENV
 
 async def prepare_schema(settings: Settings, *, migrate: bool) -> str | None:
     """Migrate if asked; otherwise a message explaining why serving must not start, or None."""
-    engine = create_engine(settings.database_url)
-    try:
+    async with database(settings) as engine:
         if migrate:
             await upgrade_to_head(engine)
         current = await current_revisions(engine)
-    finally:
-        await engine.dispose()
     heads = head_revisions()
     if current == heads:
         return None

@@ -65,15 +65,37 @@ async def submit_generation(
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
     request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
-    quota = team_quota(principal)
-    opened = await _hold(
-        deps, principal, quota, request, raw_body, tags, request_id, idempotency_key, on_balance
+    submission = _Submission(
+        principal=principal,
+        quota=team_quota(principal),
+        request=request,
+        raw_body=raw_body,
+        tags=tags,
+        job_id=uuid.uuid4().hex,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
     )
+    opened = await _hold(deps, submission, on_balance)
     if isinstance(opened, ProxiedResponse):
         return opened  # the first answer for this Idempotency-Key, replayed
     after = AfterForward(deps, opened.job, principal.team_name, idempotency_key, on_balance)
-    await _check_before_forwarding(deps, quota, opened, after, on_balance)
+    await _check_before_forwarding(deps, submission.quota, opened, after, on_balance)
     return await _forward(deps, opened, after, raw_body, request_id)
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """One submit, checked: who sends it, what it asks for, and the ids it goes by."""
+
+    principal: Principal
+    quota: TeamQuota
+    request: ValidatedRequest
+    raw_body: bytes
+    tags: dict[str, str] | None
+    job_id: str
+    """The gateway's id for the job, chosen before anything is written."""
+    request_id: str
+    idempotency_key: str | None
 
 
 async def _validated(
@@ -98,38 +120,21 @@ async def _validated(
 
 
 async def _hold(
-    deps: ProxyDeps,
-    principal: Principal,
-    quota: TeamQuota,
-    request: ValidatedRequest,
-    raw_body: bytes,
-    tags: dict[str, str] | None,
-    request_id: str,
-    idempotency_key: str | None,
-    on_balance: Callable[[PeriodBalance], None],
+    deps: ProxyDeps, submission: _Submission, on_balance: Callable[[PeriodBalance], None]
 ) -> _Opened | ProxiedResponse:
     """Open the job's account (or find the key's first answer), counting refusals."""
     metrics = deps.metrics
+    team = submission.principal.team_name
     try:
-        opened = await _open_job(
-            deps,
-            principal,
-            quota,
-            request,
-            raw_body,
-            tags,
-            uuid.uuid4().hex,
-            request_id,
-            idempotency_key,
-        )
+        opened = await _open_job(deps, submission)
     except BudgetExhausted as exc:
-        metrics.quota_rejections.labels(principal.team_name).inc()
+        metrics.quota_rejections.labels(team).inc()
         refused_at = PeriodBalance(exc.period, exc.budget, exc.held, exc.captured)
         on_balance(refused_at)
-        await deps.alerts.after_budget_refusal(quota, refused_at)
+        await deps.alerts.after_budget_refusal(submission.quota, refused_at)
         raise
     except QuotaExceeded:
-        metrics.concurrency_rejections.labels(principal.team_name).inc()
+        metrics.concurrency_rejections.labels(team).inc()
         raise
     if isinstance(opened, ProxiedResponse):
         metrics.idempotent_replays.inc()
@@ -200,32 +205,23 @@ class _Opened:
     balance: PeriodBalance
 
 
-async def _open_job(
-    deps: ProxyDeps,
-    principal: Principal,
-    quota: TeamQuota,
-    request: ValidatedRequest,
-    raw_body: bytes,
-    tags: dict[str, str] | None,
-    job_id: str,
-    request_id: str,
-    idempotency_key: str | None,
-) -> _Opened | ProxiedResponse:
+async def _open_job(deps: ProxyDeps, submission: _Submission) -> _Opened | ProxiedResponse:
     """One transaction: claim the key (or return the stored answer to replay), price by the
     rate card in force, reserve the hold, record the job and its hold entry."""
     settings = deps.settings
+    key = submission.idempotency_key
     fingerprint = ""
-    if idempotency_key is not None:
-        fingerprint = await _fingerprint(raw_body, canonical_tags(tags))
+    if key is not None:
+        fingerprint = await _fingerprint(submission.raw_body, canonical_tags(submission.tags))
     now = utcnow()
     async with transaction(deps.sessionmaker) as session:
-        if idempotency_key is not None:
+        if key is not None:
             stored = await idempotency.claim(
                 session,
-                team_id=principal.team_id,
-                key=idempotency_key,
+                team_id=submission.principal.team_id,
+                key=key,
                 fingerprint=fingerprint,
-                job_id=job_id,
+                job_id=submission.job_id,
                 now=now,
                 ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
             )
@@ -233,35 +229,27 @@ async def _open_job(
                 return ProxiedResponse(
                     stored.status_code, stored.body, {**stored.headers, REPLAYED_HEADER: "true"}
                 )
-        card = await rate_card_in_force(session, request.model.id, now)
-        job = _new_job(settings, principal, request, card, job_id, request_id, tags, now)
+        card = await rate_card_in_force(session, submission.request.model.id, now)
+        job = _new_job(settings, submission, card, now)
         if settings.upstream_honors_idempotency_key:
             # Kept until the upstream's answer is recorded, so a crash can be recovered.
-            jobs.keep_request(session, job_id, raw_body, now)
+            jobs.keep_request(session, job.id, submission.raw_body, now)
         balance = await place_hold(
-            session, quota, job, policy=settings.default_budget_policy, now=now
+            session, submission.quota, job, policy=settings.default_budget_policy, now=now
         )
         if _forward_window_passed(settings, now):
             raise _not_forwarded()  # held up by database waits: rolled back, nothing recorded
     return _Opened(job, balance)
 
 
-def _new_job(
-    settings: Settings,
-    principal: Principal,
-    request: ValidatedRequest,
-    card: RateCard,
-    job_id: str,
-    request_id: str,
-    tags: dict[str, str] | None,
-    now: datetime,
-) -> Job:
+def _new_job(settings: Settings, submission: _Submission, card: RateCard, now: datetime) -> Job:
     """The job as the hold records it: ``pending``, priced once, in the period of ``now``."""
+    request = submission.request
     units = request.billable_units()
     return Job(
-        id=job_id,
-        team_id=principal.team_id,
-        api_key_id=principal.key_id,
+        id=submission.job_id,
+        team_id=submission.principal.team_id,
+        api_key_id=submission.principal.key_id,
         state=JobState.PENDING,
         model=request.model.id,
         duration_ms=int(Decimal(units.duration_seconds) * 1000),
@@ -270,8 +258,8 @@ def _new_job(
         estimate_micro_usd=price_request(units, card),
         rate_card_version=card.version,
         period=period_of(now),
-        request_id=request_id,
-        tags=tags,
+        request_id=submission.request_id,
+        tags=submission.tags,
         check_attempts=0,
         needs_review=False,
         next_check_at=now + unanswered_recheck(settings),
