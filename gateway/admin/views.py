@@ -122,14 +122,4 @@ def usage_out(figures: TeamFigures, period: str) -> TeamUsageOut:
 
 
 def audit_out(entry: AuditEntry) -> AuditOut:
-    return AuditOut(
-        id=entry.id,
-        at=entry.at,
-        actor=entry.actor,
-        action=entry.action,
-        target_type=entry.target_type,
-        target_id=entry.target_id,
-        before=entry.before,
-        after=entry.after,
-        request_id=entry.request_id,
-    )
+    return AuditOut.model_validate(entry, from_attributes=True)  # the same fields, as stored

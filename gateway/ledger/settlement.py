@@ -48,12 +48,8 @@ class StatusVocabulary:
 
 
 def vocabulary_from(settings: Settings) -> StatusVocabulary:
-    return StatusVocabulary(
-        success=settings.success_status_words,
-        failure=settings.failure_status_words,
-        moderation_codes=settings.moderation_error_codes,
-        running=settings.running_status_words,
-    )
+    words = settings.success_status_words, settings.failure_status_words
+    return StatusVocabulary(*words, settings.moderation_error_codes, settings.running_status_words)
 
 
 def unknown_status_word(body: Mapping[str, Any], vocabulary: StatusVocabulary) -> str | None:

@@ -64,11 +64,10 @@ class ProxiedResponse:
 
 
 def team_quota(principal: Principal) -> TeamQuota:
+    """The quota rules' view of the caller's team (as authenticated: budget, caps, alert)."""
+    p = principal
     return TeamQuota(
-        team_id=principal.team_id,
-        monthly_budget_micro_usd=principal.monthly_budget_micro_usd,
-        max_concurrent_jobs=principal.max_concurrent_jobs,
-        soft_limit_percent=principal.soft_limit_percent,
+        p.team_id, p.monthly_budget_micro_usd, p.max_concurrent_jobs, p.soft_limit_percent
     )
 
 
