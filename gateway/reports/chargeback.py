@@ -9,17 +9,18 @@ large ledgers. A job belongs to the month it was submitted in (UTC). Per group:
 
 A closed month (``ledger.closing``) is frozen: only entries recorded up to its closing count.
 Entries for its jobs recorded later appear as correction lines in the report of the month in
-which they were recorded, never by changing the closed month.
+which they were recorded, never by changing the closed month (``reports.corrections``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -27,11 +28,23 @@ from gateway.core.periods import month_bounds
 from gateway.db.session import dialect_name
 from gateway.errors import InvalidRequest
 from gateway.jobs.models import Job
-from gateway.ledger.models import ClosedPeriod, LedgerEntry
+from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry
+from gateway.reports.corrections import SETTLEMENTS, CorrectionLine, corrections
 from gateway.tenancy.models import Team
 
 GROUPINGS = ("team", "cost_center")
 UNTAGGED = "(untagged)"
+JOB_COUNTS = (
+    "jobs_submitted",
+    "jobs_billed",
+    "jobs_billed_moderated",
+    "jobs_released",
+    "jobs_open",
+)
+"""A row's job counts, in the order every format shows them."""
+
+GroupKey = tuple[Any, ...]
+"""The values of a row's grouping columns (``_group_columns``)."""
 
 
 @dataclass(frozen=True)
@@ -64,41 +77,17 @@ class ChargebackRow:
     held_micro_usd: int = 0
     rate_card_versions: list[str] = field(default_factory=list)
 
+    def job_counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in JOB_COUNTS}
+
     def add(self, other: ChargebackRow) -> None:
-        for name in (
-            "jobs_submitted",
-            "jobs_billed",
-            "jobs_billed_moderated",
-            "jobs_released",
-            "jobs_open",
-            "images",
-            "captured_micro_usd",
-            "held_micro_usd",
-        ):
+        for name in (*JOB_COUNTS, "images", "captured_micro_usd", "held_micro_usd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for resolution, ms in other.video_ms.items():
             self.video_ms[resolution] = self.video_ms.get(resolution, 0) + ms
         self.rate_card_versions = sorted(
             set(self.rate_card_versions) | set(other.rate_card_versions)
         )
-
-
-@dataclass(frozen=True)
-class CorrectionLine:
-    """An entry recorded this month for a job of an earlier, already closed month."""
-
-    original_period: str
-    team: str
-    cost_center: str | None
-    kind: str
-    job_id: str
-    upstream_job_id: str | None
-    amount_micro_usd: int
-    recorded_at: datetime
-
-    @property
-    def billed_micro_usd(self) -> int:
-        return self.amount_micro_usd if self.kind == "capture" else 0
 
 
 @dataclass(frozen=True)
@@ -140,106 +129,36 @@ def parse_group_by(value: str) -> str:
 async def chargeback(
     session: AsyncSession, query: ReportQuery, *, now: datetime | None = None
 ) -> ChargebackReport:
-    start, end = month_bounds(query.month)
+    """The report ``query`` asks for, in a fixed handful of queries whatever the ledger's size."""
+    month_bounds(query.month)  # a malformed month is refused first
     parse_group_by(query.group_by)
-    frozen = await session.get(ClosedPeriod, query.month)
-    frozen_at = frozen.closed_at if frozen is not None else None
-    mark = frozen.last_entry_id if frozen is not None else None  # entries up to it count
-    settlement = aliased(LedgerEntry)
-    settled_in_view = [
-        settlement.job_id == Job.id,
-        settlement.kind.in_(("capture", "release")),
-    ]
-    if mark is not None:
-        settled_in_view.append(settlement.id <= mark)
-    groups = _group_columns(session, query)
-    filters = _filters(session, query)
-    is_capture = settlement.kind == "capture"
-    blocked = func.coalesce(settlement.reason, "") == "moderation_blocked"
-    moderated = and_(is_capture, blocked)
-    billed_plain = and_(is_capture, ~blocked)
-    produced = func.coalesce(settlement.video_ms, Job.duration_ms)
-    billed_ms = case(
-        (is_capture, case((produced < Job.duration_ms, produced), else_=Job.duration_ms)),
-        else_=0,
-    )
-    one = literal(1)
-    stmt = (
-        select(
-            *groups,
-            Job.resolution,
-            func.count(Job.id),
-            func.sum(case((billed_plain, one), else_=0)),
-            func.sum(case((moderated, one), else_=0)),
-            func.sum(case((settlement.kind == "release", one), else_=0)),
-            func.sum(case((settlement.id.is_(None), one), else_=0)),
-            func.sum(billed_ms),
-            func.sum(case((is_capture, Job.image_count), else_=0)),
-            func.sum(case((is_capture, settlement.amount_micro_usd), else_=0)),
-            func.sum(case((settlement.id.is_(None), Job.estimate_micro_usd), else_=0)),
-        )
-        .select_from(Job)
-        .join(Team, Team.id == Job.team_id)
-        .outerjoin(settlement, and_(*settled_in_view))
-        .where(Job.period == query.month, *filters)
-        .group_by(*groups, Job.resolution)
-    )
-    if frozen_at is not None:
-        stmt = stmt.where(Job.created_at <= frozen_at)
-    rows: dict[tuple[Any, ...], ChargebackRow] = {}
-    resolutions: set[str] = set()
-    for record in (await session.execute(stmt)).all():
-        key = tuple(record[: len(groups)])
-        (
-            resolution,
-            submitted,
-            billed,
-            billed_moderated,
-            released,
-            still_open,
-            ms,
-            images,
-            captured,
-            held,
-        ) = record[len(groups) :]
-        row = rows.setdefault(key, _row_for(query, key))
-        resolutions.add(resolution)
-        row.add(
-            ChargebackRow(
-                team=None,
-                cost_center=None,
-                jobs_submitted=int(submitted),
-                jobs_billed=int(billed or 0),
-                jobs_billed_moderated=int(billed_moderated or 0),
-                jobs_released=int(released or 0),
-                jobs_open=int(still_open or 0),
-                video_ms={resolution: int(ms or 0)},
-                images=int(images or 0),
-                captured_micro_usd=int(captured or 0),
-                held_micro_usd=int(held or 0),
-            )
-        )
+    closed = await session.get(ClosedPeriod, query.month)
+    closed_at = closed.closed_at if closed is not None else None
+    mark = closed.last_entry_id if closed is not None else None  # entries up to it count
+    groups = _group_columns(query)
+    filters = _filters(query)
+    stmt = _figures_statement(query, groups, filters, mark=mark, closed_at=closed_at)
+    records = (await session.execute(stmt)).all()
+    rows, resolutions = _rows_by_group(query, len(groups), records)
     await _attach_rate_card_versions(session, query, groups, filters, rows)
     ordered = [rows[key] for key in sorted(rows, key=_sort_key)]
-    totals = ChargebackRow(team=None, cost_center=None)
-    for row in ordered:
-        totals.add(row)
+    totals = _totals(ordered)
     for row in [*ordered, totals]:
         for resolution in resolutions:
             row.video_ms.setdefault(resolution, 0)
     return ChargebackReport(
         query=query,
         generated_at=now or datetime.now(UTC),
-        closed_at=frozen_at,
+        closed_at=closed_at,
         rows=ordered,
         totals=totals,
-        corrections=await _corrections(session, query, start, end, mark),
+        corrections=await corrections(session, query.month, filters, mark),
         daily=await _daily(session, query, groups, filters, mark) if query.daily else [],
         resolutions=sorted(resolutions),
     )
 
 
-def _group_columns(session: AsyncSession, query: ReportQuery) -> list[ColumnElement[Any]]:
+def _group_columns(query: ReportQuery) -> list[ColumnElement[Any]]:
     if query.group_by == "cost_center":
         return [Team.__table__.c.cost_center]
     columns: list[ColumnElement[Any]] = [Team.__table__.c.name, Team.__table__.c.cost_center]
@@ -253,7 +172,7 @@ def _tag_value(key: str) -> ColumnElement[Any]:
     return value
 
 
-def _filters(session: AsyncSession, query: ReportQuery) -> list[ColumnElement[bool]]:
+def _filters(query: ReportQuery) -> list[ColumnElement[bool]]:
     filters: list[ColumnElement[bool]] = []
     if query.team is not None:
         filters.append(Team.name == query.team)
@@ -263,14 +182,131 @@ def _filters(session: AsyncSession, query: ReportQuery) -> list[ColumnElement[bo
     return filters
 
 
-def _row_for(query: ReportQuery, key: tuple[Any, ...]) -> ChargebackRow:
+def _jobs_of_month(
+    query: ReportQuery, filters: list[ColumnElement[bool]], *columns: Any
+) -> Select[*tuple[Any, ...]]:
+    """``columns`` of the jobs submitted in the month (with their team) that ``filters`` keep."""
+    return (
+        select(*columns)
+        .select_from(Job)
+        .join(Team, Team.id == Job.team_id)
+        .where(Job.period == query.month, *filters)
+    )
+
+
+def _settlement(
+    kinds: Sequence[EntryKind], mark: int | None
+) -> tuple[type[LedgerEntry], ColumnElement[bool]]:
+    """The job's settlement entry of one of ``kinds`` and the condition to join it on: only an
+    entry recorded up to ``mark`` counts (any, when the month is open)."""
+    settlement = aliased(LedgerEntry)
+    join = [settlement.job_id == Job.id, settlement.kind.in_(kinds)]
+    if mark is not None:
+        join.append(settlement.id <= mark)
+    return settlement, and_(*join)
+
+
+def _figures_statement(
+    query: ReportQuery,
+    groups: list[ColumnElement[Any]],
+    filters: list[ColumnElement[bool]],
+    *,
+    mark: int | None,
+    closed_at: datetime | None,
+) -> Select[*tuple[Any, ...]]:
+    """Per group and resolution, the figures ``_figures`` lists (of a closed month: the jobs
+    submitted before ``closed_at``, with the settlements recorded up to ``mark``)."""
+    settlement, settled = _settlement(SETTLEMENTS, mark)
+    stmt = (
+        _jobs_of_month(query, filters, *groups, Job.resolution, *_figures(settlement))
+        .outerjoin(settlement, settled)
+        .group_by(*groups, Job.resolution)
+    )
+    if closed_at is not None:
+        stmt = stmt.where(Job.created_at <= closed_at)
+    return stmt
+
+
+def _figures(settlement: type[LedgerEntry]) -> list[ColumnElement[Any]]:
+    """Jobs submitted, billed, billed though blocked by moderation, released and still open;
+    video ms billed (at most the duration asked for), images billed, captured and held micro-USD."""
+    is_capture = settlement.kind == EntryKind.CAPTURE
+    blocked = func.coalesce(settlement.reason, "") == "moderation_blocked"
+    unsettled = settlement.id.is_(None)
+    produced = func.coalesce(settlement.video_ms, Job.duration_ms)
+    billed_ms = case(
+        (is_capture, case((produced < Job.duration_ms, produced), else_=Job.duration_ms)),
+        else_=0,
+    )
+    return [
+        func.count(Job.id),
+        _count_of(and_(is_capture, ~blocked)),
+        _count_of(and_(is_capture, blocked)),
+        _count_of(settlement.kind == EntryKind.RELEASE),
+        _count_of(unsettled),
+        func.sum(billed_ms),
+        func.sum(case((is_capture, Job.image_count), else_=0)),
+        func.sum(case((is_capture, settlement.amount_micro_usd), else_=0)),
+        func.sum(case((unsettled, Job.estimate_micro_usd), else_=0)),
+    ]
+
+
+def _count_of(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    """How many of the group's jobs meet ``condition``."""
+    return func.sum(case((condition, literal(1)), else_=0))
+
+
+def _rows_by_group(
+    query: ReportQuery, width: int, records: Iterable[Sequence[Any]]
+) -> tuple[dict[GroupKey, ChargebackRow], set[str]]:
+    """The rows of ``_figures_statement`` (``width`` grouping columns, then the resolution and
+    its figures) summed per group; and the resolutions seen."""
+    rows: dict[GroupKey, ChargebackRow] = {}
+    resolutions: set[str] = set()
+    for record in records:
+        key = tuple(record[:width])
+        resolution = record[width]
+        row = rows.setdefault(key, _row_for(query, key))
+        resolutions.add(resolution)
+        row.add(_figures_row(resolution, record[width + 1 :]))
+    return rows, resolutions
+
+
+def _figures_row(resolution: str, figures: Sequence[Any]) -> ChargebackRow:
+    """One resolution's ``_figures`` as a row to add (SQL sums are NULL over no rows)."""
+    submitted, billed, moderated, released, still_open, ms, images, captured, held = (
+        int(value or 0) for value in figures
+    )
+    return ChargebackRow(
+        team=None,
+        cost_center=None,
+        jobs_submitted=submitted,
+        jobs_billed=billed,
+        jobs_billed_moderated=moderated,
+        jobs_released=released,
+        jobs_open=still_open,
+        video_ms={resolution: ms},
+        images=images,
+        captured_micro_usd=captured,
+        held_micro_usd=held,
+    )
+
+
+def _totals(rows: list[ChargebackRow]) -> ChargebackRow:
+    totals = ChargebackRow(team=None, cost_center=None)
+    for row in rows:
+        totals.add(row)
+    return totals
+
+
+def _row_for(query: ReportQuery, key: GroupKey) -> ChargebackRow:
     if query.group_by == "cost_center":
         return ChargebackRow(team=None, cost_center=key[0])
     tag = (key[2] if key[2] is not None else UNTAGGED) if query.tag_key is not None else None
     return ChargebackRow(team=key[0], cost_center=key[1], tag=tag)
 
 
-def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
+def _sort_key(key: GroupKey) -> tuple[str, ...]:
     return tuple("" if part is None else str(part) for part in key)
 
 
@@ -279,59 +315,16 @@ async def _attach_rate_card_versions(
     query: ReportQuery,
     groups: list[ColumnElement[Any]],
     filters: list[ColumnElement[bool]],
-    rows: dict[tuple[Any, ...], ChargebackRow],
+    rows: dict[GroupKey, ChargebackRow],
 ) -> None:
-    stmt = (
-        select(*groups, Job.rate_card_version)
-        .select_from(Job)
-        .join(Team, Team.id == Job.team_id)
-        .where(Job.period == query.month, *filters)
-        .group_by(*groups, Job.rate_card_version)
+    stmt = _jobs_of_month(query, filters, *groups, Job.rate_card_version).group_by(
+        *groups, Job.rate_card_version
     )
-    versions: dict[tuple[Any, ...], set[str]] = defaultdict(set)
+    versions: dict[GroupKey, set[str]] = defaultdict(set)
     for record in (await session.execute(stmt)).all():
         versions[tuple(record[: len(groups)])].add(record[-1])
     for key, row in rows.items():
         row.rate_card_versions = sorted(versions.get(key, set()))
-
-
-async def _corrections(
-    session: AsyncSession,
-    query: ReportQuery,
-    start: datetime,
-    end: datetime,
-    mark: int | None,
-) -> list[CorrectionLine]:
-    stmt = (
-        select(LedgerEntry, Job.upstream_job_id, Team.name, Team.cost_center)
-        .join(Job, Job.id == LedgerEntry.job_id)
-        .join(Team, Team.id == Job.team_id)
-        .join(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
-        .where(
-            LedgerEntry.kind.in_(("capture", "release")),
-            LedgerEntry.id > ClosedPeriod.last_entry_id,
-            LedgerEntry.created_at >= start,
-            LedgerEntry.created_at < end,
-            LedgerEntry.period != query.month,
-            *_filters(session, query),
-        )
-        .order_by(LedgerEntry.created_at, LedgerEntry.id)
-    )
-    if mark is not None:
-        stmt = stmt.where(LedgerEntry.id <= mark)
-    return [
-        CorrectionLine(
-            original_period=entry.period,
-            team=team,
-            cost_center=cost_center,
-            kind=entry.kind,
-            job_id=entry.job_id,
-            upstream_job_id=upstream_job_id,
-            amount_micro_usd=entry.amount_micro_usd,
-            recorded_at=entry.created_at,
-        )
-        for entry, upstream_job_id, team, cost_center in (await session.execute(stmt)).all()
-    ]
 
 
 async def _daily(
@@ -341,17 +334,11 @@ async def _daily(
     filters: list[ColumnElement[bool]],
     mark: int | None,
 ) -> list[DailySpend]:
-    settlement = aliased(LedgerEntry)
-    join = [settlement.job_id == Job.id, settlement.kind == "capture"]
-    if mark is not None:
-        join.append(settlement.id <= mark)
+    settlement, captured = _settlement((EntryKind.CAPTURE,), mark)
     day = _utc_day(session, Job.created_at)
     stmt = (
-        select(day, *groups, func.sum(settlement.amount_micro_usd))
-        .select_from(Job)
-        .join(Team, Team.id == Job.team_id)
-        .join(settlement, and_(*join))
-        .where(Job.period == query.month, *filters)
+        _jobs_of_month(query, filters, day, *groups, func.sum(settlement.amount_micro_usd))
+        .join(settlement, captured)
         .group_by(day, *groups)
         .order_by(day)
     )
@@ -364,7 +351,7 @@ async def _daily(
     return points
 
 
-def _group_label(query: ReportQuery, key: tuple[Any, ...]) -> str:
+def _group_label(query: ReportQuery, key: GroupKey) -> str:
     row = _row_for(query, key)
     return group_label(row)
 

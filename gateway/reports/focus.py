@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.periods import month_bounds
 from gateway.core.usd import format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import safe_cell
-from gateway.ledger.models import ClosedPeriod, LedgerEntry, RateCardRow
+from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry, RateCardRow
+from gateway.reports.corrections import recorded_late
 from gateway.tenancy.models import Team
 
 MANDATORY = [
@@ -156,26 +158,40 @@ async def focus_rows(
     *,
     team: str | None = None,
 ) -> AsyncIterator[dict[str, str]]:
+    """The month's rows, streamed: per capture a video row, and an image row if it had images."""
     start, end = month_bounds(month)
+    prices = await _price_book(session)
+    tags_json = _TagsJson()
+    closed = await session.get(ClosedPeriod, month)
+    stmt = _captures(month, closed.last_entry_id if closed is not None else None, team)
+    billing = _billing_columns(identity, start, end)
+    result = await session.stream(stmt)
+    async for capture in result:  # one row: the capture entry with its job and team
+        price = prices[(capture.model, capture.rate_card_version, capture.resolution)]
+        image_micro = capture.image_count * price.image_fee_micro_usd
+        seconds = _billed_seconds(capture)
+        shared = _job_columns(billing, capture, month, seconds, tags_json)
+        yield _video_row(shared, price, capture, seconds, capture.amount_micro_usd - image_micro)
+        if capture.image_count:
+            yield _image_row(shared, price, capture.image_count, image_micro)
+
+
+async def _price_book(session: AsyncSession) -> dict[tuple[str, str, str], _PriceLines]:
+    """Every rate card version's price lines, by (model, version, resolution)."""
     cards = (await session.execute(select(RateCardRow))).scalars().all()
-    lines = {
+    return {
         (card.model, card.version, resolution): _price_lines(card, resolution)
         for card in cards
         for resolution in card.per_second_micro_usd
     }
-    tags_json = _TagsJson()
-    frozen = await session.get(ClosedPeriod, month)
+
+
+def _captures(month: str, mark: int | None, team: str | None) -> Select[*tuple[Any, ...]]:
+    """The captures to export, oldest first: those of the month's jobs (up to ``mark`` when
+    the month is closed) and the corrections to closed months recorded in it."""
     in_month = and_(LedgerEntry.period == month)
-    if frozen is not None:
-        in_month = and_(in_month, LedgerEntry.id <= frozen.last_entry_id)
-    late = and_(
-        LedgerEntry.period != month,
-        LedgerEntry.id > ClosedPeriod.last_entry_id,
-        LedgerEntry.created_at >= start,
-        LedgerEntry.created_at < end,
-    )
-    if frozen is not None:
-        late = and_(late, LedgerEntry.id <= frozen.last_entry_id)
+    if mark is not None:
+        in_month = and_(in_month, LedgerEntry.id <= mark)
     # Columns, not entities: no identity map, and never the job's stored terminal body.
     stmt = (
         select(
@@ -201,13 +217,18 @@ async def focus_rows(
         .join(Job, Job.id == LedgerEntry.job_id)
         .join(Team, Team.id == Job.team_id)
         .outerjoin(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
-        .where(LedgerEntry.kind == "capture", or_(in_month, late))
+        .where(LedgerEntry.kind == EntryKind.CAPTURE, or_(in_month, recorded_late(month, mark)))
         .order_by(LedgerEntry.id)
         .execution_options(yield_per=2000)
     )
     if team is not None:
         stmt = stmt.where(Team.name == team)
-    common = {
+    return stmt
+
+
+def _billing_columns(identity: FocusIdentity, start: datetime, end: datetime) -> dict[str, str]:
+    """The columns every row of the month repeats: who bills, whom, for which period."""
+    return {
         "BillingAccountId": safe_cell(identity.billing_account_id),
         "BillingAccountName": safe_cell(identity.billing_account_name),
         "BillingCurrency": "USD",
@@ -220,48 +241,64 @@ async def focus_rows(
         "ServiceCategory": safe_cell(identity.service_category),
         "ServiceName": safe_cell(identity.service_name),
     }
-    result = await session.stream(stmt)
-    async for row in result:  # one row: the capture entry with its job and team
-        price = lines[(row.model, row.rate_card_version, row.resolution)]
-        image_micro = row.image_count * price.image_fee_micro_usd
-        seconds_micro = row.amount_micro_usd - image_micro
-        produced_ms = row.video_ms if row.video_ms is not None else row.duration_ms
-        seconds = f"{Decimal(min(produced_ms, row.duration_ms)) / 1000:.3f}"
-        base = {
-            **common,
-            "ChargeClass": "Correction" if row.period != month else "",
-            "ChargePeriodStart": _iso(row.created_at),
-            "ChargePeriodEnd": _iso(max(row.settled_at, row.created_at)),
-            "SubAccountId": str(row.team_id),
-            "SubAccountName": safe_cell(row.team_name),
-            "Tags": tags_json.encode(row.tags),
-            "x_JobId": row.job_id,
-            "x_UpstreamJobId": safe_cell(row.upstream_job_id or ""),
-            "x_Model": row.model,
-            "x_Resolution": row.resolution,
-            "x_DurationSeconds": seconds,
-            "x_RateCardVersion": safe_cell(row.rate_card_version),
-            "x_CostCenter": safe_cell(row.cost_center or ""),
-            "x_Outcome": safe_cell(row.reason or "completed"),
-            "x_OriginalPeriod": row.period,
-        }
-        yield {
-            **base,
-            **price.video,
-            **_costs(seconds_micro),
-            "ChargeDescription": f"{row.model} video, {seconds} s at {row.resolution}",
-            "PricingQuantity": seconds,
-            "ConsumedQuantity": seconds,
-        }
-        if row.image_count:
-            count = str(row.image_count)
-            yield {
-                **base,
-                **price.image,
-                **_costs(image_micro),
-                "PricingQuantity": count,
-                "ConsumedQuantity": count,
-            }
+
+
+def _billed_seconds(capture: Row[Any]) -> str:
+    """The seconds billed: those produced (when reported), at most those asked for."""
+    produced_ms = capture.video_ms if capture.video_ms is not None else capture.duration_ms
+    return f"{Decimal(min(produced_ms, capture.duration_ms)) / 1000:.3f}"
+
+
+def _job_columns(
+    billing: dict[str, str], capture: Row[Any], month: str, seconds: str, tags_json: _TagsJson
+) -> dict[str, str]:
+    """``billing`` and the columns both rows of one capture share: its job, team and tags."""
+    return {
+        **billing,
+        "ChargeClass": "Correction" if capture.period != month else "",
+        "ChargePeriodStart": _iso(capture.created_at),
+        "ChargePeriodEnd": _iso(max(capture.settled_at, capture.created_at)),
+        "SubAccountId": str(capture.team_id),
+        "SubAccountName": safe_cell(capture.team_name),
+        "Tags": tags_json.encode(capture.tags),
+        "x_JobId": capture.job_id,
+        "x_UpstreamJobId": safe_cell(capture.upstream_job_id or ""),
+        "x_Model": capture.model,
+        "x_Resolution": capture.resolution,
+        "x_DurationSeconds": seconds,
+        "x_RateCardVersion": safe_cell(capture.rate_card_version),
+        "x_CostCenter": safe_cell(capture.cost_center or ""),
+        "x_Outcome": safe_cell(capture.reason or "completed"),
+        "x_OriginalPeriod": capture.period,
+    }
+
+
+def _video_row(
+    shared: dict[str, str], price: _PriceLines, capture: Row[Any], seconds: str, micro: int
+) -> dict[str, str]:
+    """The seconds of video: the capture less its image fee."""
+    return {
+        **shared,
+        **price.video,
+        **_costs(micro),
+        "ChargeDescription": f"{capture.model} video, {seconds} s at {capture.resolution}",
+        "PricingQuantity": seconds,
+        "ConsumedQuantity": seconds,
+    }
+
+
+def _image_row(
+    shared: dict[str, str], price: _PriceLines, image_count: int, micro: int
+) -> dict[str, str]:
+    """The source image fee, ``micro`` for ``image_count`` images."""
+    count = str(image_count)
+    return {
+        **shared,
+        **price.image,
+        **_costs(micro),
+        "PricingQuantity": count,
+        "ConsumedQuantity": count,
+    }
 
 
 def _costs(micro: int) -> dict[str, str]:

@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 from gateway.core.usd import format_usd
 from gateway.kit.spreadsheet import csv_writer, safe_cell
-from gateway.reports.chargeback import ChargebackReport, ChargebackRow, group_label
+from gateway.reports.chargeback import JOB_COUNTS, ChargebackReport, ChargebackRow, group_label
+from gateway.reports.corrections import CorrectionLine
 
 
 def _seconds(ms: int) -> str:
     return f"{Decimal(ms) / 1000:.3f}"
+
+
+def _video_seconds(row: ChargebackRow, resolutions: list[str]) -> dict[str, str]:
+    """Seconds of video billed per resolution (every one of the report's, 0 if none)."""
+    return {r: _seconds(row.video_ms.get(r, 0)) for r in resolutions}
+
+
+def _dollars(micro: int) -> str:
+    return f"${format_usd(micro)}"
 
 
 def _row_json(row: ChargebackRow, resolutions: list[str]) -> dict[str, Any]:
@@ -23,12 +34,8 @@ def _row_json(row: ChargebackRow, resolutions: list[str]) -> dict[str, Any]:
         "team": row.team,
         "cost_center": row.cost_center,
         "tag": row.tag,
-        "jobs_submitted": row.jobs_submitted,
-        "jobs_billed": row.jobs_billed,
-        "jobs_billed_moderated": row.jobs_billed_moderated,
-        "jobs_released": row.jobs_released,
-        "jobs_open": row.jobs_open,
-        "video_seconds": {r: _seconds(row.video_ms.get(r, 0)) for r in resolutions},
+        **row.job_counts(),
+        "video_seconds": _video_seconds(row, resolutions),
         "images": row.images,
         "captured_usd": format_usd(row.captured_micro_usd),
         "held_usd": format_usd(row.held_micro_usd),
@@ -75,84 +82,85 @@ def to_json(report: ChargebackReport) -> dict[str, Any]:
 
 
 def to_csv(report: ChargebackReport) -> str:
-    resolutions = report.resolutions
+    """A line per group (``charge``), per correction to a closed month, and the ``total``."""
     out = io.StringIO()
     writer = csv_writer(out)
-    writer.writerow(
-        [
-            "line",
-            "team",
-            "cost_center",
-            "tag",
-            "original_period",
-            "jobs_submitted",
-            "jobs_billed",
-            "jobs_billed_moderated",
-            "jobs_released",
-            "jobs_open",
-            *[f"video_seconds_{r}" for r in resolutions],
-            "images",
-            "captured_usd",
-            "held_usd",
-            "rate_card_versions",
-        ]
-    )
-
-    def counts(row: ChargebackRow) -> list[Any]:
-        return [
-            row.jobs_submitted,
-            row.jobs_billed,
-            row.jobs_billed_moderated,
-            row.jobs_released,
-            row.jobs_open,
-            *[_seconds(row.video_ms.get(r, 0)) for r in resolutions],
-            row.images,
-        ]
-
-    for row in report.rows:
-        writer.writerow(
-            [
-                "charge",
-                safe_cell(row.team or ""),
-                safe_cell(row.cost_center or ""),
-                safe_cell(row.tag or ""),
-                report.query.month,
-                *counts(row),
-                format_usd(row.captured_micro_usd),
-                format_usd(row.held_micro_usd),
-                safe_cell(" ".join(row.rate_card_versions)),
-            ]
-        )
-    blank = [""] * (5 + len(resolutions) + 1)
-    for c in report.corrections:
-        writer.writerow(
-            [
-                "correction",
-                safe_cell(c.team),
-                safe_cell(c.cost_center or ""),
-                "",
-                c.original_period,
-                *blank,
-                format_usd(c.billed_micro_usd),
-                "",
-                safe_cell(c.kind),
-            ]
-        )
-    totals = report.totals
-    writer.writerow(
-        [
-            "total",
-            "",
-            "",
-            "",
-            report.query.month,
-            *counts(totals),
-            format_usd(report.total_due_micro_usd),
-            format_usd(totals.held_micro_usd),
-            safe_cell(" ".join(totals.rate_card_versions)),
-        ]
-    )
+    writer.writerow(_csv_header(report.resolutions))
+    writer.writerows(_charge_line(report, row) for row in report.rows)
+    writer.writerows(_correction_line(report, c) for c in report.corrections)
+    writer.writerow(_total_line(report))
     return out.getvalue()
+
+
+def _csv_header(resolutions: list[str]) -> list[str]:
+    return [
+        "line",
+        "team",
+        "cost_center",
+        "tag",
+        "original_period",
+        *JOB_COUNTS,
+        *[f"video_seconds_{r}" for r in resolutions],
+        "images",
+        "captured_usd",
+        "held_usd",
+        "rate_card_versions",
+    ]
+
+
+def _csv_counts(report: ChargebackReport, row: ChargebackRow) -> list[Any]:
+    """The job counts, video seconds and images of ``row``."""
+    return [
+        *row.job_counts().values(),
+        *_video_seconds(row, report.resolutions).values(),
+        row.images,
+    ]
+
+
+def _charge_line(report: ChargebackReport, row: ChargebackRow) -> list[Any]:
+    return [
+        "charge",
+        safe_cell(row.team or ""),
+        safe_cell(row.cost_center or ""),
+        safe_cell(row.tag or ""),
+        report.query.month,
+        *_csv_counts(report, row),
+        format_usd(row.captured_micro_usd),
+        format_usd(row.held_micro_usd),
+        safe_cell(" ".join(row.rate_card_versions)),
+    ]
+
+
+def _correction_line(report: ChargebackReport, c: CorrectionLine) -> list[Any]:
+    """Its month, what it bills, and its kind of entry in the rate card versions' column."""
+    no_counts = [""] * (len(JOB_COUNTS) + len(report.resolutions) + 1)
+    return [
+        "correction",
+        safe_cell(c.team),
+        safe_cell(c.cost_center or ""),
+        "",
+        c.original_period,
+        *no_counts,
+        format_usd(c.billed_micro_usd),
+        "",
+        safe_cell(c.kind),
+    ]
+
+
+def _total_line(report: ChargebackReport) -> list[Any]:
+    """The totals; its captured column is the month's total due (corrections included)."""
+    totals = report.totals
+    return [
+        "total",
+        "",
+        "",
+        "",
+        report.query.month,
+        *_csv_counts(report, totals),
+        format_usd(report.total_due_micro_usd),
+        format_usd(totals.held_micro_usd),
+        safe_cell(" ".join(totals.rate_card_versions)),
+    ]
 
 
 _PALETTE = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#b7791f", "#e53e3e")
@@ -176,8 +184,8 @@ def _bar_chart(title: str, bars: list[tuple[str, int]], *, chart_id: str) -> str
             f'<text x="{label_width - 8}" y="{y + 16}" text-anchor="end">{html.escape(label)}</text>'
             f'<rect class="bar" x="{label_width}" y="{y}" width="{max(length, 1)}" '
             f'height="{bar_height}" fill="{color}"><title>{html.escape(label)}: '
-            f"${format_usd(value)}</title></rect>"
-            f'<text x="{label_width + length + 6}" y="{y + 16}">${format_usd(value)}</text>'
+            f"{_dollars(value)}</title></rect>"
+            f'<text x="{label_width + length + 6}" y="{y + 16}">{_dollars(value)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -200,7 +208,7 @@ def _daily_chart(report: ChargebackReport) -> str:
         'xmlns="http://www.w3.org/2000/svg">',
         '<text x="0" y="18" class="chart-title">Daily spend per team (USD, by day of submit)</text>',
         f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>',
-        f'<text x="0" y="36" class="small">max ${format_usd(peak)}/day</text>',
+        f'<text x="0" y="36" class="small">max {_dollars(peak)}/day</text>',
     ]
     colors = {group: _PALETTE[i % len(_PALETTE)] for i, group in enumerate(groups)}
     for index, day in enumerate(days):
@@ -212,7 +220,7 @@ def _daily_chart(report: ChargebackReport) -> str:
             parts.append(
                 f'<rect class="bar" x="{x + 1:.1f}" y="{base:.1f}" width="{max(slot - 2, 1):.1f}" '
                 f'height="{bar:.1f}" fill="{colors[point.group]}"><title>{html.escape(day)} '
-                f"{html.escape(point.group)}: ${format_usd(point.captured_micro_usd)}</title></rect>"
+                f"{html.escape(point.group)}: {_dollars(point.captured_micro_usd)}</title></rect>"
             )
         if len(days) <= 16 or index % max(len(days) // 8, 1) == 0:
             parts.append(
@@ -244,43 +252,11 @@ thead th{background:#f7fafc} tfoot td{font-weight:bold;border-top:2px solid #999
 
 
 def to_html(report: ChargebackReport) -> str:
-    data = report
-    query = data.query
+    query = report.query
     esc = html.escape
-    spend = [(group_label(row), row.captured_micro_usd) for row in data.rows]
-    resolutions = data.resolutions
-    header = "".join(f"<th>Video s {esc(r)}</th>" for r in resolutions)
-    body_rows = []
-    for row in data.rows:
-        seconds = "".join(f"<td>{_seconds(row.video_ms.get(r, 0))}</td>" for r in resolutions)
-        body_rows.append(
-            f'<tr><td class="text">{esc(group_label(row))}</td>'
-            f'<td class="text">{esc(row.cost_center or "")}</td>'
-            f"<td>{row.jobs_submitted}</td><td>{row.jobs_billed}</td>"
-            f"<td>{row.jobs_billed_moderated}</td><td>{row.jobs_released}</td>"
-            f"<td>{row.jobs_open}</td>{seconds}<td>{row.images}</td>"
-            f"<td>${format_usd(row.captured_micro_usd)}</td>"
-            f"<td>${format_usd(row.held_micro_usd)}</td>"
-            f'<td class="text">{esc(" ".join(row.rate_card_versions))}</td></tr>'
-        )
-    totals = data.totals
-    total_seconds = "".join(f"<td>{_seconds(totals.video_ms.get(r, 0))}</td>" for r in resolutions)
-    corrections = ""
-    if data.corrections:
-        lines = "".join(
-            f'<tr><td class="text">{esc(c.original_period)}</td><td class="text">{esc(c.team)}</td>'
-            f'<td class="text">{esc(c.kind)}</td><td class="text">{esc(c.upstream_job_id or c.job_id)}</td>'
-            f"<td>${format_usd(c.billed_micro_usd)}</td></tr>"
-            for c in data.corrections
-        )
-        corrections = (
-            "<h2>Corrections to closed months, recorded this month</h2>"
-            '<table id="corrections"><thead><tr><th>Month</th><th>Team</th><th>Entry</th>'
-            f"<th>Job</th><th>Billed</th></tr></thead><tbody>{lines}</tbody></table>"
-        )
     closed = (
-        f'<span class="closed">Closed {esc(data.closed_at.isoformat())}</span>'
-        if data.closed_at
+        f'<span class="closed">Closed {esc(report.closed_at.isoformat())}</span>'
+        if report.closed_at
         else "Open month: figures can still change"
     )
     return f"""<!doctype html>
@@ -289,25 +265,82 @@ def to_html(report: ChargebackReport) -> str:
 <title>Chargeback {esc(query.month)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>Video generation chargeback — {esc(query.month)}</h1>
-<div class="meta">Grouped by {esc(query.group_by)} · {closed} · generated {esc(data.generated_at.isoformat())}</div>
-<div class="cards">
-<div class="card">Total due<b id="total-due">${format_usd(data.total_due_micro_usd)}</b></div>
-<div class="card">Captured<b>${format_usd(totals.captured_micro_usd)}</b></div>
-<div class="card">Still held (not in total)<b>${format_usd(totals.held_micro_usd)}</b></div>
-<div class="card">Jobs billed<b>{totals.jobs_billed + totals.jobs_billed_moderated}</b></div>
-</div>
-{_bar_chart("Spend per " + ("cost center" if query.group_by == "cost_center" else "team"), spend, chart_id="spend-per-group")}
-{_daily_chart(data) if data.daily else ""}
+<div class="meta">Grouped by {esc(query.group_by)} · {closed} · generated {esc(report.generated_at.isoformat())}</div>
+{_summary_cards(report)}
+{_spend_chart(report)}
+{_daily_chart(report) if report.daily else ""}
 <h2>Details</h2>
-<table id="chargeback"><thead><tr><th>Group</th><th>Cost center</th><th>Submitted</th>
-<th>Billed</th><th>Billed (moderated)</th><th>Released</th><th>Open</th>{header}<th>Images</th>
-<th>Captured</th><th>Held</th><th>Rate cards</th></tr></thead>
-<tbody>{"".join(body_rows)}</tbody>
-<tfoot><tr><td class="text">Total</td><td></td><td>{totals.jobs_submitted}</td>
-<td>{totals.jobs_billed}</td><td>{totals.jobs_billed_moderated}</td><td>{totals.jobs_released}</td>
-<td>{totals.jobs_open}</td>{total_seconds}<td>{totals.images}</td>
-<td>${format_usd(totals.captured_micro_usd)}</td><td>${format_usd(totals.held_micro_usd)}</td>
-<td class="text">{esc(" ".join(totals.rate_card_versions))}</td></tr></tfoot></table>
-{corrections}
+{_details_table(report)}
+{_corrections_table(report)}
 </body></html>
 """
+
+
+def _summary_cards(report: ChargebackReport) -> str:
+    totals = report.totals
+    return f"""<div class="cards">
+<div class="card">Total due<b id="total-due">{_dollars(report.total_due_micro_usd)}</b></div>
+<div class="card">Captured<b>{_dollars(totals.captured_micro_usd)}</b></div>
+<div class="card">Still held (not in total)<b>{_dollars(totals.held_micro_usd)}</b></div>
+<div class="card">Jobs billed<b>{totals.jobs_billed + totals.jobs_billed_moderated}</b></div>
+</div>"""
+
+
+def _spend_chart(report: ChargebackReport) -> str:
+    group = "cost center" if report.query.group_by == "cost_center" else "team"
+    spend = [(group_label(row), row.captured_micro_usd) for row in report.rows]
+    return _bar_chart(f"Spend per {group}", spend, chart_id="spend-per-group")
+
+
+def _details_table(report: ChargebackReport) -> str:
+    header = "".join(f"<th>Video s {html.escape(r)}</th>" for r in report.resolutions)
+    body = "".join(_detail_row(row, report.resolutions) for row in report.rows)
+    return f"""<table id="chargeback"><thead><tr><th>Group</th><th>Cost center</th><th>Submitted</th>
+<th>Billed</th><th>Billed (moderated)</th><th>Released</th><th>Open</th>{header}<th>Images</th>
+<th>Captured</th><th>Held</th><th>Rate cards</th></tr></thead>
+<tbody>{body}</tbody>
+{_totals_footer(report.totals, report.resolutions)}</table>"""
+
+
+def _cells(values: Iterable[object]) -> str:
+    return "".join(f"<td>{value}</td>" for value in values)
+
+
+def _detail_row(row: ChargebackRow, resolutions: list[str]) -> str:
+    esc = html.escape
+    return (
+        f'<tr><td class="text">{esc(group_label(row))}</td>'
+        f'<td class="text">{esc(row.cost_center or "")}</td>'
+        f"{_cells(row.job_counts().values())}"
+        f"{_cells(_video_seconds(row, resolutions).values())}<td>{row.images}</td>"
+        f"<td>{_dollars(row.captured_micro_usd)}</td>"
+        f"<td>{_dollars(row.held_micro_usd)}</td>"
+        f'<td class="text">{esc(" ".join(row.rate_card_versions))}</td></tr>'
+    )
+
+
+def _totals_footer(totals: ChargebackRow, resolutions: list[str]) -> str:
+    seconds = _cells(_video_seconds(totals, resolutions).values())
+    return f"""<tfoot><tr><td class="text">Total</td><td></td><td>{totals.jobs_submitted}</td>
+<td>{totals.jobs_billed}</td><td>{totals.jobs_billed_moderated}</td><td>{totals.jobs_released}</td>
+<td>{totals.jobs_open}</td>{seconds}<td>{totals.images}</td>
+<td>{_dollars(totals.captured_micro_usd)}</td><td>{_dollars(totals.held_micro_usd)}</td>
+<td class="text">{html.escape(" ".join(totals.rate_card_versions))}</td></tr></tfoot>"""
+
+
+def _corrections_table(report: ChargebackReport) -> str:
+    """The corrections to closed months recorded this month (nothing when there are none)."""
+    if not report.corrections:
+        return ""
+    esc = html.escape
+    lines = "".join(
+        f'<tr><td class="text">{esc(c.original_period)}</td><td class="text">{esc(c.team)}</td>'
+        f'<td class="text">{esc(c.kind)}</td><td class="text">{esc(c.upstream_job_id or c.job_id)}</td>'
+        f"<td>{_dollars(c.billed_micro_usd)}</td></tr>"
+        for c in report.corrections
+    )
+    return (
+        "<h2>Corrections to closed months, recorded this month</h2>"
+        '<table id="corrections"><thead><tr><th>Month</th><th>Team</th><th>Entry</th>'
+        f"<th>Job</th><th>Billed</th></tr></thead><tbody>{lines}</tbody></table>"
+    )

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.usd import MICROS_PER_USD, format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import csv_writer, safe_cell
-from gateway.ledger.models import LedgerEntry
+from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.tenancy.models import Team
 
 FIELDS = ("job_id", "cost_usd", "billed", "video_seconds", "resolution", "images")
@@ -191,7 +191,7 @@ async def ledger_charges(
     job the upstream did not bill is compared too."""
     billed = func.coalesce(
         func.sum(LedgerEntry.amount_micro_usd).filter(
-            LedgerEntry.kind.in_(("capture", "correction"))
+            LedgerEntry.kind.in_((EntryKind.CAPTURE, EntryKind.CORRECTION))
         ),
         0,
     )
