@@ -48,13 +48,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
+from tests.support.api import MODEL, SUBMIT_PATH
 from tests.support.database import (
     admin_sql,
+    asyncpg_dsn,
     create_postgres_database,
     drop_postgres_database,
 )
-from tests.support.interleave import asyncpg_dsn
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
 from tests.support.processes import (
@@ -63,10 +63,10 @@ from tests.support.processes import (
     SimulatorProcess,
     as_environment,
 )
+from tests.support.simulator import UPSTREAM_KEY
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.tenants import PEPPER, Tenant, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
 ADMIN = "admin-token-soak-0123456789abcdef"
 RESULTS = Path(__file__).parent / "results"
 TIMING = RESEND_AFTER_SLOW_ANSWERS

@@ -1,19 +1,18 @@
 """Fixtures: a fresh Postgres database and a SQLite file per run, the real simulator and real
 gateway servers over loopback. Postgres is required in CI (``CI=true``): there, an unreachable
-server fails the run instead of skipping."""
+server fails the run instead of skipping.
+
+Fixtures only: the helpers they use live in ``tests.support`` and are imported from there."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from gateway.app import create_app
-from gateway.config import Settings
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
 from tests.support.database import (
     create_postgres_database,
@@ -22,26 +21,21 @@ from tests.support.database import (
     postgres_reachable,
     server_url,
 )
-from tests.support.servers import ServerThread, running
-from tests.support.tenants import PEPPER, Tenant, make_tenant
-
-# Distinctive, so a test can search every response and log line for it.
-UPSTREAM_KEY = "sk-upstream-SECRET-4b1d7e9c2a6f8053"
-SUBMIT_PATH = "/v1/videos/generations"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+from tests.support.environment import unavailable
+from tests.support.servers import ServerThread, StartGateway, running
+from tests.support.settings import gateway_settings
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
+from tests.support.tenants import Tenant, make_tenant
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     problem = postgres_reachable()
     if problem is not None:
-        message = f"PostgreSQL at {server_url()} is unreachable ({problem})"
-        if in_ci():
-            pytest.fail(f"{message}: CI requires it", pytrace=False)
-        pytest.skip(f"!!! {message}: Postgres tests SKIPPED; set GATEWAY_TEST_DATABASE_URL")
+        unavailable(
+            f"PostgreSQL at {server_url()} is unreachable ({problem})",
+            "Postgres tests SKIPPED; set GATEWAY_TEST_DATABASE_URL",
+        )
     url = create_postgres_database()
     yield url
     drop_postgres_database(url)
@@ -61,32 +55,6 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-class SimulatorProbe:
-    """Reads the simulator's own record of what reached it."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
-
-    def reset(self) -> None:
-        self.http.post("/_simulator/reset").raise_for_status()
-
-    def requests(self) -> list[dict[str, Any]]:
-        response = self.http.get("/_simulator/requests")
-        response.raise_for_status()
-        records: list[dict[str, Any]] = response.json()["requests"]
-        return records
-
-    def submits(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests() if r["method"] == "POST" and r["path"] == SUBMIT_PATH]
-
-    def usage(self) -> dict[str, Any]:
-        response = self.http.get("/_simulator/usage")
-        response.raise_for_status()
-        usage: dict[str, Any] = response.json()
-        return usage
-
-
 @pytest.fixture(scope="session")
 def simulator_server() -> Iterator[ServerThread]:
     app = create_simulator_app(SimulatorConfig(api_key=UPSTREAM_KEY, hang_seconds=3.0))
@@ -100,32 +68,6 @@ def simulator(simulator_server: ServerThread) -> Iterator[SimulatorProbe]:
     probe.reset()
     yield probe
     probe.http.close()
-
-
-def gateway_settings(database_url: str, upstream_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "upstream_url": upstream_url,
-        "upstream_api_key": SecretStr(UPSTREAM_KEY),
-        "key_pepper": SecretStr(PEPPER),
-        "upstream_read_timeout_seconds": 5.0,
-        "log_format": "json",
-        # Tests run the reconciler explicitly (or enable it) so that timing never decides.
-        "reconciler_enabled": False,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
-
-
-# Overrides that let a reconcile pass release unanswered submits at once: the release timeout
-# must exceed the longest a submit can be in flight (the settings refuse it otherwise).
-RELEASE_AT_ONCE: dict[str, float] = {
-    "unanswered_submit_release_after_seconds": 0.01,
-    "upstream_connect_timeout_seconds": 0.001,
-    "upstream_write_timeout_seconds": 0.001,
-    "upstream_read_timeout_seconds": 0.001,
-    "upstream_pool_timeout_seconds": 0.001,
-}
 
 
 @pytest.fixture(scope="session")
@@ -144,9 +86,6 @@ def gateway(gateway_server: ServerThread, simulator: SimulatorProbe) -> Iterator
 @pytest.fixture
 def tenant(postgres_url: str) -> Tenant:
     return make_tenant(postgres_url)
-
-
-StartGateway = Callable[..., ServerThread]
 
 
 @pytest.fixture

@@ -13,17 +13,23 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.api import MODEL, SUBMIT_PATH, submit_to
 from tests.support.ledger import team_ledger
+from tests.support.servers import StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import PEPPER, Tenant, make_tenant
 
 ADMIN = "admin-token-for-tests-0123456789"
-MODEL = "grok-imagine-video-1-5"
 
 
 class Admin:
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"})
+
+    @property
+    def url(self) -> str:
+        """The gateway's URL (tenant requests go there too)."""
+        return str(self.http.base_url)
 
     def __call__(self, method: str, path: str, body: Any = None, **params: Any) -> httpx.Response:
         return self.http.request(method, path, json=body, params=params or None)
@@ -83,7 +89,7 @@ def test_only_admins_reach_the_admin_api(
     admin: Admin, postgres_url: str, method: str, path: str, body: Any
 ) -> None:
     tenant = make_tenant(postgres_url)
-    url = admin.http.base_url
+    url = admin.url
     nobody = httpx.request(method, f"{url}{path}", json=body)
     assert (nobody.status_code, nobody.json()["error"]["type"]) == (401, "authentication_error")
     wrong = httpx.request(
@@ -163,16 +169,15 @@ def test_budget_changes_apply_to_the_month_under_way(
     admin: Admin, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
-    url = admin.http.base_url
-    body = {"model": MODEL, "prompt": "x"}
-    assert httpx.post(f"{url}{SUBMIT_PATH}", json=body, headers=tenant.headers).status_code == 200
-    assert httpx.post(f"{url}{SUBMIT_PATH}", json=body, headers=tenant.headers).status_code == 429
+    url = admin.url
+    assert submit_to(url, tenant, "x").status_code == 200
+    assert submit_to(url, tenant, "x").status_code == 429
     too_low = admin("PATCH", f"/admin/teams/{tenant.team}", {"monthly_budget_usd": "1.00"})
     assert (too_low.status_code, too_low.json()["error"]["code"]) == (409, "budget_below_usage")
     assert (
         admin("PATCH", f"/admin/teams/{tenant.team}", {"monthly_budget_usd": 4}).status_code == 200
     )
-    assert httpx.post(f"{url}{SUBMIT_PATH}", json=body, headers=tenant.headers).status_code == 200
+    assert submit_to(url, tenant, "x").status_code == 200
     assert team_ledger(postgres_url, tenant.team).balance.budget_micro_usd == 4_000_000
 
 
@@ -180,14 +185,13 @@ def test_disabling_a_team_stops_its_keys_at_once(
     admin: Admin, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url)
-    url = admin.http.base_url
-    body = {"model": MODEL, "prompt": "x"}
+    url = admin.url
     assert admin("PATCH", f"/admin/teams/{tenant.team}", {"disabled": True}).json()["disabled"]
-    refused = httpx.post(f"{url}{SUBMIT_PATH}", json=body, headers=tenant.headers)
+    refused = submit_to(url, tenant, "x")
     assert (refused.status_code, refused.json()["error"]["code"]) == (403, "team_disabled")
     assert simulator.submits() == []
     admin("PATCH", f"/admin/teams/{tenant.team}", {"disabled": False})
-    assert httpx.post(f"{url}{SUBMIT_PATH}", json=body, headers=tenant.headers).status_code == 200
+    assert submit_to(url, tenant, "x").status_code == 200
     actions = [
         (e["before"]["disabled"], e["after"]["disabled"])
         for e in admin.audit(target_id=tenant.team, action="team.update")
@@ -199,7 +203,7 @@ def test_keys_create_list_revoke_rotate_with_audit(
     admin: Admin, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url)
-    url = admin.http.base_url
+    url = admin.url
     body = {"model": MODEL, "prompt": "x"}
     created = admin(
         "POST", f"/admin/teams/{tenant.team}/keys", {"name": "farm", "expires_in_days": 30}
@@ -280,12 +284,10 @@ def test_jobs_filtered_paginated_and_one_with_its_entries(
     admin: Admin, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant: Tenant = make_tenant(postgres_url)
-    url = admin.http.base_url
+    url = admin.url
     ids = []
     for prompt in ("a", "b", "c #sim:fail"):
-        job_id = httpx.post(
-            f"{url}{SUBMIT_PATH}", json={"model": MODEL, "prompt": prompt}, headers=tenant.headers
-        ).json()["job_id"]
+        job_id = submit_to(url, tenant, prompt).json()["job_id"]
         httpx.get(f"{url}/v1/jobs/{job_id}", headers=tenant.headers)
         ids.append(job_id)
     first = admin("GET", "/admin/jobs", team=tenant.team, limit=2).json()
@@ -314,10 +316,8 @@ def test_an_open_job_is_released_by_hand_once_with_audit(
     """After review, an operator gives back the hold of a job the gateway cannot settle (here:
     one nobody polls). It is then settled: never polled, never billed, never released twice."""
     tenant = make_tenant(postgres_url, budget_micro_usd=10_000_000)
-    url = admin.http.base_url
-    job_id = httpx.post(
-        f"{url}{SUBMIT_PATH}", json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
-    ).json()["job_id"]
+    url = admin.url
+    job_id = submit_to(url, tenant, "x").json()["job_id"]
     assert admin("GET", "/admin/usage", team=tenant.team).json()[0]["held_usd"] == "1.680000"
 
     released = admin("POST", f"/admin/jobs/{job_id}/release", {"note": "ticket FIN-42"})
@@ -358,11 +358,9 @@ def test_usage_per_team_and_period(
     admin: Admin, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url, budget_micro_usd=10_000_000)
-    url = admin.http.base_url
-    job_id = httpx.post(
-        f"{url}{SUBMIT_PATH}", json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
-    ).json()["job_id"]
-    httpx.post(f"{url}{SUBMIT_PATH}", json={"model": MODEL, "prompt": "y"}, headers=tenant.headers)
+    url = admin.url
+    job_id = submit_to(url, tenant, "x").json()["job_id"]
+    submit_to(url, tenant, "y")
     httpx.get(f"{url}/v1/jobs/{job_id}", headers=tenant.headers)
     (usage,) = admin("GET", "/admin/usage", team=tenant.team).json()
     assert (

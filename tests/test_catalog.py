@@ -12,7 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.catalog.spec import load_catalog
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.api import SUBMIT_PATH, submit
+from tests.support.servers import StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant
 
 BUILT_IN = Path(__file__).resolve().parent.parent / "gateway" / "catalog" / "models.json"
@@ -66,11 +68,7 @@ def test_second_model_is_a_data_change(
             json={"model": "acme-video-mini", "prompt": "x", "loop": "yes"},
             headers=tenant.headers,
         )
-        seed_model = client.post(
-            SUBMIT_PATH,
-            json={"model": "grok-imagine-video-1-5", "prompt": "x"},
-            headers=tenant.headers,
-        )
+        seed_model = submit(client, tenant, "x")
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, "out_of_range")
     assert (typo.status_code, typo.json()["error"]["param"]) == (400, "duration")
     assert (loop.status_code, loop.json()["error"]["code"]) == (400, "invalid_type")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,18 +15,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gateway.cli import main
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from tests.support.api import MODEL, SUBMIT_PATH
+from tests.support.commands import GATEWAY, environment_without_gateway, run_gateway
+from tests.support.processes import free_port
+from tests.support.servers import StartGateway
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import PEPPER
-
-GATEWAY = [sys.executable, "-m", "gateway"]
-MODEL = "grok-imagine-video-1-5"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -118,12 +109,6 @@ def test_cli_errors_are_clear_and_exit_nonzero(
     assert message in result.output
 
 
-def run_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(extra)
-    return env
-
-
 def wait_for(url: str, timeout: float = 20) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while True:
@@ -139,20 +124,13 @@ def test_serve_refuses_a_schema_behind_then_serves_with_migrate(
     tmp_path: Path, simulator: SimulatorProbe
 ) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
-    env = run_env(
+    env = environment_without_gateway(
         GATEWAY_DATABASE_URL=database,
         GATEWAY_UPSTREAM_URL=simulator.url,
         GATEWAY_UPSTREAM_API_KEY=UPSTREAM_KEY,
     )
     port = free_port()
-    refused = subprocess.run(
-        [*GATEWAY, "serve", "--port", str(port)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = run_gateway("serve", "--port", str(port), env=env)
     assert refused.returncode == 1
     assert "gateway db upgrade" in refused.stderr and "--migrate" in refused.stderr
 
@@ -179,7 +157,7 @@ def test_simulator_stops_on_sigterm_even_with_a_hanging_submit() -> None:
     port = free_port()
     process = subprocess.Popen(
         [*GATEWAY, "simulator", "--port", str(port)],
-        env=run_env(),
+        env=environment_without_gateway(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,7 +167,7 @@ def test_simulator_stops_on_sigterm_even_with_a_hanging_submit() -> None:
         with contextlib.suppress(httpx.HTTPError):  # cut off by the shutdown
             httpx.post(
                 f"http://127.0.0.1:{port}{SUBMIT_PATH}",
-                json={"model": "grok-imagine-video-1-5", "prompt": "#sim:hang"},
+                json={"model": MODEL, "prompt": "#sim:hang"},
                 headers={"Authorization": "Bearer any"},
                 timeout=60,
             )
@@ -209,15 +187,10 @@ def test_simulator_stops_on_sigterm_even_with_a_hanging_submit() -> None:
 
 
 def test_serve_refuses_sqlite_with_several_workers(tmp_path: Path) -> None:
-    env = run_env(GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
-    result = subprocess.run(
-        [*GATEWAY, "serve", "--workers", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    env = environment_without_gateway(
+        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
     )
+    result = run_gateway("serve", "--workers", "2", env=env)
     assert result.returncode == 1 and "Postgres" in result.stderr
 
 
@@ -236,7 +209,7 @@ def test_simulator_command_honours_its_options() -> None:
             "--status-words",
             "succeeded",
         ],
-        env=run_env(),
+        env=environment_without_gateway(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -269,14 +242,8 @@ def test_simulator_command_honours_its_options() -> None:
 
 
 def test_demo_once_completes_a_job_and_prints_its_cost() -> None:
-    result = subprocess.run(
-        [*GATEWAY, "demo", "--once", "--port", "0", "--latency", "0.3"],
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = environment_without_gateway()
+    result = run_gateway("demo", "--once", "--port", "0", "--latency", "0.3", env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "completed progress=1.0" in out

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,15 +36,23 @@ from gateway.reports.chargeback import ReportQuery, chargeback
 from gateway.reports.focus import focus_rows
 from gateway.reports.formats import to_csv, to_json
 from gateway.tenancy import service as tenancy
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
-from tests.support.database import admin_sql, create_postgres_database, drop_postgres_database
+from tests.support.api import submit
+from tests.support.commands import run_gateway
+from tests.support.database import (
+    admin_sql,
+    create_postgres_database,
+    drop_postgres_database,
+    execute_sql,
+)
+from tests.support.jobs import pending_job
 from tests.support.ledger import team_ledger
 from tests.support.ledger_generator import generate
+from tests.support.servers import StartGateway
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
 
 ACTOR = Actor("finance-test")
 ADMIN = "admin-token-for-finance-0123456789"
-MODEL = "grok-imagine-video-1-5"
 
 
 @pytest.fixture
@@ -56,22 +63,12 @@ def fresh_db(postgres_url: str) -> Iterator[str]:
 
 
 async def _hold(session: AsyncSession, team: TeamQuota, created: datetime, amount: int) -> Job:
-    job = Job(
-        id=uuid.uuid4().hex,
-        team_id=team.team_id,
-        state=JobState.PENDING.value,
-        model=MODEL,
-        duration_ms=10_000,
-        resolution="720p",
-        image_count=0,
-        estimate_micro_usd=amount,
-        rate_card_version="seed-2026-11",
+    job = pending_job(
+        team.team_id,
+        amount,
         period=created.strftime("%Y-%m"),
+        at=created,
         upstream_job_id=f"up_{uuid.uuid4().hex}",
-        check_attempts=0,
-        needs_review=False,
-        created_at=created,
-        updated_at=created,
     )
     await place_hold(session, team, job, policy="unlimited", now=created)
     return job
@@ -160,11 +157,15 @@ def test_a_close_waits_for_entries_being_written_so_the_month_never_changes_afte
         try:
             async with sessions() as writing, writing.begin():
                 # The first settlement is being written (its entry id is the lower one)...
-                capture = settlement.SettlementPlan(JobState.CAPTURED, 1_680_000, reason="completed")
+                capture = settlement.SettlementPlan(
+                    JobState.CAPTURED, 1_680_000, reason="completed"
+                )
                 await settlement.apply_settlement(writing, first, capture, now=utcnow())
                 # ...while the second is written and committed.
                 async with transaction(sessions) as other:
-                    capture = settlement.SettlementPlan(JobState.CAPTURED, 960_000, reason="completed")
+                    capture = settlement.SettlementPlan(
+                        JobState.CAPTURED, 960_000, reason="completed"
+                    )
                     await settlement.apply_settlement(other, second, capture, now=utcnow())
 
                 async def close() -> None:
@@ -262,25 +263,17 @@ def test_chargeback_command_writes_every_format(
     expected = in_session(database, lambda s: chargeback(s, ReportQuery(month="2026-11")))
     for fmt in ("json", "csv", "html", "focus"):
         out = tmp_path / f"report.{fmt}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "report",
-                "chargeback",
-                "--month",
-                "2026-11",
-                "--format",
-                fmt,
-                "--output",
-                str(out),
-            ],
+        result = run_gateway(
+            "report",
+            "chargeback",
+            "--month",
+            "2026-11",
+            "--format",
+            fmt,
+            "--output",
+            str(out),
             env=env,
-            capture_output=True,
-            text=True,
             timeout=120,
-            check=False,
         )
         assert result.returncode == 0, result.stderr
         assert out.stat().st_size > 100
@@ -289,23 +282,16 @@ def test_chargeback_command_writes_every_format(
     focus_lines = io.StringIO((tmp_path / "report.focus").read_text())
     focus_total = sum(parse_usd(r["BilledCost"]) for r in csv.DictReader(focus_lines))
     assert focus_total == expected.totals.captured_micro_usd
-    grouped = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "report",
-            "chargeback",
-            "--month",
-            "2026-11",
-            "--format",
-            "json",
-            "--group-by",
-            "cost-center",
-        ],
+    grouped = run_gateway(
+        "report",
+        "chargeback",
+        "--month",
+        "2026-11",
+        "--format",
+        "json",
+        "--group-by",
+        "cost-center",
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
         check=True,
     )
@@ -319,9 +305,8 @@ def test_tags_from_the_header_reach_the_job_the_ledger_and_the_report(
     tenant = make_tenant(fresh_db)
     with httpx.Client(base_url=server.url) as client:
         for tags in ("project=atlas,user=dana", "project=atlas", "project=zephyr", None):
-            headers = {**tenant.headers, **({"X-Gateway-Tags": tags} if tags else {})}
-            job_id = client.post(
-                SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=headers
+            job_id = submit(
+                client, tenant, "x", headers={"X-Gateway-Tags": tags} if tags else None
             ).json()["job_id"]
             client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
         for bad in (
@@ -331,11 +316,7 @@ def test_tags_from_the_header_reach_the_job_the_ledger_and_the_report(
             ",".join(f"k{n}=v" for n in range(11)),
             "a=1,a=2",
         ):
-            refused = client.post(
-                SUBMIT_PATH,
-                json={"model": MODEL, "prompt": "x"},
-                headers={**tenant.headers, "X-Gateway-Tags": bad},
-            )
+            refused = submit(client, tenant, "x", headers={"X-Gateway-Tags": bad})
             assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_tags")
     assert all("x-gateway-tags" not in r["header_names"] for r in simulator.requests())
     ledger = team_ledger(fresh_db, tenant.team)
@@ -365,38 +346,26 @@ def billed_jobs(
     ids = []
     with httpx.Client(base_url=server.url) as client:
         for prompt in ("a", "b #sim:fail", "c #sim:moderated", "d #sim:duration=12", "e", "f"):
-            job_id = client.post(
-                SUBMIT_PATH, json={"model": MODEL, "prompt": prompt}, headers=tenant.headers
-            ).json()["job_id"]
+            job_id = submit(client, tenant, prompt).json()["job_id"]
             client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
             ids.append(job_id)
     server.stop()
     return fresh_db, ids, simulator.usage(), simulator
 
 
-def reconcile(database: str, usage: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def reconcile_with_usage(
+    database: str, usage: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``gateway reconcile --no-settle --upstream-usage USAGE EXTRA``: the ledger compared with
+    an upstream usage export, nothing settled."""
     env = {
         "GATEWAY_DATABASE_URL": database,
         "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
         "GATEWAY_KEY_PEPPER": PEPPER,
         "PATH": "/usr/bin:/bin",
     }
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "reconcile",
-            "--no-settle",
-            "--upstream-usage",
-            str(usage),
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return run_gateway(
+        "reconcile", "--no-settle", "--upstream-usage", str(usage), *extra, env=env, timeout=120
     )
 
 
@@ -406,7 +375,7 @@ def test_ledger_reconciles_with_the_upstreams_export(
     database, _, usage, simulator = billed_jobs
     export = tmp_path / "usage.json"
     export.write_text(json.dumps(usage))
-    clean = reconcile(database, export)
+    clean = reconcile_with_usage(database, export)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "no differences" in clean.stdout
     # The same bill as CSV with the provider's own column names, mapped.
@@ -419,7 +388,7 @@ def test_ledger_reconciles_with_the_upstreams_export(
         writer.writerow(["Id", "Amount", "Charged"])
         for row in rows:
             writer.writerow([row["job_id"], row["cost_usd"], row["billed"]])
-    mapped = reconcile(
+    mapped = reconcile_with_usage(
         database,
         renamed,
         "--column",
@@ -449,7 +418,7 @@ def test_injected_discrepancies_are_reported_precisely(
         doctored["jobs"].append(row)
     export = tmp_path / "doctored.json"
     export.write_text(json.dumps(doctored))
-    result = reconcile(database, export, "--format", "json")
+    result = reconcile_with_usage(database, export, "--format", "json")
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert [
@@ -462,7 +431,7 @@ def test_injected_discrepancies_are_reported_precisely(
         ],
         key=lambda d: d[1],
     )
-    within = reconcile(database, export, "--tolerance-usd", "0.02", "--format", "json")
+    within = reconcile_with_usage(database, export, "--tolerance-usd", "0.02", "--format", "json")
     assert within.returncode == 1, within.stderr  # the job the upstream did not bill remains
     assert [d["kind"] for d in json.loads(within.stdout)["differences"]] == ["not_billed_upstream"]
 
@@ -472,14 +441,14 @@ def test_injected_discrepancies_are_reported_precisely(
     copy = database.rsplit("/", 1)[0] + "/" + name
     try:
         job = team_ledger_job(copy, ids[5])
-        admin_sql_on(
+        execute_sql(
             copy,
             "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
             f"DELETE FROM ledger_entries WHERE job_id = '{job}' AND kind = 'capture'",
         )
         original = tmp_path / "usage.json"
         original.write_text(json.dumps(usage))
-        missing = reconcile(copy, original, "--format", "json")
+        missing = reconcile_with_usage(copy, original, "--format", "json")
         assert missing.returncode == 1
         assert [(d["kind"], d["job_id"]) for d in json.loads(missing.stdout)["differences"]] == [
             ("missing_in_ledger", ids[5])
@@ -499,29 +468,11 @@ def team_ledger_job(database: str, upstream_job_id: str) -> str:
     return in_session(database, _find)
 
 
-def admin_sql_on(database: str, *statements: str) -> None:
-    import asyncio
-
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    async def _run() -> None:
-        dsn = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
-        connection = await asyncpg.connect(dsn)
-        try:
-            for statement in statements:
-                await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(_run())
-
-
 def test_unreadable_usage_files_exit_2(fresh_db: str, tmp_path: Path) -> None:
     for content in ("{not json", '{"rows": []}', "Id,Amount\nx,abc\n", "garbage", ""):
         bad = tmp_path / "bad.txt"
         bad.write_text(content)
-        result = reconcile(fresh_db, bad)
+        result = reconcile_with_usage(fresh_db, bad)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "cannot read the upstream usage" in result.stderr
 
@@ -537,10 +488,11 @@ def test_bad_options_exit_2_not_1(fresh_db: str, tmp_path: Path) -> None:
         (("--month", "2026-1"), "--month"),
         (("--month", "junk"), "--month"),
     ]:
-        result = reconcile(fresh_db, export, *extra)
+        result = reconcile_with_usage(fresh_db, export, *extra)
         assert result.returncode == 2, (extra, result.stdout + result.stderr)
         assert problem in result.stderr
-    assert reconcile(fresh_db, export, "--month", "2026-01").returncode == 0  # nothing to compare
+    nothing_to_compare = reconcile_with_usage(fresh_db, export, "--month", "2026-01")
+    assert nothing_to_compare.returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.api import submit
 from tests.support.database import create_postgres_database, drop_postgres_database
+from tests.support.processes import free_port
+from tests.support.servers import StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant
 
 
@@ -38,16 +39,10 @@ def test_not_ready_when_schema_is_missing(start_gateway: StartGateway, postgres_
 def test_database_down_fails_closed_with_503(
     start_gateway: StartGateway, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # nothing listens on it
     server = start_gateway(database_url=f"postgresql://postgres@127.0.0.1:{closed_port}/gateway")
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        submitted = client.post(
-            SUBMIT_PATH,
-            json={"model": "grok-imagine-video-1-5", "prompt": "x"},
-            headers=tenant.headers,
-        )
+        submitted = submit(client, tenant, "x")
         polled = client.get("/v1/jobs/job_abc", headers=tenant.headers)
         ready = client.get("/readyz")
         alive = client.get("/healthz")

@@ -17,19 +17,18 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
-from tests.support.servers import ServerThread, running
+from tests.support.api import SUBMIT_PATH, submit_body
+from tests.support.servers import ServerThread, StartGateway, serving
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import make_tenant
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "video-gateway"
 SECRET = "hs256-shared-secret-for-tests-0123456789"
-BODY = {"model": "grok-imagine-video-1-5", "prompt": "a cat"}
+BODY = submit_body()
 
 
 def _pem(private: Any) -> tuple[bytes, bytes]:
@@ -310,9 +309,8 @@ class JwksServer:
 def jwks() -> Iterator[tuple[JwksServer, str]]:
     server = JwksServer()
     server.publish("key-1", RSA_PUBLIC)
-    app = Starlette(routes=[Route("/.well-known/jwks.json", server.handle)])
-    with running(app) as thread:
-        yield server, thread.url + "/.well-known/jwks.json"
+    with serving("/.well-known/jwks.json", server.handle) as url:
+        yield server, url
 
 
 def test_jwks_key_rotation_and_refetch_rate_limit(

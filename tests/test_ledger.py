@@ -13,7 +13,6 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.catalog.spec import load_catalog
 from gateway.errors import Conflict, InvalidRequest, QuotaExceeded
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import quotas, rates, settlement
@@ -21,8 +20,11 @@ from gateway.ledger.holds import place_hold
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.quotas import BudgetPolicy, TeamQuota
 from gateway.tenancy.models import Team
+from tests.support.api import MODEL
 from tests.support.database import create_postgres_database, drop_postgres_database, migrate
+from tests.support.jobs import pending_job
 from tests.support.ledger import team_ledger
+from tests.support.rates import add_rates
 from tests.support.tenants import TEST_ACTOR, in_session, make_tenant
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -60,24 +62,7 @@ def team_quota(url: str, team: str) -> TeamQuota:
 
 
 def new_job(quota: TeamQuota, estimate: int, *, period: str = PERIOD, **fields: object) -> Job:
-    values: dict[str, object] = {
-        "id": uuid.uuid4().hex,
-        "team_id": quota.team_id,
-        "state": JobState.PENDING.value,
-        "model": "grok-imagine-video-1-5",
-        "duration_ms": 10_000,
-        "resolution": "720p",
-        "image_count": 0,
-        "estimate_micro_usd": estimate,
-        "rate_card_version": "seed-2026-11",
-        "period": period,
-        "check_attempts": 0,
-        "needs_review": False,
-        "created_at": NOW,
-        "updated_at": NOW,
-    }
-    values.update(fields)
-    return Job(**values)
+    return pending_job(quota.team_id, estimate, period=period, at=NOW, **fields)
 
 
 def hold(
@@ -247,27 +232,17 @@ def test_default_policy_for_teams_without_a_budget(
 
 
 def test_rate_card_versions_by_effective_time(database_url: str) -> None:
-    catalog = load_catalog()
-    model = "grok-imagine-video-1-5"
     version = f"test-{uuid.uuid4().hex[:8]}"
     starts = datetime(2031, 1, 1, tzinfo=UTC)  # far enough not to disturb other tests
 
     async def _add(session: AsyncSession) -> None:
-        await rates.add_rate_card(
-            session,
-            catalog,
-            model=model,
-            version=version,
-            image_fee_micro_usd=40_000,
-            per_second_micro_usd={"480p": 90_000, "720p": 150_000},
-            actor=TEST_ACTOR,
-            effective_from=starts,
-        )
+        per_second = {"480p": 90_000, "720p": 150_000}
+        await add_rates(session, version, per_second, actor=TEST_ACTOR, effective_from=starts)
 
     in_session(database_url, _add)
-    before = in_session(database_url, lambda s: rates.rate_card_in_force(s, model, NOW))
+    before = in_session(database_url, lambda s: rates.rate_card_in_force(s, MODEL, NOW))
     after = in_session(
-        database_url, lambda s: rates.rate_card_in_force(s, model, starts + timedelta(seconds=1))
+        database_url, lambda s: rates.rate_card_in_force(s, MODEL, starts + timedelta(seconds=1))
     )
     assert before.version == "seed-2026-11"
     assert (after.version, after.per_second_micro_usd["720p"]) == (version, 150_000)
@@ -275,15 +250,7 @@ def test_rate_card_versions_by_effective_time(database_url: str) -> None:
         in_session(database_url, _add)
 
     async def _missing_resolution(session: AsyncSession) -> None:
-        await rates.add_rate_card(
-            session,
-            catalog,
-            model=model,
-            version="partial",
-            image_fee_micro_usd=1,
-            per_second_micro_usd={"720p": 1},
-            actor=TEST_ACTOR,
-        )
+        await add_rates(session, "partial", {"720p": 1}, image_fee_micro_usd=1, actor=TEST_ACTOR)
 
     with pytest.raises(InvalidRequest):
         in_session(database_url, _missing_resolution)

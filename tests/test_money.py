@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,50 +32,20 @@ from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
 from gateway.tenancy import service as tenancy
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
-from tests.conftest import (
-    RELEASE_AT_ONCE,
-    SUBMIT_PATH,
-    UPSTREAM_KEY,
-    SimulatorProbe,
-    StartGateway,
-    gateway_settings,
-)
+from tests.support.api import MODEL, SUBMIT_PATH, submit, submit_to
+from tests.support.commands import run_gateway
 from tests.support.database import create_postgres_database, drop_postgres_database, migrate
 from tests.support.invariants import reconcile_pass
 from tests.support.ledger import team_ledger
-from tests.support.servers import running
+from tests.support.servers import StartGateway, running
+from tests.support.settings import RELEASE_AT_ONCE, gateway_settings
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import Tenant, in_session, make_tenant
-
-MODEL = "grok-imagine-video-1-5"
-
-
-def submit(
-    client: httpx.Client, tenant: Tenant, prompt: str = "a cat", **fields: Any
-) -> httpx.Response:
-    return client.post(
-        SUBMIT_PATH, json={"model": MODEL, "prompt": prompt, **fields}, headers=tenant.headers
-    )
 
 
 def simulator_cost(simulator: SimulatorProbe, job_id: str) -> int:
     (row,) = [r for r in simulator.usage()["jobs"] if r["job_id"] == job_id]
     return parse_usd(row["cost_usd"])
-
-
-reconcile = reconcile_pass  # one reconciler pass over everything, now
-
-
-def reconcile_at(
-    database_url: str, upstream_url: str, at: datetime, **overrides: Any
-) -> ReconcileReport:
-    """One reconciler pass as if run at ``at`` (a datetime)."""
-    settings = gateway_settings(database_url, upstream_url, **overrides)
-
-    async def _pass() -> ReconcileReport:
-        async with open_runtime(settings) as runtime:
-            return await runtime.reconciler(clock=lambda: at).run_once()
-
-    return asyncio.run(_pass())
 
 
 def test_hold_at_submit_capture_at_completion(
@@ -284,10 +252,9 @@ def test_idempotent_retry_replays_the_first_answer(
     gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url)
-    headers = {**tenant.headers, "Idempotency-Key": "order-42"}
-    body = {"model": MODEL, "prompt": "once only"}
-    first = gateway.post(SUBMIT_PATH, json=body, headers=headers)
-    replay = gateway.post(SUBMIT_PATH, json=body, headers=headers)
+    key = {"Idempotency-Key": "order-42"}
+    first = submit(gateway, tenant, "once only", headers=key)
+    replay = submit(gateway, tenant, "once only", headers=key)
     assert first.status_code == replay.status_code == 200
     assert replay.content == first.content
     assert replay.headers["idempotent-replayed"] == "true"
@@ -297,14 +264,12 @@ def test_idempotent_retry_replays_the_first_answer(
     ledger = team_ledger(postgres_url, tenant.team)
     assert len(ledger.jobs) == 1 and [e.kind for e in ledger.entries] == ["hold"]
 
-    other_body = gateway.post(SUBMIT_PATH, json={**body, "duration": 5}, headers=headers)
+    other_body = submit(gateway, tenant, "once only", headers=key, duration=5)
     assert other_body.status_code == 422
     assert other_body.json()["error"]["code"] == "idempotency_key_reused"
     other_team = make_tenant(postgres_url)  # keys are per team
     assert (
-        gateway.post(
-            SUBMIT_PATH, json=body, headers={**other_team.headers, "Idempotency-Key": "order-42"}
-        ).headers.get("idempotent-replayed")
+        submit(gateway, other_team, "once only", headers=key).headers.get("idempotent-replayed")
         is None
     )
 
@@ -352,52 +317,40 @@ def test_idempotent_duplicate_in_flight_is_409(
     gateway_server: Any, simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant = make_tenant(postgres_url)
-    headers = {**tenant.headers, "Idempotency-Key": "slow-1"}
-    body = {"model": MODEL, "prompt": "take your time #sim:slow=1.5"}
+    key = {"Idempotency-Key": "slow-1"}
+    prompt = "take your time #sim:slow=1.5"
     results: dict[str, httpx.Response] = {}
 
     def first() -> None:
-        results["first"] = httpx.post(
-            gateway_server.url + SUBMIT_PATH, json=body, headers=headers, timeout=30
-        )
+        results["first"] = submit_to(gateway_server.url, tenant, prompt, headers=key)
 
     thread = threading.Thread(target=first)
     thread.start()
     time.sleep(0.5)
-    concurrent = httpx.post(gateway_server.url + SUBMIT_PATH, json=body, headers=headers)
+    concurrent = submit_to(gateway_server.url, tenant, prompt, headers=key)
     thread.join()
     assert concurrent.status_code == 409
     assert concurrent.json()["error"]["code"] == "idempotency_key_in_use"
     assert results["first"].status_code == 200
-    later = httpx.post(gateway_server.url + SUBMIT_PATH, json=body, headers=headers)
+    later = submit_to(gateway_server.url, tenant, prompt, headers=key)
     assert later.status_code == 200 and later.content == results["first"].content
     assert len(simulator.submits()) == 1
 
 
 def test_idempotency_key_may_be_reused_after_an_upstream_refusal(
-    gateway: httpx.Client, simulator: SimulatorProbe, postgres_url: str
+    gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
     """Nothing was created or billed, so a retry with the same key must really retry."""
-    tenant = make_tenant(postgres_url)
-    headers = {**tenant.headers, "Idempotency-Key": "retry-me"}
-    refused = gateway.post(
-        SUBMIT_PATH, json={"model": MODEL, "prompt": "#sim:http500"}, headers=headers
-    )
+    key = {"Idempotency-Key": "retry-me"}
+    refused = submit(gateway, tenant, "#sim:http500", headers=key)
     assert refused.status_code == 502
-    again = gateway.post(
-        SUBMIT_PATH, json={"model": MODEL, "prompt": "#sim:http500"}, headers=headers
-    )
+    again = submit(gateway, tenant, "#sim:http500", headers=key)
     assert again.status_code == 502 and "idempotent-replayed" not in again.headers
     assert len(simulator.submits()) == 2
 
 
-def test_invalid_idempotency_key_is_400(gateway: httpx.Client, postgres_url: str) -> None:
-    tenant = make_tenant(postgres_url)
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "x"},
-        headers={**tenant.headers, "Idempotency-Key": "x" * 256},
-    )
+def test_invalid_idempotency_key_is_400(gateway: httpx.Client, tenant: Tenant) -> None:
+    response = submit(gateway, tenant, "x", headers={"Idempotency-Key": "x" * 256})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_idempotency_key"
 
@@ -413,7 +366,7 @@ def test_reconciler_settles_jobs_nobody_polls(
         submit(gateway, tenant, p).json()["job_id"]
         for p in ("ok", "#sim:fail", "#sim:moderated", "#sim:duration=3")
     ]
-    report = reconcile(postgres_url, simulator.url)
+    report = reconcile_pass(postgres_url, simulator.url)
     assert report.settled >= 4
     ledger = team_ledger(postgres_url, tenant.team)
     assert {j.state for j in ledger.jobs} == {"captured", "released"}
@@ -433,20 +386,20 @@ def test_reconciler_releases_a_submit_that_never_got_an_answer(
 ) -> None:
     tenant = make_tenant(postgres_url, budget_micro_usd=2_000_000)
     server = start_gateway(upstream_read_timeout_seconds=0.3)
-    headers = {**tenant.headers, "Idempotency-Key": "hung-submit"}
-    body = {"model": MODEL, "prompt": "#sim:hang"}
-    timed_out = httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers)
+    key = {"Idempotency-Key": "hung-submit"}
+    timed_out = submit_to(server.url, tenant, "#sim:hang", headers=key)
     assert timed_out.status_code == 504
     assert timed_out.headers["x-quota-remaining-usd"] == "0.320000"  # the hold stays...
-    assert reconcile(postgres_url, simulator.url).released_unanswered == 0  # ...until the timeout
-    report = reconcile(postgres_url, simulator.url, **RELEASE_AT_ONCE)
+    not_yet = reconcile_pass(postgres_url, simulator.url)
+    assert not_yet.released_unanswered == 0  # ...until the timeout
+    report = reconcile_pass(postgres_url, simulator.url, **RELEASE_AT_ONCE)
     assert report.released_unanswered == 1
     ledger = team_ledger(postgres_url, tenant.team)
     assert [e.kind for e in ledger.entries] == ["hold", "release"]
     assert ledger.jobs[0].needs_review is True  # the upstream might have run it: look at it
     assert ledger.balance.held_micro_usd == 0
     # A retry with the same key learns that, rather than silently submitting a second job.
-    retry = httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers)
+    retry = submit_to(server.url, tenant, "#sim:hang", headers=key)
     assert retry.status_code == 504 and retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["error"]["code"] == "upstream_outcome_unknown"
     assert len(simulator.submits()) == 1
@@ -483,14 +436,7 @@ def submit_while_locked(
     answers: list[httpx.Response] = []
 
     def send() -> None:
-        answers.append(
-            httpx.post(
-                url + SUBMIT_PATH,
-                json={"model": MODEL, "prompt": "a cat"},
-                headers={**tenant.headers, **(headers or {})},
-                timeout=30,
-            )
-        )
+        answers.append(submit_to(url, tenant, headers=headers))
 
     blocker = threading.Thread(target=in_session, args=(postgres_url, hold_the_lock))
     blocker.start()
@@ -611,15 +557,11 @@ def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
     assert (job.state, job.upstream_job_id) == ("submitted", upstream_job["job_id"])
     assert ledger.entries_of(job.id) == [("hold", 1_680_000)]
     # ...until it is billed, once, as the upstream billed it.
-    reconcile(postgres_url, simulator.url, **settings)
+    reconcile_pass(postgres_url, simulator.url, **settings)
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("capture", 1_680_000)]
     assert simulator_cost(simulator, upstream_job["job_id"]) == 1_680_000
-    retry = httpx.post(
-        server.url + SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "a cat"},
-        headers={**tenant.headers, **key},
-    )
+    retry = submit_to(server.url, tenant, headers=key)
     assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["job_id"] == upstream_job["job_id"]
 
@@ -634,11 +576,7 @@ def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
         tenant = make_tenant(url, budget_micro_usd=2_000_000)
         server = start_gateway(database_url=url, upstream_read_timeout_seconds=0.3)
         for prompt in ("first #sim:hang", "second #sim:hang"):
-            answer = httpx.post(
-                server.url + SUBMIT_PATH,
-                json={"model": MODEL, "prompt": prompt, "duration": 1},
-                headers=tenant.headers,
-            )
+            answer = submit_to(server.url, tenant, prompt, duration=1)
             assert answer.status_code == 504
         poisoned, healthy = sorted(team_ledger(url, tenant.team).jobs, key=lambda j: j.created_at)
 
@@ -653,7 +591,7 @@ def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
             )
 
         in_session(url, settle_behind_the_gateways_back)
-        report = reconcile(url, simulator.url, **RELEASE_AT_ONCE)
+        report = reconcile_pass(url, simulator.url, **RELEASE_AT_ONCE)
         assert report.released_unanswered == 1
         ledger = team_ledger(url, tenant.team)
         after = {job.id: job for job in ledger.jobs}
@@ -663,13 +601,9 @@ def test_one_job_the_ledger_refuses_does_not_stall_the_other_releases(
 
         # A later one is released even when each pass takes a single job: the flagged job,
         # older as it is, no longer takes the batch's only place.
-        late = httpx.post(
-            server.url + SUBMIT_PATH,
-            json={"model": MODEL, "prompt": "third #sim:hang", "duration": 1},
-            headers=tenant.headers,
-        )
+        late = submit_to(server.url, tenant, "third #sim:hang", duration=1)
         assert late.status_code == 504
-        reconcile(url, simulator.url, reconciler_batch_size=1, **RELEASE_AT_ONCE)
+        reconcile_pass(url, simulator.url, reconciler_batch_size=1, **RELEASE_AT_ONCE)
         states = {job.id: job.state for job in team_ledger(url, tenant.team).jobs}
         assert sorted(states.values()) == ["released", "released", "unknown"]
         assert states[poisoned.id] == "unknown"
@@ -688,14 +622,7 @@ def test_reconcile_command(
         "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
         "PATH": "/usr/bin:/bin",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "reconcile", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_gateway("reconcile", "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["settled"] >= 1
     assert [e.kind for e in team_ledger(postgres_url, tenant.team).entries] == ["hold", "capture"]
@@ -735,27 +662,18 @@ def test_rate_change_prices_new_jobs_only(
         with httpx.Client(base_url=server.url) as client:
             before = submit(client, tenant)
             env = {"GATEWAY_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-            added = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "rates",
-                    "set",
-                    "--version",
-                    "2026-12-promo",
-                    "--image-fee-usd",
-                    "0.04",
-                    "--per-second-usd",
-                    "480p=0.08",
-                    "--per-second-usd",
-                    "720p=0.15",
-                ],
+            added = run_gateway(
+                "rates",
+                "set",
+                "--version",
+                "2026-12-promo",
+                "--image-fee-usd",
+                "0.04",
+                "--per-second-usd",
+                "480p=0.08",
+                "--per-second-usd",
+                "720p=0.15",
                 env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
             )
             assert added.returncode == 0, added.stderr
             after = submit(client, tenant)
@@ -766,14 +684,7 @@ def test_rate_change_prices_new_jobs_only(
         assert [j.rate_card_version for j in ledger.jobs] == ["seed-2026-11", "2026-12-promo"]
         # The earlier job settles on its own version, whatever is in force now.
         assert ledger.entries_of(ledger.jobs[0].id)[-1] == ("capture", 1_680_000)
-        listed = subprocess.run(
-            [sys.executable, "-m", "gateway", "rates", "list", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        listed = run_gateway("rates", "list", "--json", env=env, check=True)
         assert [r["version"] for r in json.loads(listed.stdout)] == [
             "seed-2026-11",
             "2026-12-promo",
@@ -831,26 +742,24 @@ def test_a_lost_submit_answer_is_recovered_when_the_upstream_honors_keys(
         "unanswered_submit_release_after_seconds": 3600.0,
     }
     server = start_gateway(transport=AnswerLost(), **overrides)
-    lost = httpx.post(
-        server.url + SUBMIT_PATH, json={"model": MODEL, "prompt": "lost"}, headers=tenant.headers
-    )
+    lost = submit_to(server.url, tenant, "lost")
     assert lost.status_code == 504
     (upstream_job,) = simulator.usage()["jobs"]
     (held,) = team_ledger(postgres_url, tenant.team).jobs
     resend_after = timedelta(seconds=120)  # the default
-    not_yet = reconcile_at(
-        postgres_url, simulator.url, held.created_at + resend_after / 2, **overrides
+    not_yet = reconcile_pass(
+        postgres_url, simulator.url, at=held.created_at + resend_after / 2, **overrides
     )
     assert not_yet.recovered == 0
-    report = reconcile_at(
-        postgres_url, simulator.url, held.created_at + resend_after * 1.01, **overrides
+    report = reconcile_pass(
+        postgres_url, simulator.url, at=held.created_at + resend_after * 1.01, **overrides
     )
     ledger = team_ledger(postgres_url, tenant.team)
     if honors:
         assert report.recovered == 1
         # Re-sent under the gateway's job id as Idempotency-Key: the same upstream job, no new one.
         assert [j["job_id"] for j in simulator.usage()["jobs"]] == [upstream_job["job_id"]]
-        reconcile(postgres_url, simulator.url, **overrides)  # polls and settles it
+        reconcile_pass(postgres_url, simulator.url, **overrides)  # polls and settles it
         ledger = team_ledger(postgres_url, tenant.team)
         job = ledger.job_by_upstream_id(upstream_job["job_id"])
         assert ledger.entries_of(job.id) == [("hold", 1_680_000), ("capture", 1_680_000)]
@@ -920,11 +829,7 @@ def test_a_submit_is_resent_only_while_the_resend_ends_before_the_release(
     server = start_gateway(transport=NeverDelivered(), **honoring)
     tenant = make_tenant(postgres_url)
     for prompt in ("first", "second"):
-        lost = httpx.post(
-            server.url + SUBMIT_PATH,
-            json={"model": MODEL, "prompt": prompt},
-            headers=tenant.headers,
-        )
+        lost = submit_to(server.url, tenant, prompt)
         assert lost.status_code == 504
     assert simulator.submits() == []
     # The later of the two: both are due and inside the window at the claim, past it after.
@@ -947,10 +852,10 @@ def test_a_submit_is_resent_only_while_the_resend_ends_before_the_release(
     asyncio.run(slow_pass())
     assert simulator.submits() == [] and states() == {("unknown", False)}
     # Past the window, they are no longer even claimed for a re-send...
-    reconcile_at(postgres_url, simulator.url, created + window + second, **honoring)
+    reconcile_pass(postgres_url, simulator.url, at=created + window + second, **honoring)
     assert simulator.submits() == [] and states() == {("unknown", False)}
     # ...and once due, released for review, never having been re-sent.
-    reconcile_at(postgres_url, simulator.url, created + release_after + second, **honoring)
+    reconcile_pass(postgres_url, simulator.url, at=created + release_after + second, **honoring)
     assert simulator.submits() == [] and states() == {("released", True)}
     after = team_ledger(postgres_url, tenant.team)
     assert [e.kind for e in after.entries] == ["hold", "hold", "release", "release"]
@@ -966,16 +871,7 @@ def test_an_acceptance_after_an_operator_released_the_job_is_kept_and_flagged(
     server = start_gateway(transport=SlowAnswer(1.5), admin_token=admin_token)
     tenant = make_tenant(postgres_url)
     answers: list[httpx.Response] = []
-    sender = threading.Thread(
-        target=lambda: answers.append(
-            httpx.post(
-                server.url + SUBMIT_PATH,
-                json={"model": MODEL, "prompt": "a cat"},
-                headers=tenant.headers,
-                timeout=30,
-            )
-        )
-    )
+    sender = threading.Thread(target=lambda: answers.append(submit_to(server.url, tenant)))
     sender.start()
     deadline = time.monotonic() + 10
     while not (jobs := team_ledger(postgres_url, tenant.team).jobs):
@@ -1023,9 +919,7 @@ def test_a_job_an_operator_released_is_not_resent_or_is_kept_and_flagged(
     admin_token = "admin-token-for-tests-0123456789"
     server = start_gateway(transport=NeverDelivered(), admin_token=admin_token, **honoring)
     tenant = make_tenant(postgres_url)
-    lost = httpx.post(
-        server.url + SUBMIT_PATH, json={"model": MODEL, "prompt": "a cat"}, headers=tenant.headers
-    )
+    lost = submit_to(server.url, tenant)
     assert lost.status_code == 504
     (job,) = team_ledger(postgres_url, tenant.team).jobs
     body = json.dumps({"model": MODEL, "prompt": "a cat"}).encode()
@@ -1069,11 +963,7 @@ def test_background_reconciler_in_a_replica_settles_unpolled_jobs(
         reconciler_interval_seconds=0.2,
         reconciler_first_check_after_seconds=0,
     )
-    job_id = httpx.post(
-        server.url + SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "nobody polls"},
-        headers=tenant.headers,
-    ).json()["job_id"]
+    job_id = submit_to(server.url, tenant, "nobody polls").json()["job_id"]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if team_ledger(postgres_url, tenant.team).jobs[0].state == "captured":

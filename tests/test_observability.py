@@ -16,18 +16,16 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.observability.logging import build_handler
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
-from tests.support.processes import GatewayProcess
-from tests.support.servers import running
-from tests.support.tenants import PEPPER, Tenant, make_tenant
+from tests.support.api import MODEL, SUBMIT_PATH, submit
+from tests.support.processes import GatewayProcess, replica_env
+from tests.support.servers import StartGateway, serving
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
+from tests.support.tenants import PEPPER, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
 POLL_ROUTE = "/v1/jobs/{job_id}"
 
 
@@ -51,11 +49,6 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
-
-
-def submit(client: httpx.Client, tenant: Tenant, **fields: Any) -> httpx.Response:
-    body = {"model": MODEL, "prompt": "a cat", **fields}
-    return client.post(SUBMIT_PATH, json=body, headers=tenant.headers)
 
 
 def test_metrics_after_a_scripted_flow_have_exact_values(
@@ -138,11 +131,7 @@ def test_one_json_access_line_per_request_with_its_fields(
     try:
         server = start_gateway()
         with httpx.Client(base_url=server.url) as client:
-            submitted = client.post(
-                SUBMIT_PATH,
-                json={"model": MODEL, "prompt": "x"},
-                headers={**team.headers, "X-Request-ID": "req-submit-1"},
-            )
+            submitted = submit(client, team, "x", headers={"X-Request-ID": "req-submit-1"})
             job_id = submitted.json()["job_id"]
             client.get(f"/v1/jobs/{job_id}", headers={**team.headers, "X-Request-ID": "req-poll-1"})
     finally:
@@ -196,9 +185,8 @@ class WebhookReceiver:
 @pytest.fixture
 def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
     hook = WebhookReceiver(fail_first=1)
-    app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
-    with running(app) as server:
-        yield hook, server.url + "/hook"
+    with serving("/hook", hook.handle, methods=["POST"]) as url:
+        yield hook, url
 
 
 def test_budget_alerts_are_sent_once_per_threshold_and_retried(
@@ -248,14 +236,7 @@ def test_metrics_add_up_across_workers(
     postgres_url: str, simulator: SimulatorProbe, tmp_path: Any
 ) -> None:
     team = make_tenant(postgres_url)
-    env = {
-        "GATEWAY_DATABASE_URL": postgres_url,
-        "GATEWAY_UPSTREAM_URL": simulator.url,
-        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-        "GATEWAY_KEY_PEPPER": PEPPER,
-        "GATEWAY_RECONCILER_ENABLED": "false",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-    }
+    env = replica_env(postgres_url, simulator.url)
     process = GatewayProcess(env, tmp_path, "workers", workers=2).start()
     try:
         for _ in range(12):  # a new connection each time, spread over the workers

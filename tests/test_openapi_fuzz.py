@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from gateway.app import create_app
-from tests.conftest import gateway_settings
 from tests.support.database import create_postgres_database, drop_postgres_database
 from tests.support.servers import ServerThread, running
+from tests.support.settings import gateway_settings
 from tests.support.tenants import Tenant, make_tenant
 
 ADMIN = "admin-token-for-fuzzing-0123456789"

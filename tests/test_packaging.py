@@ -3,11 +3,12 @@ source tree: build the wheel, unpack it alone on sys.path, migrate a database wi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from tests.support.commands import environment_without_gateway, run, run_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,34 +39,19 @@ def test_wheel_migrates_a_database_on_its_own(tmp_path: Path) -> None:
     assert "gateway/catalog/models.json" in names
 
     database = tmp_path / "packaged.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = str(site)  # ahead of the editable install of the source tree
-    env["GATEWAY_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
+    env = environment_without_gateway(
+        PYTHONPATH=str(site),  # ahead of the editable install of the source tree
+        GATEWAY_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
+    )
     probe = (
         "import gateway, sys; from gateway.db.migrations import migrations_dir; "
         "from gateway.catalog.spec import load_catalog; "
         "print(gateway.__file__, migrations_dir(), load_catalog().model_ids())"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    shown = run([sys.executable, "-c", probe], env=env, cwd=tmp_path, check=True).stdout
     assert str(site / "gateway") in shown and "_migrations" in shown
     assert "grok-imagine-video-1-5" in shown
-    upgraded = subprocess.run(
-        [sys.executable, "-m", "gateway", "db", "upgrade"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    upgraded = run_gateway("db", "upgrade", env=env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "(head)" in upgraded.stdout
     assert database.exists()

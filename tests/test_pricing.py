@@ -15,8 +15,9 @@ from gateway.catalog.validation import parse_submission
 from gateway.core.pricing import BillableUnits, RateCard, price_request
 from gateway.core.usd import format_usd, parse_usd
 from gateway.errors import RateCardMissing
+from tests.support.api import MODEL
 
-SEED = load_catalog().get("grok-imagine-video-1-5")
+SEED = load_catalog().get(MODEL)
 assert SEED is not None
 CARD = SEED.pricing.rate_card.to_rate_card()
 ODD = RateCard("odd", datetime(2026, 1, 1, tzinfo=UTC), 33_333, {"480p": 96_001, "720p": 7})

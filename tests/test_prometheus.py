@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,48 +17,33 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway, in_ci
+from tests.support.api import submit
+from tests.support.commands import run
+from tests.support.environment import require_tool
 from tests.support.ledger import team_ledger
 from tests.support.processes import free_port
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import make_tenant
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "gateway-alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "gateway-alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "gateway-dashboard.json"
-MODEL = "grok-imagine-video-1-5"
 
 
 def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed (Debian package 'prometheus', see README)"
-        if in_ci():
-            pytest.fail(message + ": CI requires it", pytrace=False)
-        pytest.skip("!!! " + message + ": Prometheus tests SKIPPED")
-    return path
+    return require_tool(
+        tool, install="Debian package 'prometheus', see README", skipped="Prometheus tests SKIPPED"
+    )
 
 
 def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
     promtool = require("promtool")
-    checked = subprocess.run(
-        [promtool, "check", "rules", str(RULES)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = run([promtool, "check", "rules", str(RULES)])
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 7 rules found" in checked.stdout
-    tested = subprocess.run(
-        [promtool, "test", "rules", str(RULE_TESTS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=RULE_TESTS.parent,
-    )
+    tested = run([promtool, "test", "rules", str(RULE_TESTS)], timeout=120, cwd=RULE_TESTS.parent)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
@@ -155,9 +139,7 @@ def test_prometheus_sees_the_ledgers_billed_dollars(
             ("c #sim:duration=4", {"image": "https://e.com/i.png"}),
             ("d #sim:fail", {}),
         ):
-            job_id = client.post(
-                SUBMIT_PATH, json={"model": MODEL, "prompt": prompt, **fields}, headers=team.headers
-            ).json()["job_id"]
+            job_id = submit(client, team, prompt, **fields).json()["job_id"]
             client.get(f"/v1/jobs/{job_id}", headers=team.headers)
     ledger = team_ledger(postgres_url, team.team)
     captured = sum(e.amount_micro_usd for e in ledger.entries if e.kind == "capture")

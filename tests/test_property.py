@@ -11,19 +11,13 @@ import httpx
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SUBMIT_PATH, SimulatorProbe
-from tests.images import JPEG, PNG, data_uri
+from tests.support.api import MODEL, SUBMIT_PATH
+from tests.support.images import JPEG, PNG, data_uri
+from tests.support.simulator import SimulatorProbe
+from tests.support.strategies import scalars
 from tests.support.tenants import Tenant
 
-MODEL = "grok-imagine-video-1-5"
-
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(10**20), max_value=10**20),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
-)
+json_scalars = scalars(max_text_size=30)
 any_json = st.recursive(
     json_scalars,
     lambda inner: (

@@ -4,7 +4,6 @@ job recorded for its team, and the seed's own client code working unmodified."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from typing import Any
@@ -15,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.models import Job
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
+from tests.support.api import MODEL, SUBMIT_PATH, submit
+from tests.support.commands import run
+from tests.support.servers import StartGateway
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import Tenant, in_session
-
-MODEL = "grok-imagine-video-1-5"
 
 
 def job_row(url: str, upstream_job_id: str) -> Job | None:
@@ -32,11 +32,7 @@ def job_row(url: str, upstream_job_id: str) -> Job | None:
 def test_submit_then_poll_through_the_gateway(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
-    submitted = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "a fox", "image": "https://example.com/f.png"},
-        headers=tenant.headers,
-    )
+    submitted = submit(gateway, tenant, "a fox", image="https://example.com/f.png")
     assert submitted.status_code == 200
     job = submitted.json()
     assert job["status"] == "queued"
@@ -75,17 +71,11 @@ def test_x_api_key_header_is_accepted(
 def test_request_id_is_echoed_and_sent_upstream(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "x"},
-        headers={**tenant.headers, "X-Request-ID": "trace-abc-123"},
-    )
+    response = submit(gateway, tenant, "x", headers={"X-Request-ID": "trace-abc-123"})
     assert response.headers["x-request-id"] == "trace-abc-123"
     assert simulator.submits()[-1]["request_id"] == "trace-abc-123"
 
-    generated = gateway.post(
-        SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
-    )
+    generated = submit(gateway, tenant, "x")
     assert len(generated.headers["x-request-id"]) == 32
     assert simulator.submits()[-1]["request_id"] == generated.headers["x-request-id"]
 
@@ -100,10 +90,8 @@ def test_only_the_gateway_key_reaches_upstream(
 ) -> None:
     """The simulator only accepts UPSTREAM_KEY, so a 200 proves the swap; tags and the tenant's
     own headers stay behind."""
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "x"},
-        headers={**tenant.headers, "X-Gateway-Tags": "project=atlas", "Cookie": "session=1"},
+    response = submit(
+        gateway, tenant, "x", headers={"X-Gateway-Tags": "project=atlas", "Cookie": "session=1"}
     )
     assert response.status_code == 200
     names = simulator.submits()[-1]["header_names"]
@@ -165,9 +153,7 @@ def test_upstream_client_errors_pass_through(
     answer = b'{"error":{"type":"invalid_request_error","message":"upstream says no"}}'
     server = start_gateway(transport=httpx.MockTransport(RecordingUpstream(answer, answer, status)))
     with httpx.Client(base_url=server.url) as client:
-        response = client.post(
-            SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
-        )
+        response = submit(client, tenant, "x")
     assert response.status_code == status
     assert response.content == answer
 
@@ -185,9 +171,7 @@ def test_body_over_the_limit_is_refused_with_413(
             yield big[3000:]
 
         streamed = client.post(SUBMIT_PATH, content=chunks(), headers=tenant.headers)
-        small = client.post(
-            SUBMIT_PATH, json={"model": MODEL, "prompt": "ok"}, headers=tenant.headers
-        )
+        small = submit(client, tenant, "ok")
     for response in (declared, streamed):
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
@@ -244,9 +228,7 @@ def test_seed_python_snippet_runs_unmodified_but_for_base_url_and_key(
         "YOUR_EMPIRIOLABS_API_KEY", tenant.key
     )
     assert script.count(gateway_server.url) == 2
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run([sys.executable, "-c", script])
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip()
     assert printed.startswith("{") and "'status': 'completed'" in printed
@@ -287,11 +269,7 @@ def test_client_hanging_up_mid_body_is_499_not_an_error(
 def test_oversized_headers_are_431(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "x"},
-        headers={**tenant.headers, "X-Padding": "a" * 40_000},
-    )
+    response = submit(gateway, tenant, "x", headers={"X-Padding": "a" * 40_000})
     assert response.status_code == 431
     assert response.json()["error"]["code"] == "request_headers_too_large"
     assert simulator.requests() == []

@@ -11,15 +11,15 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe
+from tests.support.api import submit_async, submit_to
+from tests.support.database import asyncpg_dsn
 from tests.support.ledger import team_ledger
-from tests.support.processes import GatewayProcess
+from tests.support.processes import GatewayProcess, replica_env
 from tests.support.servers import ServerThread
-from tests.support.tenants import PEPPER, Tenant, make_tenant
+from tests.support.simulator import SimulatorProbe
+from tests.support.tenants import Tenant, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
 ADMIN_TOKEN = "replica-admin-token-0123456789"
 PRICE = 1_680_000  # 10 s at 720p, the defaults
 
@@ -28,15 +28,7 @@ PRICE = 1_680_000  # 10 s at 720p, the defaults
 def replicas(
     postgres_url: str, simulator_server: ServerThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[GatewayProcess]]:
-    env = {
-        "GATEWAY_DATABASE_URL": postgres_url,
-        "GATEWAY_UPSTREAM_URL": simulator_server.url,
-        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-        "GATEWAY_KEY_PEPPER": PEPPER,
-        "GATEWAY_RECONCILER_ENABLED": "false",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
+    env = replica_env(postgres_url, simulator_server.url, GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN)
     logs = tmp_path_factory.mktemp("replicas")
     processes = [GatewayProcess(env, logs, name) for name in ("replica-a", "replica-b")]
     try:
@@ -46,10 +38,6 @@ def replicas(
     finally:
         for process in processes:
             process.stop()
-
-
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def sample_usage(
@@ -87,11 +75,7 @@ def test_concurrent_submits_across_replicas_never_overspend(
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             responses = await asyncio.gather(
                 *(
-                    client.post(
-                        replicas[i % 2].url + SUBMIT_PATH,
-                        json={"model": MODEL, "prompt": f"storm {i}"},
-                        headers=tenant.headers,
-                    )
+                    submit_async(client, tenant, f"storm {i}", url=replicas[i % 2].url)
                     for i in range(200)
                 )
             )
@@ -119,11 +103,7 @@ def test_fifty_concurrent_polls_through_both_replicas_settle_once(
     replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant: Tenant = make_tenant(postgres_url)
-    job_id = httpx.post(
-        replicas[0].url + SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "poll me"},
-        headers=tenant.headers,
-    ).json()["job_id"]
+    job_id = submit_to(replicas[0].url, tenant, "poll me").json()["job_id"]
 
     async def poll_storm() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=50)
@@ -155,22 +135,19 @@ def test_revocation_on_one_replica_is_refused_by_the_other_at_once(
     cache, so the documented bound is zero (the next request after the change commits)."""
     tenant = make_tenant(postgres_url)
     first, second = replicas
-    body = {"model": MODEL, "prompt": "x"}
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    assert (
-        httpx.post(second.url + SUBMIT_PATH, json=body, headers=tenant.headers).status_code == 200
-    )
+    assert submit_to(second.url, tenant, "x").status_code == 200
     revoked = httpx.post(f"{first.url}/admin/keys/{tenant.key_id}/revoke", headers=admin)
     assert revoked.status_code == 200
-    refused = httpx.post(second.url + SUBMIT_PATH, json=body, headers=tenant.headers)
+    refused = submit_to(second.url, tenant, "x")
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "api_key_revoked")
 
     other = make_tenant(postgres_url)
-    assert httpx.post(second.url + SUBMIT_PATH, json=body, headers=other.headers).status_code == 200
+    assert submit_to(second.url, other, "x").status_code == 200
     disabled = httpx.patch(
         f"{first.url}/admin/teams/{other.team}", json={"disabled": True}, headers=admin
     )
     assert disabled.status_code == 200
-    refused = httpx.post(second.url + SUBMIT_PATH, json=body, headers=other.headers)
+    refused = submit_to(second.url, other, "x")
     assert (refused.status_code, refused.json()["error"]["code"]) == (403, "team_disabled")
     assert len(simulator.submits()) == 2

@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from gateway.observability.logging import RedactingFilter, build_handler
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
-from tests.images import PNG
+from tests.support.api import MODEL, SUBMIT_PATH, submit
+from tests.support.images import PNG
+from tests.support.servers import StartGateway
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import PEPPER, Tenant
-
-MODEL = "grok-imagine-video-1-5"
 
 
 def test_no_secret_in_any_response_or_log_line(
@@ -35,15 +35,7 @@ def test_no_secret_in_any_response_or_log_line(
         server = start_gateway(upstream_read_timeout_seconds=0.5)
         wrong_key_server = start_gateway(upstream_api_key="sk-wrong-upstream-key-123456")
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            submitted = client.post(
-                SUBMIT_PATH,
-                json={
-                    "model": MODEL,
-                    "prompt": "ok",
-                    "image": f"data:image/png;base64,{image_payload}",
-                },
-                headers=tenant.headers,
-            )
+            submitted = submit(client, tenant, "ok", image=f"data:image/png;base64,{image_payload}")
             responses.append(submitted)
             responses.append(
                 client.get(f"/v1/jobs/{submitted.json()['job_id']}", headers=tenant.headers)
@@ -57,15 +49,7 @@ def test_no_secret_in_any_response_or_log_line(
                     )
                 )
             responses.append(  # invalid image: the error must not quote it
-                client.post(
-                    SUBMIT_PATH,
-                    json={
-                        "model": MODEL,
-                        "prompt": "x",
-                        "image": f"data:image/jpeg;base64,{image_payload}",
-                    },
-                    headers=tenant.headers,
-                )
+                submit(client, tenant, "x", image=f"data:image/jpeg;base64,{image_payload}")
             )
             responses.append(  # a wrong tenant key that looks almost right
                 client.post(
@@ -75,11 +59,7 @@ def test_no_secret_in_any_response_or_log_line(
                 )
             )
         with httpx.Client(base_url=wrong_key_server.url, timeout=30) as client:
-            responses.append(
-                client.post(
-                    SUBMIT_PATH, json={"model": MODEL, "prompt": "x"}, headers=tenant.headers
-                )
-            )
+            responses.append(submit(client, tenant, "x"))
     finally:
         root.removeHandler(handler)
 

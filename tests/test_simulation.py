@@ -29,19 +29,18 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.services.reconciler import ReconcileReport
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
+from tests.support.api import MODEL, SUBMIT_PATH
 from tests.support.database import create_postgres_database, drop_postgres_database
 from tests.support.invariants import check_books, reconcile_pass, settle_everything
 from tests.support.processes import RESEND_QUICKLY, GatewayProcess, as_environment, replica_env
 from tests.support.servers import running
+from tests.support.simulator import UPSTREAM_KEY
 from tests.support.tenants import Tenant, make_tenant
 
 OPS = int(os.environ.get("GATEWAY_SIM_OPS", "300"))
 SEED = int(os.environ.get("GATEWAY_SIM_SEED", "20261124"))
 BATCH = 8
-MODEL = "grok-imagine-video-1-5"
 OUTCOMES = [
     ("", 40),
     (" #sim:fail", 10),
@@ -115,7 +114,8 @@ def random_body(rng: random.Random) -> bytes:
     return httpx.Request("POST", "/", json=body).content
 
 
-async def submit(world: World, client: httpx.AsyncClient) -> None:
+async def random_submit(world: World, client: httpx.AsyncClient) -> None:
+    """One submit of the simulation: a random tenant, body, key (or retry) and replica."""
     rng = world.rng
     tenant = rng.choice(world.tenants)
     headers = dict(tenant.headers)
@@ -145,7 +145,8 @@ async def submit(world: World, client: httpx.AsyncClient) -> None:
         world.jobs[tenant.team].append(response.json()["job_id"])
 
 
-async def poll(world: World, client: httpx.AsyncClient) -> None:
+async def random_poll(world: World, client: httpx.AsyncClient) -> None:
+    """One poll of the simulation: a random tenant's random job, through a random replica."""
     rng = world.rng
     tenant = rng.choice(world.tenants)
     if not world.jobs[tenant.team]:
@@ -168,19 +169,15 @@ async def kill_mid_batch(world: World) -> None:
     world.killed += 1
 
 
-def reconcile(world: World) -> ReconcileReport:
-    return reconcile_pass(world.database_url, world.simulator_url, **TIMING)
-
-
 async def run_batch(world: World, batch: list[str]) -> None:
     limits = httpx.Limits(max_connections=BATCH * 2)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         work = []
         for op in batch:
             if op == "submit":
-                work.append(submit(world, client))
+                work.append(random_submit(world, client))
             elif op == "poll":
-                work.append(poll(world, client))
+                work.append(random_poll(world, client))
             elif op == "kill":
                 work.append(kill_mid_batch(world))
         await asyncio.gather(*work)
@@ -197,7 +194,7 @@ def test_randomized_money_simulation(world: World) -> None:
         if any(ops_done <= k < ops_done + BATCH for k in kill_at):
             batch.append("kill")
         if "reconcile" in batch:
-            reconcile(world)
+            reconcile_pass(world.database_url, world.simulator_url, **TIMING)
             world.statuses["reconcile"] += 1
         asyncio.run(run_batch(world, [op for op in batch if op != "reconcile"]))
         if world.replicas[0].process is not None and world.replicas[0].process.poll() is not None:

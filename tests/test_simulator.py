@@ -31,11 +31,10 @@ from gateway.upstream.simulator.validation import (
     parse_submission,
     validate_fields,
 )
+from tests.support.api import MODEL, SUBMIT_PATH
 
-MODEL = "grok-imagine-video-1-5"
 KEY = "sk-sim-secret-value-1234"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SUBMIT = "/v1/videos/generations"
 PNG_DATA_URI = (
     "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(24)).decode()
 )
@@ -71,7 +70,7 @@ def body(prompt: str = "a cat surfing a wave", **fields: Any) -> dict[str, Any]:
 
 
 async def submit(client: httpx.AsyncClient, payload: dict[str, Any]) -> str:
-    response = await client.post(SUBMIT, json=payload, headers=AUTH)
+    response = await client.post(SUBMIT_PATH, json=payload, headers=AUTH)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "queued"
     job_id: str = response.json()["job_id"]
@@ -106,7 +105,7 @@ def iso(timestamp: float) -> datetime:
 )
 async def test_missing_key_is_401(headers: dict[str, str]) -> None:
     async with sim_client() as (client, state):
-        response = await client.post(SUBMIT, json=body(), headers=headers)
+        response = await client.post(SUBMIT_PATH, json=body(), headers=headers)
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
     assert response.json()["error"]["code"] == "missing_api_key"
@@ -115,8 +114,10 @@ async def test_missing_key_is_401(headers: dict[str, str]) -> None:
 
 async def test_wrong_key_is_401_when_a_key_is_configured() -> None:
     async with sim_client() as (client, state):
-        bearer = await client.post(SUBMIT, json=body(), headers={"Authorization": "Bearer nope"})
-        header = await client.post(SUBMIT, json=body(), headers={"x-api-key": KEY + "x"})
+        bearer = await client.post(
+            SUBMIT_PATH, json=body(), headers={"Authorization": "Bearer nope"}
+        )
+        header = await client.post(SUBMIT_PATH, json=body(), headers={"x-api-key": KEY + "x"})
     for response in (bearer, header):
         assert response.status_code == 401
         assert response.json()["error"] == {
@@ -129,15 +130,17 @@ async def test_wrong_key_is_401_when_a_key_is_configured() -> None:
 
 async def test_bearer_and_x_api_key_are_both_accepted() -> None:
     async with sim_client() as (client, state):
-        bearer = await client.post(SUBMIT, json=body(), headers={"Authorization": f"bearer {KEY}"})
-        header = await client.post(SUBMIT, json=body(), headers={"x-api-key": KEY})
+        bearer = await client.post(
+            SUBMIT_PATH, json=body(), headers={"Authorization": f"bearer {KEY}"}
+        )
+        header = await client.post(SUBMIT_PATH, json=body(), headers={"x-api-key": KEY})
     assert [bearer.status_code, header.status_code] == [200, 200]
     assert len(state.jobs) == 2
 
 
 async def test_any_non_empty_key_is_accepted_without_a_configured_key() -> None:
     async with sim_client(SimulatorConfig()) as (client, _):
-        response = await client.post(SUBMIT, json=body(), headers={"x-api-key": "whatever"})
+        response = await client.post(SUBMIT_PATH, json=body(), headers={"x-api-key": "whatever"})
         job_id = response.json()["job_id"]
         polled = await client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer zz"})
         anonymous = await client.get(f"/v1/jobs/{job_id}")
@@ -299,7 +302,7 @@ async def test_duration_marker_reports_and_bills_produced_seconds(
 
 async def test_http500_marker_creates_no_job() -> None:
     async with sim_client() as (client, state):
-        response = await client.post(SUBMIT, json=body("x #sim:http500"), headers=AUTH)
+        response = await client.post(SUBMIT_PATH, json=body("x #sim:http500"), headers=AUTH)
     assert response.status_code == 500
     assert response.json() == {
         "error": {
@@ -314,7 +317,7 @@ async def test_http500_marker_creates_no_job() -> None:
 async def test_http429_marker_sends_retry_after_and_creates_no_job() -> None:
     config = SimulatorConfig(api_key=KEY, retry_after_seconds=7)
     async with sim_client(config) as (client, state):
-        response = await client.post(SUBMIT, json=body("#sim:http429"), headers=AUTH)
+        response = await client.post(SUBMIT_PATH, json=body("#sim:http429"), headers=AUTH)
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
     assert response.json()["error"]["type"] == "rate_limit_error"
@@ -326,7 +329,7 @@ async def test_hang_marker_answers_504_late_and_creates_no_job() -> None:
     config = SimulatorConfig(api_key=KEY, hang_seconds=0.05)
     async with sim_client(config) as (client, state):
         started = time.monotonic()
-        response = await client.post(SUBMIT, json=body("#sim:hang"), headers=AUTH)
+        response = await client.post(SUBMIT_PATH, json=body("#sim:hang"), headers=AUTH)
         elapsed = time.monotonic() - started
         report = await usage(client)
     assert response.status_code == 504
@@ -340,7 +343,7 @@ async def test_hang_client_gives_up_first_and_request_is_logged_unanswered() -> 
     async with sim_client() as (client, state):
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
-                await client.post(SUBMIT, json=body("#sim:hang"), headers=AUTH)
+                await client.post(SUBMIT_PATH, json=body("#sim:hang"), headers=AUTH)
     assert state.jobs == {}
     assert len(state.requests) == 1
     assert state.requests[0].status is None
@@ -359,7 +362,9 @@ async def test_slow_marker_delays_then_creates_the_job() -> None:
 
 async def test_markers_are_applied_only_after_validation() -> None:
     async with sim_client() as (client, _):
-        response = await client.post(SUBMIT, json=body("#sim:http500", duration=99), headers=AUTH)
+        response = await client.post(
+            SUBMIT_PATH, json=body("#sim:http500", duration=99), headers=AUTH
+        )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "duration"
 
@@ -399,7 +404,7 @@ BAD_BODIES: list[tuple[dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("payload", "code", "param"), BAD_BODIES)
 async def test_invalid_bodies_are_400(payload: dict[str, Any], code: str, param: str) -> None:
     async with sim_client() as (client, state):
-        response = await client.post(SUBMIT, json=payload, headers=AUTH)
+        response = await client.post(SUBMIT_PATH, json=payload, headers=AUTH)
     assert response.status_code == 400, payload
     error = response.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
@@ -426,7 +431,7 @@ async def test_invalid_bodies_are_400(payload: dict[str, Any], code: str, param:
 )
 async def test_malformed_json_is_400(raw: bytes, code: str) -> None:
     async with sim_client() as (client, _):
-        response = await client.post(SUBMIT, content=raw, headers=AUTH)
+        response = await client.post(SUBMIT_PATH, content=raw, headers=AUTH)
     assert response.status_code == 400
     assert response.json() == {
         "error": {
@@ -464,7 +469,7 @@ async def test_malformed_json_is_400(raw: bytes, code: str) -> None:
 )
 async def test_valid_bodies_are_accepted(payload: dict[str, Any]) -> None:
     async with sim_client() as (client, state):
-        response = await client.post(SUBMIT, json=payload, headers=AUTH)
+        response = await client.post(SUBMIT_PATH, json=payload, headers=AUTH)
     assert response.status_code == 200, response.text
     assert list(state.jobs) == [response.json()["job_id"]]
 
@@ -472,7 +477,7 @@ async def test_valid_bodies_are_accepted(payload: dict[str, Any]) -> None:
 async def test_exponent_float_and_bom_are_accepted() -> None:
     raw = b'\xef\xbb\xbf{"model": "grok-imagine-video-1-5", "prompt": "x", "duration": 1.2e1}'
     async with sim_client() as (client, _):
-        response = await client.post(SUBMIT, content=raw, headers=AUTH)
+        response = await client.post(SUBMIT_PATH, content=raw, headers=AUTH)
         job = await poll(client, response.json()["job_id"])
     assert job["result"]["duration"] == 12
 
@@ -557,7 +562,7 @@ async def test_unknown_job_is_404() -> None:
 async def test_unknown_routes_answer_json_errors() -> None:
     async with sim_client() as (client, _):
         missing = await client.get("/v1/nothing", headers=AUTH)
-        wrong_method = await client.get(SUBMIT, headers=AUTH)
+        wrong_method = await client.get(SUBMIT_PATH, headers=AUTH)
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
     assert wrong_method.status_code == 405
@@ -683,7 +688,7 @@ async def test_costs_are_exact_decimals_rounded_half_up() -> None:
     async with sim_client() as (client, _):
         raw = b'{"model": "grok-imagine-video-1-5", "prompt": "x", "resolution": "480p", '
         response = await client.post(
-            SUBMIT, content=raw + b'"duration": 1.000171875}', headers=AUTH
+            SUBMIT_PATH, content=raw + b'"duration": 1.000171875}', headers=AUTH
         )
         job = await poll(client, response.json()["job_id"])
         report = await usage(client)
@@ -705,10 +710,12 @@ async def test_usage_is_empty_initially() -> None:
 
 async def test_request_log_records_every_api_request_but_never_the_key() -> None:
     async with sim_client() as (client, _):
-        await client.post(SUBMIT, json=body(), headers={"x-request-id": "r-1"})
-        await client.post(SUBMIT, json=body(duration=99), headers={**AUTH, "X-Request-ID": "r-2"})
-        await client.post(SUBMIT, json=body("#sim:http429"), headers={"x-api-key": KEY})
-        await client.post(SUBMIT, json=body("#sim:http500"), headers=AUTH)
+        await client.post(SUBMIT_PATH, json=body(), headers={"x-request-id": "r-1"})
+        await client.post(
+            SUBMIT_PATH, json=body(duration=99), headers={**AUTH, "X-Request-ID": "r-2"}
+        )
+        await client.post(SUBMIT_PATH, json=body("#sim:http429"), headers={"x-api-key": KEY})
+        await client.post(SUBMIT_PATH, json=body("#sim:http500"), headers=AUTH)
         job_id = await submit(client, body())
         await client.get(f"/v1/jobs/{job_id}", headers={"x-api-key": KEY})
         await client.get("/_simulator/usage")
@@ -716,11 +723,11 @@ async def test_request_log_records_every_api_request_but_never_the_key() -> None
     assert KEY not in response.text
     log = response.json()["requests"]
     assert [(r["method"], r["path"], r["status"], r["request_id"]) for r in log] == [
-        ("POST", SUBMIT, 401, "r-1"),
-        ("POST", SUBMIT, 400, "r-2"),
-        ("POST", SUBMIT, 429, None),
-        ("POST", SUBMIT, 500, None),
-        ("POST", SUBMIT, 200, None),
+        ("POST", SUBMIT_PATH, 401, "r-1"),
+        ("POST", SUBMIT_PATH, 400, "r-2"),
+        ("POST", SUBMIT_PATH, 429, None),
+        ("POST", SUBMIT_PATH, 500, None),
+        ("POST", SUBMIT_PATH, 200, None),
         ("GET", f"/v1/jobs/{job_id}", 200, None),
     ]
     for record in log:
@@ -776,15 +783,11 @@ async def test_idempotency_key_returns_the_same_job_without_billing_again() -> N
         transport=httpx.ASGITransport(app=app), base_url="http://sim"
     ) as c:
         headers = {"Authorization": "Bearer k", "Idempotency-Key": "gw-1"}
-        body = {"model": "grok-imagine-video-1-5", "prompt": "a cat"}
-        first = await c.post("/v1/videos/generations", json=body, headers=headers)
-        again = await c.post("/v1/videos/generations", json=body, headers=headers)
-        other = await c.post(
-            "/v1/videos/generations", json={**body, "prompt": "a dog"}, headers=headers
-        )
-        fresh = await c.post(
-            "/v1/videos/generations", json=body, headers={"Authorization": "Bearer k"}
-        )
+        body = {"model": MODEL, "prompt": "a cat"}
+        first = await c.post(SUBMIT_PATH, json=body, headers=headers)
+        again = await c.post(SUBMIT_PATH, json=body, headers=headers)
+        other = await c.post(SUBMIT_PATH, json={**body, "prompt": "a dog"}, headers=headers)
+        fresh = await c.post(SUBMIT_PATH, json=body, headers={"Authorization": "Bearer k"})
         usage = (await c.get("/_simulator/usage")).json()
     assert first.json()["job_id"] == again.json()["job_id"]
     assert other.status_code == 422

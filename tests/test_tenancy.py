@@ -14,11 +14,11 @@ from gateway.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFo
 from gateway.tenancy import service
 from gateway.tenancy.keys import hash_key
 from gateway.tenancy.models import ApiKey
-from tests.conftest import SUBMIT_PATH, SimulatorProbe
+from tests.support.api import SUBMIT_PATH, submit, submit_body
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import PEPPER, TEST_ACTOR, Tenant, in_session, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
-BODY = {"model": MODEL, "prompt": "a cat"}
+BODY = submit_body()
 
 
 def expire_key(url: str, key_id: str) -> None:
@@ -95,9 +95,9 @@ def test_right_id_wrong_secret_is_refused(
 def test_revoked_key_is_refused_at_once(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
-    assert gateway.post(SUBMIT_PATH, json=BODY, headers=tenant.headers).status_code == 200
+    assert submit(gateway, tenant).status_code == 200
     revoke(postgres_url, tenant.key_id)
-    refused = gateway.post(SUBMIT_PATH, json=BODY, headers=tenant.headers)
+    refused = submit(gateway, tenant)
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "api_key_revoked"
     assert len(simulator.submits()) == 1
@@ -118,7 +118,7 @@ def test_other_teams_job_is_indistinguishable_from_an_unknown_one(
 ) -> None:
     team_a = make_tenant(postgres_url, prefix="alpha")
     team_b = make_tenant(postgres_url, prefix="bravo")
-    job_id = gateway.post(SUBMIT_PATH, json=BODY, headers=team_a.headers).json()["job_id"]
+    job_id = submit(gateway, team_a).json()["job_id"]
     assert gateway.get(f"/v1/jobs/{job_id}", headers=team_a.headers).status_code == 200
     polls_before = len(simulator.requests())
 

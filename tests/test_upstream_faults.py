@@ -4,6 +4,7 @@ an unreadable 2xx body → 502 ``upstream_invalid_response``."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from collections.abc import Iterator
@@ -15,19 +16,21 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.jobs.models import Job
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
+from tests.support.api import submit, submit_to
+from tests.support.processes import free_port
 from tests.support.raw_upstream import raw_server
+from tests.support.servers import StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant, in_session
 
-MODEL = "grok-imagine-video-1-5"
 TRANSPORTS = ["aiohttp", "httpx"]
 
 
-def submit(url: str, tenant: Tenant, prompt: str) -> httpx.Response:
-    with httpx.Client(base_url=url, timeout=30) as client:
-        return client.post(
-            SUBMIT_PATH, json={"model": MODEL, "prompt": prompt}, headers=tenant.headers
-        )
+@pytest.fixture(params=TRANSPORTS)
+def start_on_transport(request: pytest.FixtureRequest, start_gateway: StartGateway) -> StartGateway:
+    """``start_gateway`` on one of the gateway's upstream transports: a test that takes it runs
+    once per transport."""
+    return functools.partial(start_gateway, upstream_transport=request.param)
 
 
 def job_states(url: str, team: str) -> list[str]:
@@ -48,64 +51,44 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert error["message"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_upstream_500_is_502(
-    start_gateway: StartGateway,
-    simulator: SimulatorProbe,
-    tenant: Tenant,
-    postgres_url: str,
-    transport: str,
+    start_on_transport: StartGateway, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
-    server = start_gateway(upstream_transport=transport)
-    response = submit(server.url, tenant, "a cat #sim:http500")
+    server = start_on_transport()
+    response = submit_to(server.url, tenant, "a cat #sim:http500")
     assert_error(response, 502, "upstream_error")
     assert "simulated" not in response.text  # the upstream's own body is not leaked
     assert [r["status"] for r in simulator.submits()] == [500]
     assert job_states(postgres_url, tenant.team) == ["released"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_upstream_429_passes_through_with_retry_after(
-    start_gateway: StartGateway,
-    simulator: SimulatorProbe,
-    tenant: Tenant,
-    postgres_url: str,
-    transport: str,
+    start_on_transport: StartGateway, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
-    server = start_gateway(upstream_transport=transport)
-    response = submit(server.url, tenant, "a cat #sim:http429")
+    server = start_on_transport()
+    response = submit_to(server.url, tenant, "a cat #sim:http429")
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "rate_limited"
     assert job_states(postgres_url, tenant.team) == ["released"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_upstream_timeout_is_504(
-    start_gateway: StartGateway,
-    simulator: SimulatorProbe,
-    tenant: Tenant,
-    postgres_url: str,
-    transport: str,
+    start_on_transport: StartGateway, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
-    server = start_gateway(upstream_transport=transport, upstream_read_timeout_seconds=0.5)
-    response = submit(server.url, tenant, "a cat #sim:hang")
+    server = start_on_transport(upstream_read_timeout_seconds=0.5)
+    response = submit_to(server.url, tenant, "a cat #sim:hang")
     assert_error(response, 504, "upstream_timeout")
     # Sent but unanswered: the job may exist upstream, so it is kept as "unknown", not dropped.
     assert job_states(postgres_url, tenant.team) == ["unknown"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_connection_refused_is_502_not_a_timeout(
-    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+    start_on_transport: StartGateway, tenant: Tenant, postgres_url: str
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    server = start_gateway(
-        upstream_transport=transport, upstream_url=f"http://127.0.0.1:{closed_port}"
-    )
-    response = submit(server.url, tenant, "a cat")
+    closed_port = free_port()  # nothing listens on it
+    server = start_on_transport(upstream_url=f"http://127.0.0.1:{closed_port}")
+    response = submit_to(server.url, tenant, "a cat")
     assert_error(response, 502, "upstream_error")
     assert job_states(postgres_url, tenant.team) == ["released"]
 
@@ -129,9 +112,8 @@ def trickle(connection: socket.socket) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_an_answer_trickling_in_is_cut_off_at_the_sum_of_the_timeouts(
-    start_gateway: StartGateway, tenant: Tenant, postgres_url: str, transport: str
+    start_on_transport: StartGateway, tenant: Tenant, postgres_url: str
 ) -> None:
     """httpx's read timeout is per read; the gateway also bounds the whole exchange, which
     the reconciler counts on before it re-sends or releases an unanswered submit."""
@@ -139,9 +121,9 @@ def test_an_answer_trickling_in_is_cut_off_at_the_sum_of_the_timeouts(
         f"upstream_{phase}_timeout_seconds": 0.25 for phase in ("connect", "write", "read", "pool")
     }
     with raw_server(trickle) as upstream_url:
-        server = start_gateway(upstream_transport=transport, upstream_url=upstream_url, **timeouts)
+        server = start_on_transport(upstream_url=upstream_url, **timeouts)
         started = time.monotonic()
-        response = submit(server.url, tenant, "a cat")
+        response = submit_to(server.url, tenant, "a cat")
         elapsed = time.monotonic() - started
     assert_error(response, 504, "upstream_timeout")
     assert 0.9 < elapsed < 5, elapsed  # the 1 s deadline, not the 10 s answer
@@ -149,16 +131,11 @@ def test_an_answer_trickling_in_is_cut_off_at_the_sum_of_the_timeouts(
     assert job_states(postgres_url, tenant.team) == ["unknown"]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_connection_closed_without_answer_is_502(
-    start_gateway: StartGateway,
-    tenant: Tenant,
-    slamming_server: str,
-    transport: str,
-    postgres_url: str,
+    start_on_transport: StartGateway, tenant: Tenant, slamming_server: str, postgres_url: str
 ) -> None:
-    server = start_gateway(upstream_transport=transport, upstream_url=slamming_server)
-    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_error")
+    server = start_on_transport(upstream_url=slamming_server)
+    assert_error(submit_to(server.url, tenant, "a cat"), 502, "upstream_error")
     # The request was sent: the upstream may have acted on it, so the hold is not released.
     assert job_states(postgres_url, tenant.team) == ["unknown"]
 
@@ -179,7 +156,7 @@ def test_unreadable_submit_answer_is_502(
 ) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
     server = start_gateway(transport=transport)
-    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_invalid_response")
+    assert_error(submit_to(server.url, tenant, "a cat"), 502, "upstream_invalid_response")
     assert job_states(postgres_url, tenant.team) == ["unknown"]
 
 
@@ -190,7 +167,7 @@ def test_unreadable_poll_answer_is_502(start_gateway: StartGateway, tenant: Tena
         return httpx.Response(200, content=b"\x00\x01 not json")
 
     server = start_gateway(transport=httpx.MockTransport(upstream))
-    assert submit(server.url, tenant, "a cat").status_code == 200
+    assert submit_to(server.url, tenant, "a cat").status_code == 200
     with httpx.Client(base_url=server.url) as client:
         polled = client.get("/v1/jobs/job_garbled1", headers=tenant.headers)
     assert_error(polled, 502, "upstream_invalid_response")
@@ -204,14 +181,14 @@ def test_upstream_refusing_our_key_is_a_gateway_fault_not_the_tenants(
     the tenant their own (valid) key was refused."""
     transport = httpx.MockTransport(lambda request: httpx.Response(status, json={"error": "no"}))
     server = start_gateway(transport=transport)
-    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
+    assert_error(submit_to(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
 
 
 def test_wrong_upstream_key_against_the_simulator(
     start_gateway: StartGateway, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
     server = start_gateway(upstream_api_key="sk-wrong-key-for-upstream")
-    assert_error(submit(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
+    assert_error(submit_to(server.url, tenant, "a cat"), 502, "upstream_auth_failed")
     assert [r["status"] for r in simulator.submits()] == [401]
 
 
@@ -230,12 +207,9 @@ def test_a_proxys_502_or_504_keeps_the_hold_other_5xx_release_it(
         return httpx.Response(status, text="<html>bad gateway</html>")
 
     server = start_gateway(transport=httpx.MockTransport(upstream))
-    headers = {**tenant.headers, "Idempotency-Key": f"proxy-{status}"}
+    key = {"Idempotency-Key": f"proxy-{status}"}
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        first, retry = (
-            client.post(SUBMIT_PATH, json={"model": MODEL, "prompt": "a cat"}, headers=headers)
-            for _ in range(2)
-        )
+        first, retry = (submit(client, tenant, headers=key) for _ in range(2))
         assert_error(first, 502, "upstream_error")
         assert_error(retry, 502, "upstream_error")
     if kept:
@@ -246,29 +220,23 @@ def test_a_proxys_502_or_504_keeps_the_hold_other_5xx_release_it(
         assert (len(sent), job_states(postgres_url, tenant.team)) == (2, ["released"] * 2)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_submit_that_never_got_a_connection_is_released_at_once(
-    start_gateway: StartGateway,
-    simulator: SimulatorProbe,
-    tenant: Tenant,
-    postgres_url: str,
-    transport: str,
+    start_on_transport: StartGateway, simulator: SimulatorProbe, tenant: Tenant, postgres_url: str
 ) -> None:
     """Waiting for a free upstream connection timed out: the request never left the gateway,
     so the upstream cannot have a job for it (504, and the hold goes back at once)."""
-    server = start_gateway(
-        upstream_transport=transport,
+    server = start_on_transport(
         upstream_max_connections=1,
         upstream_pool_timeout_seconds=0.3,
         upstream_read_timeout_seconds=2.0,
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
-        occupying = pool.submit(submit, server.url, tenant, "a cat #sim:hang")
+        occupying = pool.submit(submit_to, server.url, tenant, "a cat #sim:hang")
         deadline = time.monotonic() + 10
         while not simulator.submits() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert simulator.submits(), "the first submit never reached the simulator"
-        queued = submit(server.url, tenant, "a dog")
+        queued = submit_to(server.url, tenant, "a dog")
         assert_error(queued, 504, "upstream_timeout")
         assert len(simulator.submits()) == 1  # the second one was never sent
         assert_error(occupying.result(), 504, "upstream_timeout")

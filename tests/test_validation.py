@@ -10,11 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SUBMIT_PATH, SimulatorProbe
-from tests.images import GIF, JPEG, PNG, WEBP, data_uri
+from tests.support.api import MODEL, SUBMIT_PATH, submit
+from tests.support.images import GIF, JPEG, PNG, WEBP, data_uri
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant
-
-MODEL = "grok-imagine-video-1-5"
 
 
 def body(**fields: Any) -> bytes:
@@ -28,6 +27,14 @@ def body(**fields: Any) -> bytes:
 
 
 _DROP = object()
+
+
+def written(after_model: str) -> bytes:
+    """A body written by hand, as ``json.dumps`` would not write it: the model, then
+    ``after_model``."""
+    return b'{"model": "%s", %s}' % (MODEL.encode(), after_model.encode())
+
+
 RAW = {"model": MODEL, "prompt": "x"}
 
 # (id, raw body, expected code, expected param)
@@ -35,30 +42,10 @@ BAD_REQUESTS: list[tuple[str, bytes, str, str | None]] = [
     ("truncated json", b'{"model": "grok', "invalid_json", None),
     ("empty body", b"", "invalid_json", None),
     ("not utf-8", b'{"model": "\xff\xfe"}', "invalid_json", None),
-    (
-        "duplicate key",
-        b'{"model": "%s", "prompt": "a", "prompt": "b"}' % MODEL.encode(),
-        "invalid_json",
-        None,
-    ),
-    (
-        "NaN",
-        b'{"model": "%s", "prompt": "a", "duration": NaN}' % MODEL.encode(),
-        "invalid_json",
-        None,
-    ),
-    (
-        "Infinity",
-        b'{"model": "%s", "prompt": "a", "duration": Infinity}' % MODEL.encode(),
-        "invalid_json",
-        None,
-    ),
-    (
-        "NUL in prompt",
-        b'{"model": "%s", "prompt": "a\\u0000b"}' % MODEL.encode(),
-        "invalid_json",
-        None,
-    ),
+    ("duplicate key", written('"prompt": "a", "prompt": "b"'), "invalid_json", None),
+    ("NaN", written('"prompt": "a", "duration": NaN'), "invalid_json", None),
+    ("Infinity", written('"prompt": "a", "duration": Infinity'), "invalid_json", None),
+    ("NUL in prompt", written('"prompt": "a\\u0000b"'), "invalid_json", None),
     ("array body", b"[1, 2]", "invalid_body", None),
     ("string body", b'"make a video"', "invalid_body", None),
     ("null body", b"null", "invalid_body", None),
@@ -81,29 +68,19 @@ BAD_REQUESTS: list[tuple[str, bytes, str, str | None]] = [
     ("duration null", body(duration=None), "invalid_type", "duration"),
     ("duration array", body(duration=[5]), "invalid_type", "duration"),
     ("duration zero", body(duration=0), "out_of_range", "duration"),
-    (
-        "duration below 1",
-        b'{"model": "%s", "prompt": "a", "duration": 0.999}' % MODEL.encode(),
-        "out_of_range",
-        "duration",
-    ),
-    (
-        "duration above 15",
-        b'{"model": "%s", "prompt": "a", "duration": 15.001}' % MODEL.encode(),
-        "out_of_range",
-        "duration",
-    ),
+    ("duration below 1", written('"prompt": "a", "duration": 0.999'), "out_of_range", "duration"),
+    ("duration above 15", written('"prompt": "a", "duration": 15.001'), "out_of_range", "duration"),
     ("duration 16", body(duration=16), "out_of_range", "duration"),
     ("duration negative", body(duration=-5), "out_of_range", "duration"),
     (
         "duration huge exponent",
-        b'{"model": "%s", "prompt": "a", "duration": 1e400}' % MODEL.encode(),
+        written('"prompt": "a", "duration": 1e400'),
         "out_of_range",
         "duration",
     ),
     (
         "duration too precise",
-        b'{"model": "%s", "prompt": "a", "duration": 2.0005}' % MODEL.encode(),
+        written('"prompt": "a", "duration": 2.0005'),
         "invalid_precision",
         "duration",
     ),
@@ -207,11 +184,7 @@ def test_table_covers_at_least_thirty_rules() -> None:
 def test_valid_images_are_forwarded(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant, image: str
 ) -> None:
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "a cat", "image": image},
-        headers=tenant.headers,
-    )
+    response = submit(gateway, tenant, "a cat", image=image)
     assert response.status_code == 200, response.text
     assert len(simulator.submits()) == 1
 
@@ -220,11 +193,7 @@ def test_data_uri_error_never_echoes_the_image(
     gateway: httpx.Client, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
     payload = base64.b64encode(JPEG * 4).decode()
-    response = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "a", "image": f"data:image/png;base64,{payload}"},
-        headers=tenant.headers,
-    )
+    response = submit(gateway, tenant, "a", image=f"data:image/png;base64,{payload}")
     assert response.status_code == 400
     assert payload[:24] not in response.text
 
@@ -234,17 +203,9 @@ def test_image_at_ten_mebibytes_is_accepted_and_one_byte_more_is_not(
 ) -> None:
     cap = 10 * 1024 * 1024
     at_cap = PNG + b"\x00" * (cap - len(PNG))
-    ok = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "big", "image": data_uri("image/png", at_cap)},
-        headers=tenant.headers,
-    )
+    ok = submit(gateway, tenant, "big", image=data_uri("image/png", at_cap))
     assert ok.status_code == 200, ok.text[:300]
-    over = gateway.post(
-        SUBMIT_PATH,
-        json={"model": MODEL, "prompt": "big", "image": data_uri("image/png", at_cap + b"\x00")},
-        headers=tenant.headers,
-    )
+    over = submit(gateway, tenant, "big", image=data_uri("image/png", at_cap + b"\x00"))
     assert over.status_code == 400
     assert over.json()["error"]["code"] == "image_too_large"
     assert len(simulator.submits()) == 1

@@ -22,17 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.periods import period_of
 from gateway.jobs.models import Job
 from gateway.ledger.models import BudgetAlert
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, in_ci
-from tests.faults.conftest import OwnDatabase
-from tests.support.interleave import asyncpg_dsn
+from tests.support.api import submit_async
+from tests.support.database import OwnDatabase, asyncpg_dsn
+from tests.support.environment import unavailable
 from tests.support.invariants import check_books, settle_everything
 from tests.support.processes import GatewayProcess, replica_env
 from tests.support.servers import ServerThread
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant, in_session, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
 PRICE = 1_680_000  # 10 s at 720p, the defaults
-BODY = {"model": MODEL, "prompt": "boundary"}
 ADMIN = "admin-token-boundaries-0123456789"
 FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
@@ -55,9 +54,7 @@ async def storm(requests: list[tuple[str, Tenant]], spacing: float = 0.001) -> l
 
         async def one(index: int, url: str, tenant: Tenant) -> httpx.Response:
             await asyncio.sleep(index * spacing)
-            return await client.post(
-                url + SUBMIT_PATH, json={**BODY, "prompt": f"b {index}"}, headers=tenant.headers
-            )
+            return await submit_async(client, tenant, f"b {index}", url=url)
 
         return list(
             await asyncio.gather(*(one(i, url, tenant) for i, (url, tenant) in enumerate(requests)))
@@ -100,10 +97,10 @@ def faketime_env(offset: float) -> dict[str, str]:
     """Environment that shifts a process's wall clock by ``offset`` seconds (it runs at normal
     speed); the monotonic clock (timeouts, the event loop) is left alone."""
     if not FAKETIME_LIBRARY.exists() or shutil.which("faketime") is None:
-        message = "libfaketime is not installed (Debian package 'faketime', see README)"
-        if in_ci():
-            pytest.fail(message + ": CI requires it", pytrace=False)
-        pytest.skip("!!! " + message + ": month-boundary test SKIPPED")
+        unavailable(
+            "libfaketime is not installed (Debian package 'faketime', see README)",
+            "month-boundary test SKIPPED",
+        )
     return {
         "LD_PRELOAD": str(FAKETIME_LIBRARY),
         "FAKETIME": f"{offset:+.3f}s",

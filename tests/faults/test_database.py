@@ -14,27 +14,24 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from gateway.jobs.models import JobState
-from tests.conftest import SUBMIT_PATH, SimulatorProbe, StartGateway
-from tests.faults.conftest import OwnDatabase
+from tests.support.api import submit_async, submit_to
+from tests.support.database import OwnDatabase
 from tests.support.interleave import side_connection
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
-from tests.support.load import MODEL, Load, run_load
+from tests.support.load import Load, Outage, load_during, run_load
+from tests.support.servers import ServerThread, StartGateway
+from tests.support.simulator import SimulatorProbe
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.tenants import Tenant, make_tenant
 
 RECOVERY_LIMIT_SECONDS = 1.0
-BODY = {"model": MODEL, "prompt": "fault"}
-
-
-def submit(server_url: str, tenant: Tenant, **fields: object) -> httpx.Response:
-    return httpx.post(
-        server_url + SUBMIT_PATH, json={**BODY, **fields}, headers=tenant.headers, timeout=30
-    )
+PROMPT = "fault"
 
 
 def assert_failed_closed(load: Load) -> None:
@@ -48,7 +45,7 @@ def assert_failed_closed(load: Load) -> None:
 def wait_for_first_success(server_url: str, tenant: Tenant, since: float) -> float:
     """Submit every 20 ms until one is accepted; seconds from ``since`` to that answer."""
     while True:
-        response = submit(server_url, tenant)
+        response = submit_to(server_url, tenant, PROMPT)
         assert response.status_code in (200, 503), response.text
         if response.status_code == 200:
             return time.monotonic() - since
@@ -65,14 +62,14 @@ def test_a_database_refusing_connections_is_503_and_the_gateway_recovers_in_a_se
     ``ALLOW_CONNECTIONS false``) was a 500; it is the ledger being away: 503."""
     tenant = make_tenant(own_database.url)
     server = start_gateway(database_url=own_database.url)
-    assert submit(server.url, tenant).status_code == 200
+    assert submit_to(server.url, tenant, PROMPT).status_code == 200
     job_id = simulator.usage()["jobs"][0]["job_id"]
     own_database.refuse_connections()
     before = len(simulator.submits())
 
     for _ in range(10):
         for response in (
-            submit(server.url, tenant),
+            submit_to(server.url, tenant, PROMPT),
             httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=tenant.headers),
             httpx.get(f"{server.url}/v1/usage", headers=tenant.headers),
         ):
@@ -104,7 +101,7 @@ def test_connections_terminated_while_idle_cost_no_request(
     assert warm.statuses() and set(warm.statuses()) == {200}
     own_database.terminate_backends()
     time.sleep(1.0)
-    statuses = [submit(server.url, tenant).status_code for _ in range(30)]
+    statuses = [submit_to(server.url, tenant, PROMPT).status_code for _ in range(30)]
     assert statuses == [200] * 30
 
 
@@ -146,7 +143,8 @@ def test_an_exhausted_pool_is_503_and_nothing_waits_forever(
     server = start_gateway(
         database_url=own_database.url, database_pool_size=2, database_pool_timeout_seconds=0.5
     )
-    assert submit(server.url, tenant).status_code == 200  # the period's balance row exists
+    # The period's balance row exists from here on.
+    assert submit_to(server.url, tenant, PROMPT).status_code == 200
 
     async def scenario() -> list[httpx.Response]:
         async with side_connection(own_database.url) as other:
@@ -157,9 +155,7 @@ def test_an_exhausted_pool_is_503_and_nothing_waits_forever(
             await other.execute("SELECT * FROM team_balances FOR UPDATE")
             async with httpx.AsyncClient(timeout=30) as client:
                 pending = [
-                    asyncio.create_task(
-                        client.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers)
-                    )
+                    asyncio.create_task(submit_async(client, tenant, PROMPT, url=server.url))
                     for _ in range(6)
                 ]
                 await asyncio.sleep(1.5)
@@ -183,7 +179,7 @@ def test_a_statement_timeout_is_503_and_rolls_the_hold_back(
     tenant = make_tenant(own_database.url)
     own_database.set_for_new_sessions("statement_timeout", "300ms")
     server = start_gateway(database_url=own_database.url)
-    assert submit(server.url, tenant).status_code == 200
+    assert submit_to(server.url, tenant, PROMPT).status_code == 200
 
     async def scenario() -> httpx.Response:
         async with side_connection(own_database.url) as other:
@@ -192,9 +188,7 @@ def test_a_statement_timeout_is_503_and_rolls_the_hold_back(
             await other.execute("SET LOCAL statement_timeout = 0")
             await other.execute("SELECT * FROM team_balances FOR UPDATE")
             async with httpx.AsyncClient(timeout=30) as client:
-                response = await client.post(
-                    server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers
-                )
+                response = await submit_async(client, tenant, PROMPT, url=server.url)
             await transaction.rollback()
             return response
 
@@ -204,7 +198,7 @@ def test_a_statement_timeout_is_503_and_rolls_the_hold_back(
     assert len(simulator.submits()) == 1
     ledger = team_ledger(own_database.url, tenant.team)
     assert len(ledger.jobs) == 1  # the timed-out submit left nothing behind
-    assert submit(server.url, tenant).status_code == 200
+    assert submit_to(server.url, tenant, PROMPT).status_code == 200
 
 
 def test_the_network_to_postgres_cut_and_restored_under_load(
@@ -217,22 +211,11 @@ def test_the_network_to_postgres_cut_and_restored_under_load(
         via_proxy = own_database.url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         assert via_proxy != own_database.url
         server = start_gateway(database_url=via_proxy, database_pool_size=6)
-        restarted_at: list[float] = []
-
-        def cut_then_restore() -> None:
-            time.sleep(1.0)
-            proxy.kill()
-            time.sleep(1.0)
-            proxy.restart()
-            restarted_at.append(time.monotonic())
-
-        cutter = threading.Thread(target=cut_then_restore)
-        cutter.start()
-        load = asyncio.run(run_load([server.url], tenants, seconds=4.0, workers=8))
-        cutter.join()
+        cut = Outage(start=proxy.kill, end=proxy.restart, after=1.0, lasting=1.0)
+        load, restarted_at = load_during(cut, [server.url], tenants, seconds=4.0, workers=8)
     assert_failed_closed(load)
     assert load.statuses("submit")[503] > 0, "the cut was not seen"
-    recovered_in = load.first_success_after(restarted_at[0])
+    recovered_in = load.first_success_after(restarted_at)
     assert recovered_in is not None and recovered_in < RECOVERY_LIMIT_SECONDS, recovered_in
     assert len(simulator.submits()) == load.accepted
     settle_everything(own_database.url, simulator.url)
@@ -261,6 +244,23 @@ class CutsDatabaseAfterSubmit(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def accepted_as_the_database_drops(
+    start_gateway: StartGateway, own_database: OwnDatabase, outbox: Path, **settings: Any
+) -> tuple[ServerThread, Tenant, str]:
+    """A gateway on ``own_database`` that loses it right after the upstream accepted its first
+    submit (the answer waits in ``outbox``); that submit, accepted: (gateway, tenant, job id)."""
+    tenant = make_tenant(own_database.url)
+    server = start_gateway(
+        database_url=own_database.url,
+        transport=CutsDatabaseAfterSubmit(own_database),
+        outbox_dir=outbox,
+        **settings,
+    )
+    accepted = submit_to(server.url, tenant, PROMPT)
+    assert accepted.status_code == 200, accepted.text
+    return server, tenant, accepted.json()["job_id"]
+
+
 # Upstream calls end within 2 s, so an unanswered submit may be released 2.5 s after its
 # hold: shorter than the outage below, to show the reconciler does not release it meanwhile.
 QUICK_RELEASE = {
@@ -284,16 +284,9 @@ def test_an_accepted_job_stays_its_owners_and_is_billed_once_when_the_database_d
     """Defect 3: the database drops after the submit was forwarded and the record retries
     fail. The client has its 200 and job id; its polls must find the job as soon as the
     database is back, and the job must be billed exactly once (not released meanwhile)."""
-    tenant = make_tenant(own_database.url)
-    server = start_gateway(
-        database_url=own_database.url,
-        transport=CutsDatabaseAfterSubmit(own_database),
-        outbox_dir=tmp_path,
-        **QUICK_RELEASE,
+    server, tenant, job_id = accepted_as_the_database_drops(
+        start_gateway, own_database, tmp_path, **QUICK_RELEASE
     )
-    accepted = submit(server.url, tenant)
-    assert accepted.status_code == 200, accepted.text
-    job_id = accepted.json()["job_id"]
     (waiting,) = list(tmp_path.glob("*/*.json"))  # durable before the client heard the answer
     polled = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=tenant.headers)
     assert polled.status_code == 503  # not 404: the ledger is away, the job is not unknown
@@ -330,15 +323,7 @@ def test_answers_kept_when_the_gateway_stops_are_replayed_by_the_next_one(
     simulator: SimulatorProbe,
     tmp_path: Path,
 ) -> None:
-    tenant = make_tenant(own_database.url)
-    first = start_gateway(
-        database_url=own_database.url,
-        transport=CutsDatabaseAfterSubmit(own_database),
-        outbox_dir=tmp_path,
-    )
-    accepted = submit(first.url, tenant)
-    assert accepted.status_code == 200, accepted.text
-    job_id = accepted.json()["job_id"]
+    first, tenant, job_id = accepted_as_the_database_drops(start_gateway, own_database, tmp_path)
     first.stop()  # stops while the database is still away: the answer stays on disk
     assert len(list(tmp_path.glob("*/*.json"))) == 1
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY
-from tests.faults.conftest import OwnDatabase
+from tests.support.api import submit_async
+from tests.support.database import OwnDatabase
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
-from tests.support.load import MODEL, Load, run_load
+from tests.support.load import Load, run_load
 from tests.support.processes import (
     RESEND_AFTER_SLOW_ANSWERS,
     GatewayProcess,
@@ -33,6 +33,7 @@ from tests.support.processes import (
     as_environment,
     replica_env,
 )
+from tests.support.simulator import UPSTREAM_KEY
 from tests.support.tenants import Tenant, make_tenant
 
 TIMING = RESEND_AFTER_SLOW_ANSWERS
@@ -48,11 +49,7 @@ async def submits(url: str, tenant: Tenant, prompts: list[str], load: Load) -> N
 
         async def one(prompt: str) -> None:
             try:
-                response = await client.post(
-                    url + SUBMIT_PATH,
-                    json={"model": MODEL, "prompt": prompt},
-                    headers=tenant.headers,
-                )
+                response = await submit_async(client, tenant, prompt, url=url)
             except httpx.TransportError:
                 return  # the replica died under it: no answer, as the client sees it
             assert response.status_code != 500, response.text

@@ -19,13 +19,16 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.app import create_app
 from gateway.jobs.models import Job
 from gateway.tenancy.models import Team
-from tests.conftest import SUBMIT_PATH, SimulatorProbe
-from tests.support.servers import ServerThread
-from tests.support.tenants import Tenant, in_session
+from tests.support.api import MODEL, SUBMIT_PATH
+from tests.support.servers import ServerThread, running
+from tests.support.settings import gateway_settings
+from tests.support.simulator import SimulatorProbe
+from tests.support.strategies import scalars
+from tests.support.tenants import Tenant, in_session, make_tenant
 
-MODEL = "grok-imagine-video-1-5"
 ADMIN = "admin-token-hostile-fuzz-0123456789"
 FUZZ = settings(
     max_examples=120,
@@ -117,8 +120,6 @@ def assert_error_shape(response: httpx.Response | RawResponse) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_tenant(postgres_url: str) -> Tenant:
-    from tests.support.tenants import make_tenant
-
     return make_tenant(postgres_url, budget_micro_usd=None)
 
 
@@ -166,21 +167,13 @@ def test_hostile_job_ids_in_the_poll_path(
 
 @pytest.fixture(scope="module")
 def admin_gateway(postgres_url: str, simulator_server: ServerThread) -> Any:
-    from gateway.app import create_app
-    from tests.conftest import gateway_settings
-    from tests.support.servers import running
-
     app = create_app(gateway_settings(postgres_url, simulator_server.url, admin_token=ADMIN))
     with running(app) as server:
         yield server
 
 
 json_values = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(10**20), max_value=10**20),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
+    scalars(max_text_size=20),
     st.sampled_from(["1e3", "0.000001", "100", "-5", "1_000", "NaN", "12.5", "9" * 30]),
     st.lists(st.integers(), max_size=2),
 )

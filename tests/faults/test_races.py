@@ -17,37 +17,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.jobs import idempotency
-from gateway.jobs.models import IdempotencyKey, Job, JobState
+from gateway.jobs.models import IdempotencyKey, Job
 from gateway.ledger.holds import place_hold
 from gateway.ledger.quotas import TeamQuota
 from gateway.tenancy.models import Team
-from tests.conftest import SUBMIT_PATH, SimulatorProbe
+from tests.support.api import submit_async
 from tests.support.interleave import interleave, side_connection
+from tests.support.jobs import pending_job
+from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant, in_session, make_tenant
 
 NOW = datetime(2026, 12, 1, 0, 0, 0, 1000, tzinfo=UTC)  # the first moment of a period
 PERIOD = "2026-12"
 PRICE = 1_680_000
-MODEL = "grok-imagine-video-1-5"
 
 
 def new_job(team_id: int, *, estimate: int = PRICE) -> Job:
-    return Job(
-        id=uuid.uuid4().hex,
-        team_id=team_id,
-        state=JobState.PENDING.value,
-        model="grok-imagine-video-1-5",
-        duration_ms=10_000,
-        resolution="720p",
-        image_count=0,
-        estimate_micro_usd=estimate,
-        rate_card_version="seed-2026-11",
-        period=PERIOD,
-        check_attempts=0,
-        needs_review=False,
-        created_at=NOW,
-        updated_at=NOW,
-    )
+    return pending_job(team_id, estimate, period=PERIOD, at=NOW)
 
 
 def team_id_of(url: str, name: str) -> int:
@@ -182,11 +168,7 @@ def test_retries_racing_an_upstream_refusal_with_one_key_never_500(
         async with httpx.AsyncClient(base_url=str(gateway.base_url), timeout=30) as client:
             answers = await asyncio.gather(
                 *(
-                    client.post(
-                        SUBMIT_PATH,
-                        json={"model": MODEL, "prompt": prompt},
-                        headers={**tenant.headers, "Idempotency-Key": key},
-                    )
+                    submit_async(client, tenant, prompt, headers={"Idempotency-Key": key})
                     for _ in range(50)
                 )
             )

@@ -14,8 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import StartGateway
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, StartGateway
 from tests.support.tenants import Tenant
 
 LIMITS = {

@@ -9,8 +9,6 @@ import asyncio
 import logging
 import socket
 import struct
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,22 +19,19 @@ import pytest
 
 from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
-from tests.conftest import (
-    SUBMIT_PATH,
-    UPSTREAM_KEY,
-    SimulatorProbe,
-    StartGateway,
-    gateway_settings,
-)
-from tests.faults.conftest import OwnDatabase
+from tests.support.api import submit, submit_to
+from tests.support.database import OwnDatabase, create_postgres_database, drop_postgres_database
 from tests.support.invariants import check_books, settle_everything
 from tests.support.ledger import team_ledger
-from tests.support.load import MODEL, run_load
+from tests.support.load import Outage, load_during, run_load
 from tests.support.processes import RESEND_QUICKLY, SimulatorProcess
 from tests.support.raw_upstream import raw_server
+from tests.support.servers import StartGateway
+from tests.support.settings import gateway_settings
+from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import Tenant, make_tenant
 
-BODY = {"model": MODEL, "prompt": "upstream fault"}
+PROMPT = "upstream fault"
 
 
 def test_5xx_bursts_and_429_storms_fail_cleanly_and_bill_nothing_refused(
@@ -57,11 +52,7 @@ def test_5xx_bursts_and_429_storms_fail_cleanly_and_bill_nothing_refused(
         assert ledger.balance.held_micro_usd == sum(
             job.estimate_micro_usd for job in ledger.jobs if job.state == "submitted"
         )
-    refused = httpx.post(
-        server.url + SUBMIT_PATH,
-        json={**BODY, "prompt": "x #sim:http429"},
-        headers=tenants[0].headers,
-    )
+    refused = submit_to(server.url, tenants[0], "x #sim:http429")
     assert refused.status_code == 429 and refused.headers["retry-after"]
     settle_everything(own_database.url, simulator.url)
     books = check_books(own_database.url, simulator.url)
@@ -91,7 +82,7 @@ def test_a_submit_answer_reset_mid_body_keeps_the_hold(
         server = start_gateway(
             database_url=postgres_url, upstream_url=upstream_url, upstream_transport=transport
         )
-        response = httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers)
+        response = submit_to(server.url, tenant, PROMPT)
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "upstream_error"
     # The upstream may have created the job: the hold waits for the reconciler.
@@ -123,7 +114,7 @@ def test_a_poll_answer_reset_mid_body_settles_nothing(
         server = start_gateway(
             database_url=postgres_url, upstream_url=upstream_url, upstream_transport=transport
         )
-        assert httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers).is_success
+        assert submit_to(server.url, tenant, PROMPT).is_success
         polled = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=tenant.headers)
     assert polled.status_code == 502, polled.text
     ledger = team_ledger(postgres_url, tenant.team)
@@ -141,8 +132,6 @@ def test_the_upstream_paused_with_requests_in_flight_loses_nothing(
     the kernel and wait), SIGCONT it 1.5 s later: the waiting requests are processed, by then
     answered to nobody. The gateway timed them out (504, hold kept) and must recover each job
     the upstream created anyway; pooled keep-alive connections must not turn into errors."""
-    from tests.support.database import create_postgres_database, drop_postgres_database
-
     database_url = create_postgres_database()
     try:
         with SimulatorProcess(tmp_path, "--api-key", UPSTREAM_KEY, "--latency", "0") as upstream:
@@ -150,24 +139,13 @@ def test_the_upstream_paused_with_requests_in_flight_loses_nothing(
             server = start_gateway(
                 database_url=database_url, upstream_url=upstream.url, **PAUSE_TIMING
             )
-            resumed_at: list[float] = []
-
-            def pause_then_resume() -> None:
-                time.sleep(1.0)
-                upstream.pause()
-                time.sleep(1.5)
-                upstream.resume()
-                resumed_at.append(time.monotonic())
-
-            pauser = threading.Thread(target=pause_then_resume)
-            pauser.start()
-            load = asyncio.run(run_load([server.url], tenants, seconds=4.0, workers=6))
-            pauser.join()
+            pause = Outage(start=upstream.pause, end=upstream.resume, after=1.0, lasting=1.5)
+            load, resumed_at = load_during(pause, [server.url], tenants, seconds=4.0, workers=6)
             statuses = load.statuses()
             assert set(statuses) <= {200, 502, 504}, statuses
             assert statuses[504] > 0, "no request was in flight during the pause"
             assert set(load.codes(504)) <= {"upstream_timeout"}
-            recovered_in = load.first_success_after(resumed_at[0])
+            recovered_in = load.first_success_after(resumed_at)
             assert recovered_in is not None and recovered_in < 1.0, recovered_in
             settle_everything(database_url, upstream.url, resend_after=2.0, **PAUSE_TIMING)
             books = check_books(database_url, upstream.url)
@@ -195,7 +173,7 @@ def test_truncated_json_and_unknown_status_words_settle_nothing_until_terminal(
 
     server = start_gateway(transport=httpx.MockTransport(upstream))
     with httpx.Client(base_url=server.url, headers=tenant.headers, timeout=30) as client:
-        assert client.post(SUBMIT_PATH, json=BODY).status_code == 200
+        assert submit(client, tenant, PROMPT).status_code == 200
         with caplog.at_level(logging.WARNING):
             rendering = client.get(f"/v1/jobs/{job_id}")
         assert rendering.status_code == 200 and rendering.json()["status"] == "rendering"
@@ -230,11 +208,11 @@ def test_an_acceptance_naming_another_jobs_id_is_502_and_kept_for_review(
     )
     server = start_gateway(database_url=postgres_url, transport=upstream)
     with httpx.Client(base_url=server.url, headers=tenant.headers, timeout=30) as client:
-        assert client.post(SUBMIT_PATH, json=BODY).status_code == 200
-        second = client.post(SUBMIT_PATH, json=BODY, headers={"Idempotency-Key": "dup-1"})
+        assert submit(client, tenant, PROMPT).status_code == 200
+        second = submit(client, tenant, PROMPT, headers={"Idempotency-Key": "dup-1"})
         assert second.status_code == 502, second.text
         assert second.json()["error"]["code"] == "upstream_invalid_response"
-        replay = client.post(SUBMIT_PATH, json=BODY, headers={"Idempotency-Key": "dup-1"})
+        replay = submit(client, tenant, PROMPT, headers={"Idempotency-Key": "dup-1"})
         assert replay.status_code == 502 and replay.headers["idempotent-replayed"] == "true"
     jobs = team_ledger(postgres_url, tenant.team).jobs
     assert [(j.state, j.upstream_job_id, j.needs_review) for j in jobs] == [
@@ -263,7 +241,7 @@ def test_a_429_storm_on_polls_pauses_the_reconciler_for_its_retry_after(
     transport = httpx.MockTransport(upstream)
     server = start_gateway(database_url=own_database.url, transport=transport)
     for _ in job_ids:
-        assert httpx.post(server.url + SUBMIT_PATH, json=BODY, headers=tenant.headers).is_success
+        assert submit_to(server.url, tenant, PROMPT).is_success
     now = [datetime.now(UTC)]
     settings = gateway_settings(
         own_database.url, "http://upstream.invalid", reconciler_concurrency=1

@@ -4,16 +4,14 @@ spoken to over the plain WebDriver HTTP protocol: no extra Python dependency."""
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import in_ci
+from tests.support.environment import require_tool
 from tests.support.processes import free_port
 
 # The flags a sandboxed, offline machine needs (no GPU, no phoning home).
@@ -40,13 +38,9 @@ return {
 
 
 def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed (Debian packages chromium, chromium-driver)"
-        if in_ci():
-            pytest.fail(message + ": CI requires it", pytrace=False)
-        pytest.skip("!!! " + message + ": browser test SKIPPED")
-    return path
+    return require_tool(
+        tool, install="Debian packages chromium, chromium-driver", skipped="browser test SKIPPED"
+    )
 
 
 def render_in_chromium(page: Path, screenshot: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -30,7 +31,7 @@ from gateway.ledger.models import LedgerEntry, TeamBalance
 from gateway.reports import reconciliation
 from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
-from tests.conftest import RELEASE_AT_ONCE, gateway_settings
+from tests.support.settings import RELEASE_AT_ONCE, gateway_settings
 from tests.support.tenants import in_session
 
 
@@ -44,12 +45,20 @@ class Books:
     differences: int
 
 
-def reconcile_pass(database_url: str, simulator_url: str, **overrides: Any) -> ReconcileReport:
+def reconcile_pass(
+    database_url: str, simulator_url: str, *, at: datetime | None = None, **overrides: Any
+) -> ReconcileReport:
+    """One reconciler pass with the test settings and ``overrides``: by default now, over
+    everything (every submitted job polled, whatever its schedule); with ``at``, as if run at
+    that moment, on the reconciler's own schedule."""
     settings = gateway_settings(database_url, simulator_url, **overrides)
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
-            return await runtime.reconciler().run_once(everything=True)
+            if at is None:
+                return await runtime.reconciler().run_once(everything=True)
+            moment = at
+            return await runtime.reconciler(clock=lambda: moment).run_once()
 
     return asyncio.run(_pass())
 

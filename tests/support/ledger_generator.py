@@ -15,17 +15,17 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
-from gateway.catalog.spec import load_catalog
 from gateway.core.periods import period_of
 from gateway.core.pricing import BillableUnits, price_request
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.holds import place_hold
 from gateway.ledger.quotas import TeamQuota
-from gateway.ledger.rates import add_rate_card, rate_card_in_force
+from gateway.ledger.rates import rate_card_in_force
 from gateway.tenancy import service as tenancy
+from tests.support.api import MODEL
+from tests.support.rates import add_rates
 
-MODEL = "grok-imagine-video-1-5"
 ACTOR = Actor("generator")
 MID_MONTH_VERSION = "2026-11-15-cut"
 MID_MONTH = datetime(2026, 11, 15, tzinfo=UTC)
@@ -54,17 +54,8 @@ async def generate(
     session: AsyncSession, *, jobs: int, seed: int, teams: int = 4, month: str = "2026-11"
 ) -> tuple[list[str], Expected]:
     rng = random.Random(seed)
-    catalog = load_catalog()
-    await add_rate_card(
-        session,
-        catalog,
-        model=MODEL,
-        version=MID_MONTH_VERSION,
-        image_fee_micro_usd=40_000,
-        per_second_micro_usd={"480p": 80_000, "720p": 150_000},
-        actor=ACTOR,
-        effective_from=MID_MONTH,
-    )
+    per_second = {"480p": 80_000, "720p": 150_000}
+    await add_rates(session, MID_MONTH_VERSION, per_second, actor=ACTOR, effective_from=MID_MONTH)
     names = []
     quotas = {}
     for n in range(teams):

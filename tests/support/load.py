@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-from tests.conftest import SUBMIT_PATH
+from tests.support.api import submit_async
 from tests.support.tenants import Tenant
-
-MODEL = "grok-imagine-video-1-5"
 
 
 @dataclass(frozen=True)
@@ -103,14 +103,12 @@ async def run_load(
                     )
                 else:
                     op = "submit"
-                    response = await client.post(
-                        url + SUBMIT_PATH,
-                        json={
-                            "model": MODEL,
-                            "prompt": f"{prompt} {n}{markers[n % len(markers)]}",
-                            "duration": 1 + n % 15,
-                        },
-                        headers=tenant.headers,
+                    response = await submit_async(
+                        client,
+                        tenant,
+                        f"{prompt} {n}{markers[n % len(markers)]}",
+                        url=url,
+                        duration=1 + n % 15,
                     )
             except httpx.TransportError:
                 load.answers.append(Answer(time.monotonic(), op, 0, "connection_failed"))
@@ -125,3 +123,36 @@ async def run_load(
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         await asyncio.gather(*(worker(i, client) for i in range(workers)))
     return load
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A fault that ``start``s ``after`` seconds into a load run and ``end``s ``lasting``
+    seconds later (a proxy killed and restarted, a process paused and resumed)."""
+
+    start: Callable[[], None]
+    end: Callable[[], None]
+    lasting: float
+    after: float = 1.0
+
+
+def load_during(
+    outage: Outage, urls: Sequence[str], tenants: Sequence[Tenant], **options: Any
+) -> tuple[Load, float]:
+    """``run_load(urls, tenants, **options)`` with ``outage`` run in a thread of its own.
+    Returns the load and when the outage ended (``time.monotonic()``)."""
+    ended_at: list[float] = []
+
+    def run_outage() -> None:
+        time.sleep(outage.after)
+        outage.start()
+        time.sleep(outage.lasting)
+        outage.end()
+        ended_at.append(time.monotonic())
+
+    thread = threading.Thread(target=run_outage)
+    thread.start()
+    load = asyncio.run(run_load(urls, tenants, **options))
+    thread.join()
+    assert ended_at, "the outage did not end"
+    return load, ended_at[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -11,6 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tests.support.commands import environment_without_gateway
+from tests.support.simulator import UPSTREAM_KEY
+from tests.support.tenants import PEPPER
 
 
 def free_port() -> int:
@@ -25,8 +28,7 @@ class GatewayProcess:
 
     def __init__(self, env: dict[str, str], log_dir: Path, name: str, workers: int = 1) -> None:
         self.workers = workers
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self.env.update(env)
+        self.env = environment_without_gateway(**env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -154,9 +156,6 @@ def as_environment(settings: dict[str, float | bool]) -> dict[str, str]:
 def replica_env(database_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
     """What every test replica needs: its database, the simulator and its key, the test
     pepper, quiet logs, and no reconciler of its own unless ``extra`` turns it on."""
-    from tests.conftest import UPSTREAM_KEY
-    from tests.support.tenants import PEPPER
-
     return {
         "GATEWAY_DATABASE_URL": database_url,
         "GATEWAY_UPSTREAM_URL": upstream_url,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from starlette.applications import Starlette
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gateway.kit.servers import EmbeddedServer, bind_socket
@@ -47,3 +50,18 @@ def running(app: ASGIApp) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+StartGateway = Callable[..., ServerThread]
+"""The ``start_gateway`` fixture: ``start_gateway(transport=..., **settings)`` starts a gateway."""
+
+
+@contextmanager
+def serving(
+    path: str, endpoint: Callable[..., Any], *, methods: list[str] | None = None
+) -> Iterator[str]:
+    """A server with the one route ``path`` (a webhook receiver, a JWKS endpoint); yields the
+    route's URL."""
+    app = Starlette(routes=[Route(path, endpoint, methods=methods)])
+    with running(app) as server:
+        yield server.url + path

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from tests.support.processes import free_port
 
 T = TypeVar("T")
 _CHUNK = 64 * 1024
@@ -29,7 +30,7 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         assert target_host in ("127.0.0.1", "::1", "localhost"), "loopback only"
         self.target = (target_host, target_port)
-        self.port = _free_port()
+        self.port = free_port()
         self.accepted = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -127,10 +128,3 @@ class TcpProxy:
                 await writer.drain()
         with contextlib.suppress(OSError):
             writer.transport.abort()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
