@@ -1,4 +1,5 @@
-"""The ``gateway`` command line, as operators and scripts use it (PRODUCT §7 and §9)."""
+"""The ``gateway`` command line, as operators and scripts use it: its options, output and
+exit codes are a stable interface."""
 
 from __future__ import annotations
 

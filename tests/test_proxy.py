@@ -223,7 +223,7 @@ SEED_SNIPPET = textwrap.dedent(
 def test_seed_python_snippet_runs_unmodified_but_for_base_url_and_key(
     gateway_server: Any, simulator: SimulatorProbe, tenant: Tenant
 ) -> None:
-    """The seed page's own code, with only the two strings PRODUCT §1 allows changed."""
+    """The seed page's own code, changing only the base URL and the key (a drop-in)."""
     script = SEED_SNIPPET.replace("https://api.empiriolabs.ai", gateway_server.url).replace(
         "YOUR_EMPIRIOLABS_API_KEY", tenant.key
     )

@@ -1,5 +1,5 @@
-"""PRODUCT §3 through the real HTTP path: every rule refused with 400, its code and param,
-and nothing reaching the upstream."""
+"""The model's parameter rules through the real HTTP path: every rule refused with 400, its
+code and param, and nothing reaching the upstream."""
 
 from __future__ import annotations
 
