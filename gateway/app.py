@@ -20,6 +20,7 @@ from gateway.db.session import transaction
 from gateway.kit.http_protocol import HTTP_LIMITS_STATE, HttpLimits
 from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
+from gateway.observability.metrics import Metrics
 from gateway.observability.requests import RequestContextMiddleware
 from gateway.proxy import endpoints as proxy
 from gateway.runtime import Runtime, open_runtime
@@ -68,8 +69,18 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(finance.router)
     app.include_router(health.router)
-    app.add_middleware(RequestContextMiddleware, max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=lambda: _metrics_of(app),
+        max_header_bytes=settings.max_header_bytes,
+    )
     return app
+
+
+def _metrics_of(app: FastAPI) -> Metrics | None:
+    """The running process's metrics, once its lifespan has built the runtime."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    return runtime.metrics if runtime is not None else None
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, HeadersTooLarge, InvalidRequest
 from gateway.kit.http_protocol import TIMED_OUT_STATE
+from gateway.observability.metrics import Metrics
 
 access_logger = logging.getLogger("gateway.access")
 logger = logging.getLogger(__name__)
@@ -49,9 +51,19 @@ def _incoming_request_id(scope: Scope) -> str:
     return new_request_id()
 
 
+MetricsSource = Callable[[], Metrics | None]
+"""Where the middleware finds the process's metrics (None until startup has built them)."""
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_header_bytes: int = 32 * 1024) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: MetricsSource = lambda: None,
+        max_header_bytes: int = 32 * 1024,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,7 +118,7 @@ class RequestContextMiddleware:
             if scope.get("path") not in _UNLOGGED_PATHS:
                 elapsed = time.perf_counter() - started
                 _log_access(scope, state, status, elapsed)
-                _count(scope, state, status, elapsed)
+                _count(self.metrics(), scope, state, status, elapsed)
 
 
 _NUL_IN_URL = InvalidRequest("the URL contains a NUL character", code="invalid_url")
@@ -146,13 +158,12 @@ async def _send_error(send: Send, error: GatewayError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _count(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
-    app = scope.get("app")
-    runtime = getattr(getattr(app, "state", None), "runtime", None)
-    if runtime is None:  # before startup completed
+def _count(
+    metrics: Metrics | None, scope: Scope, state: dict[str, Any], status: int, elapsed: float
+) -> None:
+    if metrics is None:  # before startup completed
         return
     route = _route_template(scope)
-    metrics = runtime.metrics
     metrics.requests.labels(
         route, scope.get("method", ""), str(status), state.get("team") or ""
     ).inc()
