@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench serve simulator clean
+.PHONY: demo test lint typecheck unit test-fast bench serve simulator clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(ARGS)
+
+# The fast tier alone: service-level tests, each inside a transaction rolled back after it.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m fast $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/proxy_transport.py $(ARGS)

@@ -2,10 +2,15 @@
 gateway servers over loopback. Postgres is required in CI (``CI=true``): there, an unreachable
 server fails the run instead of skipping.
 
+The fast tier (``@pytest.mark.fast``, ``make test-fast``): ``db`` (each database) and
+``postgres_db`` give a service-level test a database of that tier's own, migrated once per
+run, inside one transaction that is rolled back after the test (``tests.support.savepoint``).
+
 Fixtures only: the helpers they use live in ``tests.support`` and are imported from there."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +23,14 @@ from tests.support.database import (
     create_postgres_database,
     drop_postgres_database,
     migrate,
-    postgres_reachable,
-    server_url,
+    require_postgres,
 )
-from tests.support.environment import unavailable
+from tests.support.savepoint import (
+    SavepointDatabase,
+    SavepointEngine,
+    savepoint_database,
+    savepoint_engine,
+)
 from tests.support.servers import ServerThread, StartGateway, running
 from tests.support.settings import gateway_settings
 from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
@@ -30,12 +39,7 @@ from tests.support.tenants import Tenant, make_tenant
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    problem = postgres_reachable()
-    if problem is not None:
-        unavailable(
-            f"PostgreSQL at {server_url()} is unreachable ({problem})",
-            "Postgres tests SKIPPED; set GATEWAY_TEST_DATABASE_URL",
-        )
+    require_postgres()
     url = create_postgres_database()
     yield url
     drop_postgres_database(url)
@@ -48,11 +52,53 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def savepoint_runner() -> Iterator[asyncio.Runner]:
+    """The fast tier's event loop, for the whole run. Given a loop factory, the runner never
+    makes it the thread's current loop, which pytest-asyncio's tests keep for their own."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        yield runner
+
+
+@pytest.fixture(scope="session")
+def savepoint_postgres(savepoint_runner: asyncio.Runner) -> Iterator[SavepointEngine]:
+    """The fast tier's Postgres database: migrated once, never committed to."""
+    require_postgres()
+    url = create_postgres_database()
+    try:
+        with savepoint_engine(url, savepoint_runner) as shared:
+            yield shared
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def savepoint_sqlite(
+    tmp_path_factory: pytest.TempPathFactory, savepoint_runner: asyncio.Runner
+) -> Iterator[SavepointEngine]:
+    """The fast tier's SQLite file: migrated once, never committed to."""
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fast') / 'fast.db'}"
+    migrate(url)
+    with savepoint_engine(url, savepoint_runner) as shared:
+        yield shared
+
+
 @pytest.fixture(params=["postgres", "sqlite"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Storage tests run once per supported database."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
+def db(request: pytest.FixtureRequest) -> Iterator[SavepointDatabase]:
+    """Fast tier: a service-level test once per supported database, inside a transaction
+    rolled back after it."""
+    shared: SavepointEngine = request.getfixturevalue(f"savepoint_{request.param}")
+    with savepoint_database(shared, request.node) as database:
+        yield database
+
+
+@pytest.fixture
+def postgres_db(
+    request: pytest.FixtureRequest, savepoint_postgres: SavepointEngine
+) -> Iterator[SavepointDatabase]:
+    """Fast tier, Postgres only: ``db`` for a test that runs on Postgres alone."""
+    with savepoint_database(savepoint_postgres, request.node) as database:
+        yield database
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,7 @@ from tests.support.database import (
 from tests.support.jobs import pending_job
 from tests.support.ledger import team_ledger
 from tests.support.ledger_generator import generate
+from tests.support.savepoint import SavepointDatabase
 from tests.support.servers import StartGateway
 from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import PEPPER, Tenant, in_session, make_tenant
@@ -74,8 +75,11 @@ async def _hold(session: AsyncSession, team: TeamQuota, created: datetime, amoun
     return job
 
 
-def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_db: str) -> None:
-    url = fresh_db
+@pytest.mark.fast
+def test_closing_a_month_freezes_it_and_later_entries_become_corrections(
+    postgres_db: SavepointDatabase,
+) -> None:
+    db = postgres_db
 
     async def setup(session: AsyncSession) -> tuple[Job, Job]:
         team = await tenancy.create_team(session, "closers", actor=ACTOR, cost_center="CC-9")
@@ -88,20 +92,20 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
         late = await _hold(session, quota, datetime(2026, 10, 20, tzinfo=UTC), 960_000)
         return early, late
 
-    _, late = in_session(url, setup)
-    in_session(url, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
+    _, late = in_session(db, setup)
+    in_session(db, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
     with pytest.raises(Conflict):
-        in_session(url, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
+        in_session(db, lambda s: close_period(s, "2026-10", actor=ACTOR, now=utcnow()))
     with pytest.raises(InvalidRequest):
         in_session(
-            url, lambda s: close_period(s, utcnow().strftime("%Y-%m"), actor=ACTOR, now=utcnow())
+            db, lambda s: close_period(s, utcnow().strftime("%Y-%m"), actor=ACTOR, now=utcnow())
         )
 
-    october_before = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
+    october_before = in_session(db, lambda s: chargeback(s, ReportQuery(month="2026-10")))
     # The October job settles now, after the close: the closed month must not change.
     capture = settlement.SettlementPlan(JobState.CAPTURED, 960_000, reason="completed")
-    in_session(url, lambda s: settlement.apply_settlement(s, late, capture, now=utcnow()))
-    october = in_session(url, lambda s: chargeback(s, ReportQuery(month="2026-10")))
+    in_session(db, lambda s: settlement.apply_settlement(s, late, capture, now=utcnow()))
+    october = in_session(db, lambda s: chargeback(s, ReportQuery(month="2026-10")))
     assert october.closed_at is not None
     assert to_json(october)["rows"] == to_json(october_before)["rows"]
     assert (october.totals.captured_micro_usd, october.totals.held_micro_usd) == (
@@ -110,7 +114,7 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
     )
 
     this_month = utcnow().strftime("%Y-%m")
-    current = in_session(url, lambda s: chargeback(s, ReportQuery(month=this_month)))
+    current = in_session(db, lambda s: chargeback(s, ReportQuery(month=this_month)))
     assert [(c.original_period, c.kind, c.amount_micro_usd) for c in current.corrections] == [
         ("2026-10", "capture", 960_000)
     ]
@@ -125,7 +129,7 @@ def test_closing_a_month_freezes_it_and_later_entries_become_corrections(fresh_d
     async def focus(session: AsyncSession) -> list[dict[str, str]]:
         return [row async for row in focus_rows(session, this_month)]
 
-    corrections = [r for r in in_session(url, focus) if r["ChargeClass"] == "Correction"]
+    corrections = [r for r in in_session(db, focus) if r["ChargeClass"] == "Correction"]
     assert [(r["x_OriginalPeriod"], r["BilledCost"]) for r in corrections] == [
         ("2026-10", "0.960000")
     ]

@@ -527,8 +527,12 @@ def test_a_submit_held_up_until_the_reconciler_took_it_over_is_left_to_it(
     key = {"Idempotency-Key": "held-up"}
 
     def reconciler_takes_over() -> None:
-        time.sleep(2.0)  # the re-send is due 1.5 s after the hold
-        start = utcnow()
+        deadline = time.monotonic() + 10
+        while not (held := team_ledger(postgres_url, tenant.team).jobs):  # the hold committed
+            assert time.monotonic() < deadline, "the submit never placed its hold"
+            time.sleep(0.02)
+        # The pass runs as if 2 s had gone by since the hold: the re-send is due 1.5 s after it.
+        start = held[0].created_at + timedelta(seconds=2.0)
         times = iter([start])
 
         async def resend_only() -> None:  # the recovered job's first poll is due after the pass

@@ -15,6 +15,7 @@ from gateway.tenancy import service
 from gateway.tenancy.keys import hash_key
 from gateway.tenancy.models import ApiKey
 from tests.support.api import SUBMIT_PATH, submit, submit_body
+from tests.support.savepoint import Database, SavepointDatabase
 from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import PEPPER, TEST_ACTOR, Tenant, in_session, make_tenant
 
@@ -29,11 +30,11 @@ def expire_key(url: str, key_id: str) -> None:
     in_session(url, _expire)
 
 
-def revoke(url: str, key_id: str) -> None:
+def revoke(database: Database, key_id: str) -> None:
     async def _revoke(session: AsyncSession) -> None:
         await service.revoke_key(session, key_id, actor=TEST_ACTOR)
 
-    in_session(url, _revoke)
+    in_session(database, _revoke)
 
 
 def tampered(key: str) -> str:
@@ -152,18 +153,19 @@ def test_suspicious_job_ids_never_reach_upstream(
     assert simulator.requests() == []
 
 
-# Storage: the service layer on both databases.
+# Storage: the service layer on both databases, in the fast tier.
 
 
-def test_key_is_stored_only_as_a_peppered_hash(database_url: str) -> None:
-    tenant = make_tenant(database_url)
+@pytest.mark.fast
+def test_key_is_stored_only_as_a_peppered_hash(db: SavepointDatabase) -> None:
+    tenant = make_tenant(db)
 
     async def _row(session: AsyncSession) -> ApiKey:
         return (
             await session.execute(select(ApiKey).where(ApiKey.id == tenant.key_id))
         ).scalar_one()
 
-    row = in_session(database_url, _row)
+    row = in_session(db, _row)
     assert tenant.key not in (row.secret_hash, row.id, row.name)
     assert row.secret_hash == hash_key(tenant.key, PEPPER)
     assert row.secret_hash != hash_key(tenant.key, "another pepper")
@@ -171,60 +173,59 @@ def test_key_is_stored_only_as_a_peppered_hash(database_url: str) -> None:
     assert len(tenant.key) == len("gwk_") + 16 + 1 + 43
 
 
-def test_authentication_rules_on_each_database(database_url: str) -> None:
-    tenant = make_tenant(database_url)
+@pytest.mark.fast
+def test_authentication_rules_on_each_database(db: SavepointDatabase) -> None:
+    tenant = make_tenant(db)
 
     async def _auth(session: AsyncSession, token: str) -> str:
         principal = await service.authenticate_key(session, token, pepper=PEPPER)
         return principal.team_name
 
-    assert in_session(database_url, lambda s: _auth(s, tenant.key)) == tenant.team
+    assert in_session(db, lambda s: _auth(s, tenant.key)) == tenant.team
     for token, code in ((tampered(tenant.key), "invalid_api_key"),):
         with pytest.raises(AuthenticationFailed) as failure:
-            in_session(database_url, lambda s, t=token: _auth(s, t))
+            in_session(db, lambda s, t=token: _auth(s, t))
         assert getattr(failure.value, "code", None) == code
-    in_session(database_url, lambda s: service.authenticate_key(s, tenant.key, pepper=PEPPER))
-    revoke(database_url, tenant.key_id)
+    in_session(db, lambda s: service.authenticate_key(s, tenant.key, pepper=PEPPER))
+    revoke(db, tenant.key_id)
     with pytest.raises(AuthenticationFailed) as revoked:
-        in_session(database_url, lambda s: _auth(s, tenant.key))
+        in_session(db, lambda s: _auth(s, tenant.key))
     assert getattr(revoked.value, "code", None) == "api_key_revoked"
 
 
-def test_team_rules_on_each_database(database_url: str) -> None:
-    tenant = make_tenant(database_url)
+@pytest.mark.fast
+def test_team_rules_on_each_database(db: SavepointDatabase) -> None:
+    tenant = make_tenant(db)
     with pytest.raises(Conflict):
-        in_session(database_url, lambda s: service.create_team(s, tenant.team, actor=TEST_ACTOR))
+        in_session(db, lambda s: service.create_team(s, tenant.team, actor=TEST_ACTOR))
     for bad_name in ("", "has space", "-leading-dash", "x" * 65, "semi;colon"):
         with pytest.raises(InvalidRequest):
-            in_session(
-                database_url, lambda s, n=bad_name: service.create_team(s, n, actor=TEST_ACTOR)
-            )
+            in_session(db, lambda s, n=bad_name: service.create_team(s, n, actor=TEST_ACTOR))
     with pytest.raises(InvalidRequest):
         in_session(
-            database_url,
+            db,
             lambda s: service.create_team(s, "neg", monthly_budget_micro_usd=-1, actor=TEST_ACTOR),
         )
     with pytest.raises(NotFound):
         in_session(
-            database_url,
+            db,
             lambda s: service.create_key(s, "no-such-team", pepper=PEPPER, actor=TEST_ACTOR),
         )
     with pytest.raises(NotFound):
-        in_session(
-            database_url, lambda s: service.revoke_key(s, "nosuchkey0000000", actor=TEST_ACTOR)
-        )
+        in_session(db, lambda s: service.revoke_key(s, "nosuchkey0000000", actor=TEST_ACTOR))
 
 
-def test_revocation_is_idempotent_and_keeps_the_first_time(database_url: str) -> None:
-    tenant = make_tenant(database_url)
+@pytest.mark.fast
+def test_revocation_is_idempotent_and_keeps_the_first_time(db: SavepointDatabase) -> None:
+    tenant = make_tenant(db)
     first = in_session(
-        database_url, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
+        db, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
     ).revoked_at
     second = in_session(
-        database_url, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
+        db, lambda s: service.revoke_key(s, tenant.key_id, actor=TEST_ACTOR)
     ).revoked_at
     assert first is not None and first == second
-    keys = in_session(database_url, lambda s: service.list_keys(s, tenant.team))
+    keys = in_session(db, lambda s: service.list_keys(s, tenant.team))
     assert [(k.id, k.revoked_at) for k in keys] == [(tenant.key_id, first)]
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.db.engine import create_engine
 from gateway.db.migrations import upgrade_to_head
+from tests.support.environment import unavailable
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -56,6 +57,16 @@ def postgres_reachable() -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def require_postgres() -> None:
+    """Skip the test (fail it in CI) unless the test server answers."""
+    problem = postgres_reachable()
+    if problem is not None:
+        unavailable(
+            f"PostgreSQL at {server_url()} is unreachable ({problem})",
+            "Postgres tests SKIPPED; set GATEWAY_TEST_DATABASE_URL",
+        )
 
 
 def create_postgres_database(*, migrated: bool = True) -> str:

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.clock import utcnow
 from gateway.core.usd import parse_usd
 from gateway.jobs.models import OPEN_STATES, Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
@@ -46,19 +46,30 @@ class Books:
 
 
 def reconcile_pass(
-    database_url: str, simulator_url: str, *, at: datetime | None = None, **overrides: Any
+    database_url: str,
+    simulator_url: str,
+    *,
+    at: datetime | None = None,
+    ahead: timedelta | None = None,
+    **overrides: Any,
 ) -> ReconcileReport:
     """One reconciler pass with the test settings and ``overrides``: by default now, over
     everything (every submitted job polled, whatever its schedule); with ``at``, as if run at
-    that moment, on the reconciler's own schedule."""
+    that moment, on the reconciler's own schedule; with ``ahead``, over everything on a clock
+    that far ahead of the real one, as if run that much later."""
+    assert at is None or ahead is None, "give at most one of at= or ahead="
     settings = gateway_settings(database_url, simulator_url, **overrides)
 
     async def _pass() -> ReconcileReport:
         async with open_runtime(settings) as runtime:
-            if at is None:
-                return await runtime.reconciler().run_once(everything=True)
-            moment = at
-            return await runtime.reconciler(clock=lambda: moment).run_once()
+            if at is not None:
+                moment = at
+                return await runtime.reconciler(clock=lambda: moment).run_once()
+            if ahead is not None:
+                later = ahead
+                clock = lambda: utcnow() + later  # noqa: E731
+                return await runtime.reconciler(clock=clock).run_once(everything=True)
+            return await runtime.reconciler().run_once(everything=True)
 
     return asyncio.run(_pass())
 
@@ -68,17 +79,21 @@ def settle_everything(
 ) -> None:
     """Finish what a run left open: recover unanswered submits (once due for a re-send, when
     ``resend_after`` says the upstream honours keys), settle finished jobs, and finally
-    release the holds of submits the upstream never created."""
-    if resend_after is not None:
-        time.sleep(resend_after)
+    release the holds of submits the upstream never created.
+
+    Instead of sleeping ``resend_after`` seconds for the re-sends to fall due, every pass runs
+    on a reconciler clock that far ahead. Only the reconciler's clock moves: the upstream's
+    jobs still take their real time to finish."""
+    ahead = timedelta(seconds=resend_after) if resend_after is not None else None
     for _ in range(6):
-        reconcile_pass(database_url, simulator_url, **timing)
+        reconcile_pass(database_url, simulator_url, ahead=ahead, **timing)
     reconcile_pass(
         database_url,
         simulator_url,
+        ahead=ahead,
         **(timing | {"upstream_honors_idempotency_key": False} | RELEASE_AT_ONCE),
     )
-    reconcile_pass(database_url, simulator_url, **timing)
+    reconcile_pass(database_url, simulator_url, ahead=ahead, **timing)
 
 
 def _read_ledger(url: str) -> tuple[list[Job], list[LedgerEntry], list[TeamBalance]]:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.jobs.models import Job
 from gateway.ledger.models import LedgerEntry, TeamBalance
 from gateway.tenancy.models import Team
+from tests.support.savepoint import Database
 from tests.support.tenants import in_session
 
 
@@ -32,7 +33,7 @@ class TeamLedger:
         return balance
 
 
-def team_ledger(url: str, team: str) -> TeamLedger:
+def team_ledger(database: Database, team: str) -> TeamLedger:
     async def _read(session: AsyncSession) -> TeamLedger:
         team_id = (await session.execute(select(Team.id).where(Team.name == team))).scalar_one()
         jobs = (
@@ -50,4 +51,4 @@ def team_ledger(url: str, team: str) -> TeamLedger:
         ).scalars()
         return TeamLedger(list(jobs), list(entries), list(balances))
 
-    return in_session(url, _read)
+    return in_session(database, _read)

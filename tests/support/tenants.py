@@ -15,6 +15,7 @@ from gateway.audit.service import Actor
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
 from gateway.tenancy import service
+from tests.support.savepoint import Database, SavepointDatabase
 
 T = TypeVar("T")
 PEPPER = "test-pepper-0123456789abcdef"
@@ -32,7 +33,14 @@ class Tenant:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def in_session(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def in_session(database: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work`` in one unit of work on ``database``: given a URL, a transaction of its own that
+    commits (rolled back if ``work`` raises); given a fast-tier ``SavepointDatabase``, a
+    savepoint in the test's transaction, never committed."""
+    if isinstance(database, SavepointDatabase):
+        return database.in_session(work)
+    url = database
+
     async def _run() -> T:
         engine = create_engine(url)
         try:
@@ -45,7 +53,7 @@ def in_session(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
 
 def make_tenant(
-    url: str,
+    database: Database,
     *,
     prefix: str = "team",
     expires_at: datetime | None = None,
@@ -69,4 +77,4 @@ def make_tenant(
         )
         return Tenant(team=name, key=issued.token, key_id=issued.key.id)
 
-    return in_session(url, _create)
+    return in_session(database, _create)
