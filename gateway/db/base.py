@@ -53,13 +53,13 @@ class StrEnumColumn(TypeDecorator[E]):
 
     def __init__(self, enum_type: type[E], length: int, *args: Any, **kwargs: Any) -> None:
         super().__init__(length, *args, **kwargs)
-        self._enum_type = enum_type
+        self.enum_type = enum_type  # named as the parameter: part of the statement cache key
 
     def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
-        return None if value is None else self._enum_type(value).value
+        return None if value is None else self.enum_type(value).value
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
-        return None if value is None else self._enum_type(value)
+        return None if value is None else self.enum_type(value)
 
 
 class Base(DeclarativeBase):
