@@ -196,11 +196,7 @@ def _check_number(name: str, value: Any, rule: NumberRule) -> Decimal | int:
         raise _wrong_type(name, "a number", value)
     number: Decimal | int = value
     if not rule.minimum <= number <= rule.maximum:
-        raise InvalidRequest(
-            f"{name} must be between {rule.minimum} and {rule.maximum}; got {_clip(str(value))}",
-            code="out_of_range",
-            param=name,
-        )
+        raise _out_of_range(name, rule, _clip(str(value)))
     if rule.max_decimal_places is not None and isinstance(number, Decimal):
         step = Decimal(1).scaleb(-rule.max_decimal_places)
         if number != number.quantize(step):
@@ -216,12 +212,16 @@ def _check_integer(name: str, value: Any, rule: IntegerRule) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong_type(name, "an integer", value)
     if not rule.minimum <= value <= rule.maximum:
-        raise InvalidRequest(
-            f"{name} must be between {rule.minimum} and {rule.maximum}; got {value}",
-            code="out_of_range",
-            param=name,
-        )
+        raise _out_of_range(name, rule, str(value))
     return value
+
+
+def _out_of_range(name: str, rule: NumberRule | IntegerRule, shown: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{name} must be between {rule.minimum} and {rule.maximum}; got {shown}",
+        code="out_of_range",
+        param=name,
+    )
 
 
 def _wrong_type(name: str, expected: str, value: Any) -> InvalidRequest:

@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -94,8 +95,10 @@ async def claim(
     between any two of these statements; each attempt therefore reads what is there now and
     tries again if the key vanished, and only gives up (409, retry later) if it keeps
     changing hands."""
+    row = {"team_id": team_id, "key": key, "request_hash": fingerprint, "state": IN_FLIGHT}
+    row |= {"job_id": job_id, "created_at": now, "expires_at": now + ttl}
     for _ in range(_CLAIM_ATTEMPTS):
-        if await _insert_claim(session, team_id, key, fingerprint, job_id, now, now + ttl):
+        if await _insert_claim(session, row):
             return None
         existing = (
             await session.execute(
@@ -147,32 +150,11 @@ def _in_use() -> Conflict:
     )
 
 
-async def _insert_claim(
-    session: AsyncSession,
-    team_id: int,
-    key: str,
-    fingerprint: str,
-    job_id: str,
-    now: datetime,
-    expires_at: datetime,
-) -> bool:
-    """Insert the claim unless the key is taken (then False). A concurrent claim not yet
-    committed is waited for: its commit makes this a conflict, its rollback a success."""
+async def _insert_claim(session: AsyncSession, row: dict[str, Any]) -> bool:
+    """Insert the claim ``row`` unless the key is taken (then False). A concurrent claim not
+    yet committed is waited for: its commit makes this a conflict, its rollback a success."""
     insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
-    stmt = (
-        insert(IdempotencyKey)
-        .values(
-            team_id=team_id,
-            key=key,
-            request_hash=fingerprint,
-            state=IN_FLIGHT,
-            job_id=job_id,
-            created_at=now,
-            expires_at=expires_at,
-        )
-        .on_conflict_do_nothing()
-        .returning(IdempotencyKey.key)
-    )
+    stmt = insert(IdempotencyKey).values(row).on_conflict_do_nothing().returning(IdempotencyKey.key)
     return (await session.execute(stmt)).first() is not None
 
 
