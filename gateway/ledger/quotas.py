@@ -59,6 +59,28 @@ class PeriodBalance:
 BudgetPolicy = Literal["unlimited", "deny"]
 
 
+async def _reserve_or_refuse(
+    session: AsyncSession, team_id: int, period: str, amount: int, now: datetime
+) -> PeriodAmounts:
+    """After a reservation found no room: lock the row, so that the refusal's figures are the
+    ones it was refused on (a settlement committing meanwhile could otherwise show room in
+    them), and reserve after all if a release has made room since."""
+    current = await repository.lock_balance(session, team_id, period)
+    assert current is not None, "the period's balance row was opened before"
+    budget, used = current.budget_micro_usd, current.held_micro_usd + current.captured_micro_usd
+    if budget is None or used + amount <= budget:
+        row = await repository.try_reserve(session, team_id, period, amount, now)
+        assert row is not None, "the row is locked by this transaction and has room"
+        return row
+    raise BudgetExhausted(
+        period=period,
+        budget=budget,
+        held=current.held_micro_usd,
+        captured=current.captured_micro_usd,
+        requested=amount,
+    )
+
+
 async def set_period_budget(
     session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
 ) -> None:
@@ -128,15 +150,7 @@ async def reserve_hold(
         await repository.create_balance_if_missing(session, team.team_id, period, budget, now)
         row = await repository.try_reserve(session, team.team_id, period, amount, now)
         if row is None:
-            current = await repository.get_balance(session, team.team_id, period)
-            assert current is not None, "the period's balance row was created above"
-            raise BudgetExhausted(
-                period=period,
-                budget=current.budget_micro_usd or 0,
-                held=current.held_micro_usd,
-                captured=current.captured_micro_usd,
-                requested=amount,
-            )
+            row = await _reserve_or_refuse(session, team.team_id, period, amount, now)
     if team.max_concurrent_jobs is not None:
         # The caller's own new job, already written in this transaction, is among those counted.
         in_flight = await repository.count_open_jobs(session, team.team_id)

@@ -74,6 +74,17 @@ async def get_balance(session: AsyncSession, team_id: int, period: str) -> Perio
     return PeriodAmounts(*row) if row is not None else None
 
 
+async def lock_balance(session: AsyncSession, team_id: int, period: str) -> PeriodAmounts | None:
+    """The period's row, locked until commit: its figures cannot change under the caller."""
+    stmt = (
+        select(*_RETURNED)
+        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+        .with_for_update()
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    return PeriodAmounts(*row) if row is not None else None
+
+
 async def create_balance_if_missing(
     session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
 ) -> None:

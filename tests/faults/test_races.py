@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.session import transaction
+from gateway.errors import BudgetExhausted
 from gateway.jobs import idempotency
 from gateway.jobs.models import IdempotencyKey, Job
 from gateway.ledger.holds import place_hold
@@ -92,6 +93,71 @@ def test_a_periods_first_submit_is_not_refused_when_another_opens_the_period(
 
     held_seen, held, captured = asyncio.run(scenario())
     assert (held_seen, held, captured) == (2 * PRICE, 2 * PRICE, 0)
+
+
+def test_a_budget_refusal_never_shows_figures_with_room(postgres_url: str) -> None:
+    """Found by the soak: a submit finds no room; before it reads the figures for its 429,
+    another replica's settlement releases a hold and commits. The refusal must not then show
+    figures with room for the request (a refusal its own numbers contradict): with room back,
+    the submit is held."""
+    budget = 10 * PRICE
+    tenant = make_tenant(postgres_url, budget_micro_usd=budget)
+    team_id = team_id_of(postgres_url, tenant.team)
+    quota = TeamQuota(team_id, budget, None)
+
+    async def scenario() -> tuple[str, int, int]:
+        engine = create_engine(postgres_url)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with side_connection(postgres_url) as other:
+                # The period is full: nine jobs' holds and one job's capture.
+                await other.execute(
+                    "INSERT INTO team_balances (team_id, period, budget_micro_usd, "
+                    "held_micro_usd, captured_micro_usd, updated_at) "
+                    "VALUES ($1, $2, $3, $4, $5, now())",
+                    team_id,
+                    PERIOD,
+                    budget,
+                    9 * PRICE,
+                    PRICE,
+                )
+
+                async def other_replica_releases_a_hold() -> None:
+                    await other.execute(
+                        "UPDATE team_balances SET held_micro_usd = held_micro_usd - $3 "
+                        "WHERE team_id = $1 AND period = $2",
+                        team_id,
+                        PERIOD,
+                        PRICE,
+                    )
+
+                with interleave(
+                    engine,
+                    before=r"^\s*SELECT\b.*\bFROM team_balances",
+                    action=other_replica_releases_a_hold,
+                ) as hook:
+                    try:
+                        async with transaction(sessionmaker) as session:
+                            view = await place_hold(
+                                session, quota, new_job(team_id), policy="unlimited", now=NOW
+                            )
+                        outcome, used = "held", view.held + view.captured
+                    except BudgetExhausted as refused:
+                        outcome, used = "refused", refused.held + refused.captured
+                assert hook.fired == 1
+                row = await other.fetchrow(
+                    "SELECT held_micro_usd FROM team_balances WHERE team_id = $1 AND period = $2",
+                    team_id,
+                    PERIOD,
+                )
+                return outcome, used, row["held_micro_usd"]
+        finally:
+            await engine.dispose()
+
+    outcome, used, held = asyncio.run(scenario())
+    if outcome == "refused":
+        assert used + PRICE > budget, f"refused with {used} of {budget} used, {PRICE} asked"
+    assert (outcome, used, held) == ("held", budget, 9 * PRICE)
 
 
 def test_a_retry_whose_key_was_just_freed_claims_it_instead_of_failing(postgres_url: str) -> None:
