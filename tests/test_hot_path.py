@@ -127,3 +127,26 @@ def test_refusals_and_replays_still_carry_the_quota_header(
     assert replay.headers["x-quota-remaining-usd"] == first.headers["x-quota-remaining-usd"]
     assert invalid.status_code == 400
     assert invalid.headers["x-quota-remaining-usd"] == first.headers["x-quota-remaining-usd"]
+
+
+def test_a_refusal_stands_when_the_balance_cannot_be_read_for_its_header(
+    start_gateway: StartGateway, simulator: SimulatorProbe, tenant: Tenant
+) -> None:
+    """A 400 reads the balance for its quota header only after the refusal is decided; if the
+    database fails that read, the client still gets the 400, without the header."""
+    server = quiet_gateway(start_gateway)
+    sync = runtime_of(server).engine.sync_engine
+
+    def balance_read_fails(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "team_balances" in statement:
+            raise ConnectionResetError("the database went away")
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        event.listen(sync, "before_cursor_execute", balance_read_fails)
+        try:
+            invalid = submit(client, tenant, duration=99)
+        finally:
+            event.remove(sync, "before_cursor_execute", balance_read_fails)
+    assert invalid.status_code == 400, invalid.text
+    assert invalid.json()["error"]["param"] == "duration"
+    assert "x-quota-remaining-usd" not in invalid.headers

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.session import autocommit, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.ledger.quotas import PeriodBalance
+from gateway.observability.requests import QUOTA_REMAINING_STATE
 from gateway.runtime import Runtime
 from gateway.services.proxy import usage
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
 from gateway.web.deps import RuntimeDep
-
-QUOTA_HEADER_STATE = "quota_remaining_usd"
 
 
 def bearer_token(request: Request, *, allow_x_api_key: bool = True) -> str:
@@ -45,7 +46,7 @@ def bearer_token(request: Request, *, allow_x_api_key: bool = True) -> str:
 
 def remember_balance(request: Request, balance: PeriodBalance) -> None:
     """The figure every tenant response carries as ``X-Quota-Remaining-USD``."""
-    setattr(request.state, QUOTA_HEADER_STATE, balance.remaining_header())
+    setattr(request.state, QUOTA_REMAINING_STATE, balance.remaining_header())
 
 
 async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
@@ -64,6 +65,8 @@ async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
         )
     return Principal.of(team, subject=verified.subject)
 
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Read = Callable[[AsyncSession, Principal], Awaitable[T]]
@@ -106,10 +109,17 @@ async def submitting_principal(request: Request, runtime: RuntimeDep) -> Princip
 async def remember_balance_if_unknown(
     request: Request, runtime: Runtime, principal: Principal
 ) -> None:
-    if getattr(request.state, QUOTA_HEADER_STATE, None) is not None:
+    """Read the balance for the quota header if nothing has said it yet. Best effort: if the
+    database cannot answer, the response goes without the header rather than turning a
+    refusal or a replayed answer into a 503."""
+    if getattr(request.state, QUOTA_REMAINING_STATE, None) is not None:
         return
-    async with autocommit(runtime.sessionmaker) as session:
-        remember_balance(request, await usage(session, runtime.proxy, principal))
+    try:
+        async with autocommit(runtime.sessionmaker) as session:
+            remember_balance(request, await usage(session, runtime.proxy, principal))
+    except (SQLAlchemyError, OSError) as exc:
+        runtime.db_health.observe(exc)
+        logger.warning("could not read the balance for the quota header", exc_info=True)
 
 
 SubmittingPrincipal = Annotated[Principal, Depends(submitting_principal)]
