@@ -215,13 +215,17 @@ async def apply_settlement(
     *,
     now: datetime,
     unless_claimed: bool = False,
+    from_states: tuple[JobState, ...] = OPEN_STATES,
 ) -> PeriodAmounts | None:
     """Settle ``job`` as planned, once. Returns the new balance, or None if it was already
     settled (by another poll, replica or the reconciler): then nothing is written.
 
     ``unless_claimed``: only a job still pending that the reconciler has never claimed (its
-    claim counts an attempt, committed before it re-sends the submit) is settled."""
-    if not await _close(session, job, plan, now=now, unless_claimed=unless_claimed):
+    claim counts an attempt, committed before it re-sends the submit) is settled.
+    ``from_states``: the states the job may be settled from (any open one by default)."""
+    if not await _close(
+        session, job, plan, now=now, unless_claimed=unless_claimed, states=from_states
+    ):
         return None
     await repository.add_entries(session, *_entries(job, plan, now=now))
     _compare_with_upstream_cost(job, plan)
@@ -236,11 +240,17 @@ async def apply_settlement(
 
 
 async def _close(
-    session: AsyncSession, job: Job, plan: SettlementPlan, *, now: datetime, unless_claimed: bool
+    session: AsyncSession,
+    job: Job,
+    plan: SettlementPlan,
+    *,
+    now: datetime,
+    unless_claimed: bool,
+    states: tuple[JobState, ...],
 ) -> bool:
     """Move the job to its final state if it is still open: the one conditional update that
     makes a settlement happen once, whoever else tries."""
-    open_job: ColumnElement[bool] = Job.state.in_(OPEN_STATES)
+    open_job: ColumnElement[bool] = Job.state.in_(states)
     if unless_claimed:
         open_job = and_(Job.state == JobState.PENDING, Job.check_attempts == 0)
     moved = await session.execute(

@@ -76,11 +76,11 @@ async def submit_generation(
             tags_header=tags,
             on_balance=lambda balance: remember_balance(request, balance),
         )
-    except GatewayError as exc:
-        if exc.status_code < 500:
-            # Refused before a hold said what is left (a 400, 409 or 429): read it, as for
-            # any tenant response. Not after a 5xx: the database may be why it failed.
-            await remember_balance_if_unknown(request, runtime, principal)
+    except GatewayError:
+        # Refused before a hold said what is left (a 400, 409, 429, or a 503 such as a missing
+        # rate card): read it, as for any tenant response. A database outage is not a
+        # GatewayError here, and the read is best effort.
+        await remember_balance_if_unknown(request, runtime, principal)
         raise
     response = _to_response(request, result)
     await remember_balance_if_unknown(request, runtime, principal)  # an idempotent replay

@@ -11,6 +11,7 @@ from dataclasses import replace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.clock import utcnow
+from gateway.core.periods import period_of
 from gateway.db.session import autocommit
 from gateway.errors import (
     NotFound,
@@ -84,6 +85,9 @@ async def poll_job(
         return response
     settling.count_settlement(deps.metrics, principal.team_name, job, settled.plan)
     captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None
+    if job.period != period_of(utcnow()):
+        # A job of an earlier month: the header keeps showing the current period's balance.
+        return replace(response, captured_micro_usd=captured)
     return replace(
         response,
         balance=PeriodBalance.of(job.period, settled.balance),

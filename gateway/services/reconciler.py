@@ -47,6 +47,9 @@ from gateway.tenancy.repository import team_names
 from gateway.upstream.client import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
+
+UNANSWERED = (JobState.PENDING, JobState.UNKNOWN)
+"""A re-sent submit's job may be released only while no acceptance of it is recorded."""
 _DEFAULT_PAUSE_SECONDS = 30.0
 
 
@@ -222,11 +225,14 @@ class Reconciler:
         """The upstream refused the re-sent submit: it will never run, so its hold goes back."""
         plan = settlement.release("upstream_refused")
         async with transaction(self.sessionmaker) as session:
-            settled = await settlement.apply_settlement(session, job, plan, now=self.clock())
+            settled = await settlement.apply_settlement(
+                session, job, plan, now=self.clock(), from_states=UNANSWERED
+            )
+            if settled is None:
+                return  # recorded as accepted meanwhile (an outbox replay): it may be running
             await jobs.drop_request(session, job.id)
             await idempotency.resolve_for_job(session, job.id, None)
-        if settled is not None:
-            self._record(job, plan)
+        self._record(job, plan)
 
     async def _record_recovered(
         self, job: Job, answer: UpstreamResponse, upstream_job_id: str

@@ -80,7 +80,7 @@ async def submit_generation(
         return opened  # the first answer for this Idempotency-Key, replayed
     after = AfterForward(deps, opened.job, principal.team_name, idempotency_key, on_balance)
     await _check_before_forwarding(deps, submission.quota, opened, after, on_balance)
-    return await _forward(deps, opened, after, raw_body, request_id)
+    return await _forward(deps, opened, after, submission)
 
 
 @dataclass(frozen=True)
@@ -167,13 +167,15 @@ async def _check_before_forwarding(
 
 
 async def _forward(
-    deps: ProxyDeps, opened: _Opened, after: AfterForward, raw_body: bytes, request_id: str
+    deps: ProxyDeps, opened: _Opened, after: AfterForward, submission: _Submission
 ) -> ProxiedResponse:
     """Send the client's bytes with the real key, then record what the upstream answered."""
     job = opened.job
     estimate_header = {ESTIMATE_HEADER: format_usd(job.estimate_micro_usd)}
     try:
-        answer = await deps.upstream.submit(raw_body, request_id=request_id, idempotency_key=job.id)
+        answer = await deps.upstream.submit(
+            submission.raw_body, request_id=submission.request_id, idempotency_key=job.id
+        )
     except UpstreamOutcomeUnknown as exc:
         # Sent, but no answer: the upstream may have started the job, so the hold stays.
         await after.unknown(exc)

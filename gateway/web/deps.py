@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.session import transaction
 from gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -43,7 +46,10 @@ async def unit_of_work(runtime: RuntimeDep) -> AsyncIterator[UnitOfWork]:
         work = UnitOfWork(session)
         yield work
     for callback in work._callbacks:
-        callback()
+        try:
+            callback()
+        except Exception:  # the work is committed: its answer must not become a 500
+            logger.exception("an after-commit callback failed")
 
 
 UnitOfWorkDep = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]

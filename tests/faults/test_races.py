@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import httpx
 import pytest
@@ -15,16 +16,23 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.db.health import DatabaseHealth
 from gateway.db.session import transaction
 from gateway.errors import BudgetExhausted
 from gateway.jobs import idempotency
-from gateway.jobs.models import IdempotencyKey, Job
+from gateway.jobs import repository as jobs
+from gateway.jobs.models import IdempotencyKey, Job, JobState
 from gateway.ledger.holds import place_hold
+from gateway.ledger.models import LedgerEntry
 from gateway.ledger.quotas import TeamQuota
+from gateway.observability.metrics import Metrics
+from gateway.services.reconciler import Reconciler
 from gateway.tenancy.models import Team
+from gateway.upstream.client import UpstreamClient
 from tests.support.api import submit_async
 from tests.support.interleave import interleave, side_connection
 from tests.support.jobs import pending_job
+from tests.support.settings import gateway_settings
 from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import Tenant, in_session, make_tenant
 
@@ -246,3 +254,50 @@ def test_retries_racing_an_upstream_refusal_with_one_key_never_500(
         seen += asyncio.run(storm(f"storm-{uuid.uuid4().hex}", f"x {marker}"))
     assert 500 not in seen, seen
     assert set(seen) <= {409, 429, 502}, seen
+
+
+def test_a_refused_resend_does_not_release_a_job_recorded_as_accepted_meanwhile(
+    postgres_url: str,
+) -> None:
+    """The reconciler re-sends an unanswered submit and the upstream refuses the re-send;
+    meanwhile the first answer, an acceptance, was recorded (an outbox replay): the job is
+    running upstream. The refusal must not release it (unbilled) nor free its key."""
+    tenant = make_tenant(postgres_url)
+    team_id = team_id_of(postgres_url, tenant.team)
+    quota = TeamQuota(team_id, None, None)
+    job = new_job(team_id)
+
+    async def scenario() -> tuple[str, int]:
+        engine = create_engine(postgres_url)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with transaction(sessionmaker) as session:
+                await place_hold(session, quota, job, policy="unlimited", now=NOW)
+            async with transaction(sessionmaker) as session:  # the replayed acceptance
+                moved = await jobs.move_from_pending(
+                    session,
+                    job.id,
+                    JobState.SUBMITTED,
+                    upstream_http_status=200,
+                    upstream_job_id=f"up-{job.id}",
+                )
+                assert moved
+            reconciler = Reconciler(
+                settings=gateway_settings(postgres_url, "http://127.0.0.1:1"),
+                sessionmaker=sessionmaker,
+                upstream=cast(UpstreamClient, None),  # not called: the re-send was answered
+                metrics=Metrics(),
+                db_health=DatabaseHealth(),
+            )
+            await reconciler._release_refused(job)
+            async with transaction(sessionmaker) as session:
+                state = (await session.execute(select(Job.state).where(Job.id == job.id))).one()
+                entries = await session.execute(
+                    select(LedgerEntry.kind).where(LedgerEntry.job_id == job.id)
+                )
+                return str(state[0]), len(entries.all())
+        finally:
+            await engine.dispose()
+
+    state, entries = asyncio.run(scenario())
+    assert (state, entries) == ("submitted", 1)  # still held, only its hold entry
