@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     database_idle_ping_seconds: float = Field(default=30.0, ge=0)
     """A pooled connection idle this long is pinged before use (a silent network drop shows
     no close); one the server closed is replaced at once, without a ping."""
+    database_pgbouncer: bool = False
+    """The database URL points at PgBouncer in transaction pooling mode: no prepared statement
+    outlives its transaction (see ``gateway.db.engine.create_engine``)."""
+    database_direct_statements: bool = True
+    """On Postgres, run the tenant hot path's few statements directly on the driver (one
+    round trip per poll, two per submit; see ``gateway.db.direct``). False: every statement
+    through the ORM, as on SQLite (slower; for comparison and diagnosis)."""
 
     # Upstream (the paid API we front).
     upstream_url: str = "https://api.empiriolabs.ai"

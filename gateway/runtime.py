@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
 from gateway.core.clock import utcnow
+from gateway.db.direct import DirectStatements
 from gateway.db.engine import create_engine, create_sessionmaker, normalize_database_url
 from gateway.db.health import DatabaseHealth
 from gateway.observability.metrics import Metrics
@@ -57,6 +58,11 @@ class Runtime:
             alerts=self.alerts,
             outbox=self.outbox,
             db_health=self.db_health,
+            direct=(
+                DirectStatements.for_engine(self.engine, pgbouncer=self.settings.database_pgbouncer)
+                if self.settings.database_direct_statements
+                else None
+            ),
         )
 
     def reconciler(self, *, clock: Callable[[], datetime] = utcnow) -> Reconciler:
@@ -84,6 +90,7 @@ async def open_runtime(
         pool_timeout=settings.database_pool_timeout_seconds,
         connect_timeout=settings.database_connect_timeout_seconds,
         idle_ping_after=settings.database_idle_ping_seconds,
+        pgbouncer=settings.database_pgbouncer,
     )
     metrics = Metrics()
     upstream = HttpUpstreamClient.from_settings(

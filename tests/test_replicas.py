@@ -131,8 +131,9 @@ def test_fifty_concurrent_polls_through_both_replicas_settle_once(
 def test_revocation_on_one_replica_is_refused_by_the_other_at_once(
     replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
 ) -> None:
-    """Keys and teams are read from the shared database on every request: no per-process
-    cache, so the documented bound is zero (the next request after the change commits)."""
+    """Keys and teams are read from the shared database on every request: the key a process
+    remembers for its submits is checked by the hold's own statement, so the documented bound
+    is zero (the next request after the change commits)."""
     tenant = make_tenant(postgres_url)
     first, second = replicas
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

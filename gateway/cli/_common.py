@@ -36,7 +36,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """An engine on the configured database for one command, disposed after it."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pgbouncer=settings.database_pgbouncer)
     try:
         yield engine
     finally:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from gateway.core.clock import utcnow
+from gateway.db.direct import DirectStatements
 from gateway.jobs.models import Job, JobRequest, JobState
 from gateway.tenancy.models import Team
 
@@ -265,3 +266,39 @@ async def find_any(session: AsyncSession, job_id: str) -> tuple[Job, str] | None
     )
     row = (await session.execute(stmt)).first()
     return (row[0], row[1]) if row is not None else None
+
+
+# ``move_from_pending`` to ``submitted`` with the upstream's id, and ``drop_request``, in one
+# committed statement: nothing moves if another job has that id already or the job is no
+# longer pending (then the caller records the answer through the ORM, which tells the cases
+# apart).
+_ACCEPT = """
+WITH moved AS (
+    UPDATE jobs
+    SET state = 'submitted', upstream_http_status = $2, upstream_job_id = $3,
+        next_check_at = $4, updated_at = $5
+    WHERE id = $1 AND state = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.upstream_job_id = $3)
+    RETURNING id
+), dropped AS (
+    DELETE FROM job_requests WHERE $6::boolean AND job_id IN (SELECT id FROM moved)
+)
+SELECT count(*) FROM moved
+"""
+
+
+async def accept_pending_direct(
+    direct: DirectStatements,
+    job_id: str,
+    *,
+    upstream_http_status: int,
+    upstream_job_id: str,
+    next_check_at: datetime | None,
+    drop_request: bool,
+    now: datetime,
+) -> bool:
+    """True if the pending job moved to ``submitted`` (and its kept request was dropped)."""
+    row = await direct.fetchrow(
+        _ACCEPT, job_id, upstream_http_status, upstream_job_id, next_check_at, now, drop_request
+    )
+    return row is not None and row[0] == 1

@@ -7,14 +7,19 @@ so it must be the transaction's final statement (a refused reservation rolls the
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.pricing import RateCard
+from gateway.db.direct import DirectStatements
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import quotas
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.quotas import BudgetPolicy, PeriodBalance, TeamQuota
+from gateway.ledger.repository import PeriodAmounts
 
 
 async def place_hold(
@@ -30,3 +35,129 @@ async def place_hold(
     return await quotas.reserve_hold(
         session, team, period=job.period, amount=job.estimate_micro_usd, now=now, policy=policy
     )
+
+
+class RateCardsSeen:
+    """The rate card last seen in force, per model: a hint for ``place_hold_direct``, never
+    trusted on its own (its statement checks that the version is still the one in force, and
+    a version's prices are never edited), so a card added meanwhile prices the next submit."""
+
+    def __init__(self) -> None:
+        self._cards: dict[str, RateCard] = {}
+
+    def get(self, model: str) -> RateCard | None:
+        return self._cards.get(model)
+
+    def saw(self, model: str, card: RateCard) -> None:
+        self._cards[model] = card
+
+
+# One statement, so one round trip and the balance row locked only for its own execution
+# (autocommit). Every part but the reservation selects from the reservation's RETURNING: if
+# the card in force is not the one priced with, or the budget has no room, or the period has
+# no balance row yet, or (when a key is to be checked) the key or its team is no longer as
+# the caller was seen, nothing at all is written and the caller takes ``place_hold``'s path.
+# The same rows as ``place_hold`` writes (the job ``pending``, its ``hold`` entry, the kept
+# request); the reservation is the same conditional update as ``quotas.reserve_hold``'s.
+_HOLD = """
+WITH card AS (
+    SELECT version FROM rate_cards
+    WHERE model = $1 AND effective_from <= $2
+    ORDER BY effective_from DESC, id DESC
+    LIMIT 1
+), caller AS (
+    SELECT k.id FROM api_keys k JOIN teams t ON t.id = k.team_id
+    WHERE k.id = $8 AND k.team_id = $4 AND k.secret_hash = $16
+      AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)
+      AND t.disabled_at IS NULL AND t.name = $17 AND t.max_concurrent_jobs IS NULL
+      AND t.monthly_budget_micro_usd IS NOT DISTINCT FROM $18
+      AND t.soft_limit_percent IS NOT DISTINCT FROM $19
+), reserved AS (
+    UPDATE team_balances
+    SET held_micro_usd = held_micro_usd + $3, updated_at = $2
+    WHERE team_id = $4 AND period = $5
+      AND (budget_micro_usd IS NULL
+           OR held_micro_usd + captured_micro_usd + $3 <= budget_micro_usd)
+      AND (SELECT version FROM card) = $6
+      AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM caller))
+    RETURNING budget_micro_usd, held_micro_usd, captured_micro_usd
+), job AS (
+    INSERT INTO jobs (
+        id, team_id, api_key_id, state, model, duration_ms, resolution, image_count,
+        estimate_micro_usd, rate_card_version, period, request_id, tags, check_attempts,
+        needs_review, next_check_at, created_at, updated_at
+    )
+    SELECT $7, $4, $8, 'pending', $1, $9, $10, $11, $3, $6, $5, $12, $13::json, 0,
+           false, $14, $2, $2
+    FROM reserved
+    RETURNING id
+), entry AS (
+    INSERT INTO ledger_entries (
+        job_id, team_id, period, kind, amount_micro_usd, rate_card_version, needs_review,
+        tags, created_at
+    )
+    SELECT id, $4, $5, 'hold', $3, $6, false, $13::json, $2 FROM job
+), kept AS (
+    INSERT INTO job_requests (job_id, body, created_at)
+    SELECT id, $15::bytea, $2 FROM job WHERE $15::bytea IS NOT NULL
+), used AS (
+    UPDATE api_keys SET last_used_at = $2
+    WHERE id = (SELECT id FROM caller) AND EXISTS (SELECT 1 FROM job)
+      AND (last_used_at IS NULL OR last_used_at < $20)
+)
+SELECT budget_micro_usd, held_micro_usd, captured_micro_usd FROM reserved
+"""
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """A key not yet checked by this request, as it was last seen: the hold's statement
+    checks it still is (not revoked or expired, its team enabled and unchanged), and records
+    its use at most once per ``stale_before`` window."""
+
+    secret_hash: str
+    team_name: str
+    monthly_budget_micro_usd: int | None
+    soft_limit_percent: int | None
+    stale_before: datetime
+
+
+async def place_hold_direct(
+    direct: DirectStatements,
+    job: Job,
+    *,
+    keep_request: bytes | None,
+    key: KeyCheck | None,
+    now: datetime,
+) -> PeriodBalance | None:
+    """``place_hold`` in one committed statement, for a team without a concurrency cap, when
+    the period's row exists, has room, ``job`` was priced by the card in force and ``key``
+    (if given) still holds; None (and nothing written) otherwise. ``keep_request``: the body
+    to keep for a re-send, if any."""
+    assert job.state == JobState.PENDING
+    row = await direct.fetchrow(
+        _HOLD,
+        job.model,
+        now,
+        job.estimate_micro_usd,
+        job.team_id,
+        job.period,
+        job.rate_card_version,
+        job.id,
+        job.api_key_id,
+        job.duration_ms,
+        job.resolution,
+        job.image_count,
+        job.request_id,
+        json.dumps(job.tags),
+        job.next_check_at,
+        keep_request,
+        key.secret_hash if key else None,
+        key.team_name if key else None,
+        key.monthly_budget_micro_usd if key else None,
+        key.soft_limit_percent if key else None,
+        key.stale_before if key else now,
+    )
+    if row is None:
+        return None
+    return PeriodBalance.of(job.period, PeriodAmounts(row[0], row[1], row[2]))

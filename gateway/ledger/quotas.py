@@ -116,7 +116,15 @@ def period_budget(team: TeamQuota, policy: BudgetPolicy) -> int | None:
 async def balance_view(
     session: AsyncSession, team: TeamQuota, period: str, policy: BudgetPolicy
 ) -> PeriodBalance:
-    row = await repository.get_balance(session, team.team_id, period)
+    return view_of(
+        team, period, policy, await repository.get_balance(session, team.team_id, period)
+    )
+
+
+def view_of(
+    team: TeamQuota, period: str, policy: BudgetPolicy, row: PeriodAmounts | None
+) -> PeriodBalance:
+    """The balance a period's row shows; a period with no row yet has used nothing."""
     if row is None:
         return PeriodBalance(period, period_budget(team, policy), 0, 0)
     return PeriodBalance.of(period, row)

@@ -19,6 +19,7 @@ from gateway.db.session import transaction
 from gateway.errors import (
     GatewayError,
 )
+from gateway.jobs import repository as jobs
 from gateway.jobs.idempotency import StoredResponse
 from gateway.jobs.models import Job
 from gateway.ledger.quotas import PeriodBalance
@@ -138,8 +139,7 @@ class AfterForward:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                async with transaction(self.deps.sessionmaker) as session:
-                    return await record_answer(session, answer, self.job)
+                return await self._record_once(answer)
             except (SQLAlchemyError, OSError) as exc:
                 self.deps.db_health.observe(exc)
                 if attempt == len(_RECORD_RETRY_DELAYS) - 1:
@@ -149,6 +149,30 @@ class AfterForward:
                     )
         await self.deps.outbox.keep(answer)
         return None
+
+    async def _record_once(self, answer: SubmitAnswer) -> Released | DuplicateJobId | None:
+        """The common answer (accepted, with no Idempotency-Key response to store) in one
+        statement; any other, or one that statement could not move, through the ORM."""
+        direct = self.deps.direct
+        if (
+            direct is not None
+            and answer.kind == "accepted"
+            and answer.response is None
+            and answer.upstream_job_id is not None
+            and answer.http_status is not None
+            and await jobs.accept_pending_direct(
+                direct,
+                answer.job_id,
+                upstream_http_status=answer.http_status,
+                upstream_job_id=answer.upstream_job_id,
+                next_check_at=answer.next_check_at,
+                drop_request=answer.request_kept,
+                now=answer.answered_at,
+            )
+        ):
+            return None
+        async with transaction(self.deps.sessionmaker) as session:
+            return await record_answer(session, answer, self.job)
 
 
 def unanswered_recheck(settings: Settings) -> timedelta:

@@ -6,7 +6,7 @@ database was away when it came) is recorded on the spot, so the job is its owner
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,13 @@ logger = logging.getLogger(__name__)
 _MAX_JOB_ID_LENGTH = 128
 
 
+@dataclass(frozen=True)
+class FinishedJob:
+    """A settled job, as a poll of it needs it: the upstream's terminal answer on record."""
+
+    terminal_body: bytes
+
+
 async def find_job(session: AsyncSession, job_id: str, principal: Principal) -> Job | None:
     """The caller's job with that upstream id, read in the session that authenticated the
     caller (one pool checkout per poll); None for a malformed id without a query."""
@@ -42,7 +49,7 @@ async def poll_job(
     deps: ProxyDeps,
     principal: Principal,
     job_id: str,
-    job: Job | None,
+    job: Job | FinishedJob | None,
     *,
     request_id: str,
 ) -> ProxiedResponse:
@@ -59,11 +66,11 @@ async def poll_job(
     if job is None:
         # Another team's job and an unknown id get the same answer, by design.
         raise NotFound(f"no job with id {job_id[:_MAX_JOB_ID_LENGTH]!r}", code="job_not_found")
-    if job.terminal_body is not None:
+    recorded = job.terminal_body
+    if recorded is not None:
         # Settled: the gateway's own record answers; the upstream is not asked again.
-        return ProxiedResponse(
-            200, job.terminal_body, {"content-type": "application/json"}, job_id=job_id
-        )
+        return ProxiedResponse(200, recorded, {"content-type": "application/json"}, job_id=job_id)
+    assert isinstance(job, Job)
     answer = await deps.upstream.get_job(job_id, request_id=request_id)
     if answer.status_code >= 400:
         return pass_through(answer, job_id=job_id)

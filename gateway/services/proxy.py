@@ -15,13 +15,15 @@ from gateway.catalog.spec import Catalog
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
+from gateway.db.direct import DirectStatements
 from gateway.db.health import DatabaseHealth
 from gateway.ledger import quotas, settlement
+from gateway.ledger.holds import RateCardsSeen
 from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox
-from gateway.tenancy.service import Principal
+from gateway.tenancy.service import KeysSeen, Principal
 from gateway.upstream.client import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ class ProxyDeps:
     alerts: BudgetAlerts
     outbox: AnswerOutbox
     db_health: DatabaseHealth
+    direct: DirectStatements | None = None
+    """Hot-path statements past the ORM (Postgres only; None: the ORM path everywhere)."""
+    rate_cards: RateCardsSeen = field(default_factory=RateCardsSeen)
+    keys_seen: KeysSeen = field(default_factory=KeysSeen)
 
     @cached_property
     def vocabulary(self) -> settlement.StatusVocabulary:

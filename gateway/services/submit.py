@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -38,7 +38,7 @@ from gateway.jobs.models import Job, JobState
 from gateway.jobs.tags import canonical as canonical_tags
 from gateway.jobs.tags import parse_tags
 from gateway.ledger import settlement
-from gateway.ledger.holds import place_hold
+from gateway.ledger.holds import KeyCheck, place_hold, place_hold_direct
 from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.ledger.rates import rate_card_in_force
 from gateway.services.forwarded import AfterForward, unanswered_recheck
@@ -52,9 +52,21 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 _PARSE_ON_LOOP_MAX_BYTES = 256 * 1024
 
 
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits. ``principal`` was confirmed by this request's own key lookup, unless
+    ``key`` is set: then it is what the key was last confirmed as (``KeysSeen``), the hold's
+    statement checks the key against the database, and ``confirm`` (the real lookup, raising
+    its 401 or 403) runs before any other answer is given, so a revoked key learns nothing."""
+
+    principal: Principal
+    confirm: Callable[[], Awaitable[Principal]]
+    key: KeyCheck | None = None
+
+
 async def submit_generation(
     deps: ProxyDeps,
-    principal: Principal,
+    submitter: Submitter,
     raw_body: bytes,
     *,
     request_id: str,
@@ -64,10 +76,15 @@ async def submit_generation(
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
-    request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
+    try:
+        request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
+    except InvalidRequest:
+        if submitter.key is not None:
+            await submitter.confirm()  # a 401 for a revoked key, not the 400
+        raise
     submission = _Submission(
-        principal=principal,
-        quota=team_quota(principal),
+        principal=submitter.principal,
+        quota=team_quota(submitter.principal),
         request=request,
         raw_body=raw_body,
         tags=tags,
@@ -75,10 +92,18 @@ async def submit_generation(
         request_id=request_id,
         idempotency_key=idempotency_key,
     )
-    opened = await _hold(deps, submission, on_balance)
+    opened: _Opened | ProxiedResponse | None = await _open_job_direct(
+        deps, submission, submitter.key
+    )
+    if opened is None:
+        if submitter.key is not None:
+            principal = await submitter.confirm()
+            submission = replace(submission, principal=principal, quota=team_quota(principal))
+        opened = await _hold(deps, submission, on_balance)
     if isinstance(opened, ProxiedResponse):
         return opened  # the first answer for this Idempotency-Key, replayed
-    after = AfterForward(deps, opened.job, principal.team_name, idempotency_key, on_balance)
+    team = submission.principal.team_name
+    after = AfterForward(deps, opened.job, team, idempotency_key, on_balance)
     await _check_before_forwarding(deps, submission.quota, opened, after, on_balance)
     return await _forward(deps, opened, after, submission)
 
@@ -126,7 +151,7 @@ async def _hold(
     metrics = deps.metrics
     team = submission.principal.team_name
     try:
-        opened = await _open_job(deps, submission)
+        opened = await _open_job_in_session(deps, submission)
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(team).inc()
         refused_at = PeriodBalance(exc.period, exc.budget, exc.held, exc.captured)
@@ -207,7 +232,34 @@ class _Opened:
     balance: PeriodBalance
 
 
-async def _open_job(deps: ProxyDeps, submission: _Submission) -> _Opened | ProxiedResponse:
+async def _open_job_direct(
+    deps: ProxyDeps, submission: _Submission, key: KeyCheck | None
+) -> _Opened | None:
+    """The common case (no Idempotency-Key to claim, no concurrency cap, a card already seen
+    in force and a period row there, room in the budget) as one statement, priced by the card
+    last seen in force (the statement checks it still is); None when it wrote nothing, and
+    any other case goes through the ORM (``_open_job_in_session``), the reference for every
+    rule. A forward window passed meanwhile is caught after it, as for any hold
+    (``_check_before_forwarding``)."""
+    direct = deps.direct
+    card = deps.rate_cards.get(submission.request.model.id)
+    if (
+        direct is None
+        or card is None
+        or submission.idempotency_key is not None
+        or submission.quota.max_concurrent_jobs is not None
+    ):
+        return None
+    now = utcnow()
+    job = _new_job(deps.settings, submission, card, now)
+    keep = submission.raw_body if deps.settings.upstream_honors_idempotency_key else None
+    balance = await place_hold_direct(direct, job, keep_request=keep, key=key, now=now)
+    return _Opened(job, balance) if balance is not None else None
+
+
+async def _open_job_in_session(
+    deps: ProxyDeps, submission: _Submission
+) -> _Opened | ProxiedResponse:
     """One transaction: claim the key (or return the stored answer to replay), price by the
     rate card in force, reserve the hold, record the job and its hold entry."""
     settings = deps.settings
@@ -232,6 +284,7 @@ async def _open_job(deps: ProxyDeps, submission: _Submission) -> _Opened | Proxi
                     stored.status_code, stored.body, {**stored.headers, REPLAYED_HEADER: "true"}
                 )
         card = await rate_card_in_force(session, submission.request.model.id, now)
+        deps.rate_cards.saw(submission.request.model.id, card)
         job = _new_job(settings, submission, card, now)
         if settings.upstream_honors_idempotency_key:
             # Kept until the upstream's answer is recorded, so a crash can be recovered.

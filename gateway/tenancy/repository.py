@@ -66,3 +66,15 @@ async def revoke_key(session: AsyncSession, key_id: str, now: datetime) -> bool:
     )
     result = await session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def touch_last_used(
+    session: AsyncSession, key_id: str, stale_before: datetime, now: datetime
+) -> None:
+    """Record a use of the key, unless one since ``stale_before`` is recorded already."""
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < stale_before))
+        .values(last_used_at=now)
+    )

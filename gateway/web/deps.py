@@ -17,10 +17,14 @@ from gateway.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 
-async def get_runtime(request: Request) -> Runtime:
-    """Async on purpose: FastAPI runs plain-def dependencies in a thread pool."""
+def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI runs plain-def dependencies in a thread pool."""
+    return runtime_of(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from datetime import timedelta
 
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.clock import utcnow
 from gateway.db.session import autocommit, transaction
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.ledger.holds import KeyCheck
 from gateway.ledger.quotas import PeriodBalance
 from gateway.observability.requests import QUOTA_REMAINING_STATE
 from gateway.runtime import Runtime
+from gateway.services import callers
+from gateway.services.callers import Caller, Reads
 from gateway.services.proxy import usage
+from gateway.services.submit import Submitter
 from gateway.tenancy.jwt_auth import looks_like_jwt
-from gateway.tenancy.service import Principal, authenticate_key, team_for_token_claim
-from gateway.web.deps import RuntimeDep
+from gateway.tenancy.service import Principal, team_for_token_claim
 
 
 def bearer_token(request: Request, *, allow_x_api_key: bool = True) -> str:
@@ -68,42 +70,58 @@ async def _principal_for_jwt(runtime: Runtime, token: str) -> Principal:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Read = Callable[[AsyncSession, Principal], Awaitable[T]]
+
+_NOTHING_MORE = Reads()
 
 
-async def authenticated(
-    request: Request, runtime: Runtime, read: Read[T] | None = None
-) -> tuple[Principal, T | None]:
+async def authenticated(request: Request, runtime: Runtime, reads: Reads = _NOTHING_MORE) -> Caller:
     """A company JWT (when configured and the token looks like one) or a gateway API key,
-    and what ``read`` reads for the caller: with a key, in the same database session as the
-    key itself (one pool checkout: this runs on every tenant request)."""
+    and what ``reads`` asks for the caller: with a key, in the same round trip as the key
+    itself (this runs on every tenant request)."""
     token = bearer_token(request)
-    extra: T | None = None
     if runtime.jwt.enabled and looks_like_jwt(token):
         principal = await _principal_for_jwt(runtime, token)
-        if read is not None:
-            async with autocommit(runtime.sessionmaker) as session:
-                extra = await read(session, principal)
+        caller = await callers.read_for(runtime.proxy, principal, reads)
     else:
-        async with autocommit(runtime.sessionmaker) as session:
-            principal = await authenticate_key(
-                session,
-                token,
-                pepper=runtime.pepper,
-                last_used_resolution=runtime.settings.key_last_used_resolution_seconds,
+        caller = await callers.by_key(runtime.proxy, token, runtime.pepper, reads)
+    request.state.team = caller.principal.team_name
+    return caller
+
+
+class _Confirmation:
+    """The caller's real key lookup, run at most once per request."""
+
+    def __init__(self, request: Request, runtime: Runtime) -> None:
+        self._request = request
+        self._runtime = runtime
+        self._principal: Principal | None = None
+
+    async def __call__(self) -> Principal:
+        if self._principal is None:
+            self._principal = (await authenticated(self._request, self._runtime)).principal
+        return self._principal
+
+
+async def submitter_of(request: Request, runtime: Runtime) -> Submitter:
+    """The caller of a submit: with a key this process has confirmed before, that principal
+    unconfirmed (the hold's statement checks the key: one round trip fewer per submit);
+    otherwise looked up now."""
+    token = bearer_token(request)
+    confirm = _Confirmation(request, runtime)
+    if not (runtime.jwt.enabled and looks_like_jwt(token)):
+        seen = runtime.proxy.keys_seen.claimed(token, runtime.pepper)
+        if seen is not None:
+            secret_hash, principal = seen
+            resolution = timedelta(seconds=runtime.settings.key_last_used_resolution_seconds)
+            check = KeyCheck(
+                secret_hash=secret_hash,
+                team_name=principal.team_name,
+                monthly_budget_micro_usd=principal.monthly_budget_micro_usd,
+                soft_limit_percent=principal.soft_limit_percent,
+                stale_before=utcnow() - resolution,
             )
-            if read is not None:
-                extra = await read(session, principal)
-    request.state.team = principal.team_name
-    return principal, extra
-
-
-async def submitting_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    """The caller of a submit. Its balance is not read here: the hold's own statement returns
-    it; a submit refused before its hold reads it then (``remember_balance_if_unknown``)."""
-    principal, _ = await authenticated(request, runtime)
-    return principal
+            return Submitter(principal, confirm, check)
+    return Submitter(await confirm(), confirm)
 
 
 async def remember_balance_if_unknown(
@@ -120,6 +138,3 @@ async def remember_balance_if_unknown(
     except (SQLAlchemyError, OSError) as exc:
         runtime.db_health.observe(exc)
         logger.warning("could not read the balance for the quota header", exc_info=True)
-
-
-SubmittingPrincipal = Annotated[Principal, Depends(submitting_principal)]
