@@ -29,6 +29,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Lower-case literals without which none of ``_PATTERNS`` can match.
+_PATTERN_MARKERS = ("bearer", "gwk_", "eyj", "data:")
+
+
 class RedactingFilter(logging.Filter):
     """Masks secrets in the message, its arguments and any ``extra`` string values."""
 
@@ -39,8 +43,12 @@ class RedactingFilter(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        # Each pattern needs its literal prefix: most text (every access line) has none, and
+        # is spared the four regular expressions (two thirds of an access line's cost).
+        lowered = text.lower()
+        if any(marker in lowered for marker in _PATTERN_MARKERS):
+            for pattern, replacement in _PATTERNS:
+                text = pattern.sub(replacement, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
