@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m fast $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/proxy_transport.py $(ARGS)
+	$(BIN)/python benchmarks/routes.py $(ARGS)
 
 serve: $(STAMP)
 	$(BIN)/gateway serve --migrate $(ARGS)

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ledger_fill import fill_ledger, vacuum_analyze  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
@@ -51,83 +52,9 @@ from gateway.reports.chargeback import ReportQuery, chargeback, parse_group_by  
 from gateway.reports.render import focus_csv_chunks, render_report  # noqa: E402
 
 MONTH = "2026-11"
+MONTH_START = datetime(2026, 11, 1, tzinfo=UTC)
+MONTH_SPAN_SECONDS = (29 * 24 + 23) * 3600  # submit times spread over 29 days 23 hours
 TEAMS = 40
-# Seed rate card (migration 0002): image $0.05, 480p $0.096/s, 720p $0.168/s.
-IMAGE_FEE = 50_000
-PER_SECOND = {"480p": 96_000, "720p": 168_000}
-
-# One row per job, every figure derived from the job's number ``n`` so the month is the same
-# on every run: 10 teams' worth of outcomes, both resolutions, durations 1-15 s, an image on a
-# third of the jobs, a project tag on half, submit times spread over the month.
-GENERATE_JOBS = """
-INSERT INTO jobs (id, team_id, api_key_id, upstream_job_id, state, model, duration_ms,
-                  resolution, image_count, estimate_micro_usd, rate_card_version, period,
-                  request_id, tags, upstream_http_status, upstream_status, upstream_error_code,
-                  check_attempts, needs_review, settled_at, created_at, updated_at)
-SELECT 'bench' || lpad(n::text, 12, '0'),
-       t.id,
-       NULL,
-       'up' || n,
-       CASE WHEN n % 20 = 0 THEN 'submitted' WHEN n % 7 = 0 THEN 'released' ELSE 'captured' END,
-       'grok-imagine-video-1-5',
-       d * 1000,
-       r,
-       img,
-       img * CAST(:image_fee AS bigint)
-         + d * CASE WHEN r = '720p' THEN CAST(:p720 AS bigint) ELSE CAST(:p480 AS bigint) END,
-       'seed-2026-11',
-       CAST(:month AS varchar),
-       NULL,
-       CASE WHEN n % 2 = 0 THEN json_build_object('project', 'p' || (n % 5)) END,
-       200,
-       CASE WHEN n % 20 = 0 THEN 'processing' WHEN n % 7 = 0 THEN 'failed' ELSE 'completed' END,
-       CASE WHEN n % 20 <> 0 AND n % 7 = 0 THEN 'generation_failed'
-            WHEN n % 20 <> 0 AND n % 13 = 0 THEN 'content_moderated' END,
-       0,
-       false,
-       CASE WHEN n % 20 = 0 THEN NULL ELSE at + interval '90 seconds' END,
-       at,
-       at
-FROM generate_series(1, CAST(:jobs AS integer)) AS n
-CROSS JOIN LATERAL (SELECT 1 + n % 15 AS d,
-                           CASE WHEN n % 3 = 0 THEN '720p' ELSE '480p' END AS r,
-                           CASE WHEN n % 3 = 1 THEN 1 ELSE 0 END AS img,
-                           timestamptz '2026-11-01 00:00:00+00'
-                             + (n::double precision / CAST(:jobs AS integer))
-                               * interval '29 days 23 hours' AS at) AS f
-JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS slot FROM teams) AS t
-  ON t.slot = n % CAST(:teams AS integer)
-"""
-
-GENERATE_ENTRIES = """
-INSERT INTO ledger_entries (job_id, team_id, period, kind, amount_micro_usd, rate_card_version,
-                            reason, video_ms, upstream_cost_micro_usd, needs_review, tags,
-                            created_at)
-SELECT id, team_id, period, 'hold', estimate_micro_usd, rate_card_version, NULL::varchar,
-       NULL::bigint, NULL::bigint, false, tags, created_at
-FROM jobs
-UNION ALL
-SELECT id, team_id, period,
-       CASE WHEN state = 'captured' THEN 'capture' ELSE 'release' END,
-       estimate_micro_usd, rate_card_version,
-       CASE WHEN state = 'released' THEN upstream_error_code
-            WHEN upstream_error_code = 'content_moderated' THEN 'moderation_blocked'
-            ELSE 'completed' END,
-       CASE WHEN state = 'captured' THEN duration_ms END,
-       NULL, false, tags, settled_at
-FROM jobs WHERE state IN ('captured', 'released')
-"""
-
-GENERATE_BALANCES = """
-INSERT INTO team_balances (team_id, period, budget_micro_usd, held_micro_usd,
-                           captured_micro_usd, updated_at)
-SELECT team_id, period, NULL,
-       sum(CASE WHEN state = 'submitted' THEN estimate_micro_usd ELSE 0 END),
-       sum(CASE WHEN state = 'captured' THEN estimate_micro_usd ELSE 0 END),
-       now()
-FROM jobs GROUP BY team_id, period
-"""
-
 BASELINE = """
 SELECT coalesce(sum(amount_micro_usd), 0) FROM ledger_entries
 WHERE period = :month AND kind = 'capture'
@@ -154,38 +81,23 @@ async def _admin(admin_url: str, statement: str) -> None:
 
 
 async def generate(url: str, jobs: int) -> None:
+    """The month, in SQL (``ledger_fill.py``): 40 teams in 6 cost centers, their jobs, entries
+    and balance rows; then ``VACUUM ANALYZE``."""
     engine = create_engine(url)
     try:
         await upgrade_to_head(engine)
         async with engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "INSERT INTO teams (name, cost_center, monthly_budget_micro_usd, created_at)"
-                    " SELECT 'team-' || lpad(n::text, 2, '0'), 'CC-' || (n % 6), NULL, now()"
-                    " FROM generate_series(1, CAST(:teams AS integer)) AS n"
-                ),
-                {"teams": TEAMS},
+            await fill_ledger(
+                connection,
+                jobs=jobs,
+                teams=TEAMS,
+                month=MONTH,
+                start=MONTH_START,
+                span_seconds=MONTH_SPAN_SECONDS,
+                log=log,
             )
-            started = time.perf_counter()
-            await connection.execute(
-                text(GENERATE_JOBS),
-                {
-                    "jobs": jobs,
-                    "teams": TEAMS,
-                    "month": MONTH,
-                    "image_fee": IMAGE_FEE,
-                    "p480": PER_SECOND["480p"],
-                    "p720": PER_SECOND["720p"],
-                },
-            )
-            log(f"inserted {jobs:,} jobs in {time.perf_counter() - started:.1f} s")
-            started = time.perf_counter()
-            await connection.execute(text(GENERATE_ENTRIES))
-            await connection.execute(text(GENERATE_BALANCES))
-            log(f"inserted their ledger entries in {time.perf_counter() - started:.1f} s")
         async with engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.execute(text("VACUUM ANALYZE"))
+            await vacuum_analyze(connection)
     finally:
         await engine.dispose()
 

@@ -1,7 +1,8 @@
 """The baseline: a plain FastAPI pass-through over one shared ``httpx.AsyncClient``.
 
-It forwards the POST body to the upstream and returns the upstream's body, nothing more.
-``BENCH_TRANSPORT`` picks the transport under the client:
+It forwards the POST body of a submit (and a poll, ``GET /v1/jobs/{job_id}``) to the upstream
+and returns the upstream's body, nothing more. ``BENCH_TRANSPORT`` picks the transport under
+the client:
 
 ``default``  httpx's own ``AsyncHTTPTransport`` with httpx's default limits (the baseline)
 ``httpx``    the gateway's ``build_transport("httpx", max_connections=256)``: same class,
@@ -9,6 +10,7 @@ It forwards the POST body to the upstream and returns the upstream's body, nothi
 ``aiohttp``  the gateway's ``build_transport("aiohttp", max_connections=256)``
 
     BENCH_UPSTREAM_URL=http://127.0.0.1:9001 python benchmarks/passthrough_app.py --port 9002
+    (--workers 2: two uvicorn worker processes)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import uvicorn
@@ -54,13 +58,24 @@ async def submit(request: Request) -> Response:
     return Response(upstream.content, upstream.status_code, media_type="application/json")
 
 
+@app.get("/v1/jobs/{job_id}")
+async def poll(job_id: str, request: Request) -> Response:
+    client: httpx.AsyncClient = request.app.state.client
+    upstream = await client.get(f"/v1/jobs/{quote(job_id, safe='')}")
+    return Response(upstream.content, upstream.status_code, media_type="application/json")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="FastAPI pass-through (benchmark baseline)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     uvicorn.run(
-        app,
+        # Several workers need the app by name (each worker process imports it).
+        "passthrough_app:app" if args.workers > 1 else app,
+        app_dir=str(Path(__file__).resolve().parent),
+        workers=args.workers,
         host=args.host,
         port=args.port,
         loop="uvloop",
