@@ -17,6 +17,7 @@ from gateway.admin import reports as finance
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
+from gateway.kit.heap import freeze_startup_heap
 from gateway.kit.http_protocol import HTTP_LIMITS_STATE, HttpLimits
 from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
@@ -40,8 +41,11 @@ def create_app(
     settings: Settings | None = None,
     *,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    own_process: bool = False,
 ) -> FastAPI:
-    """Build the gateway. ``upstream_transport`` lets tests inject an ``httpx.MockTransport``."""
+    """Build the gateway. ``upstream_transport`` lets tests inject an ``httpx.MockTransport``;
+    ``own_process``: the process serves nothing else (``gateway serve``), so its garbage
+    collector is tuned for it once startup is done (``gateway.kit.heap``)."""
     settings = settings or Settings()
     catalog = load_catalog(settings.catalog_path)
 
@@ -51,6 +55,8 @@ def create_app(
             settings, catalog=catalog, upstream_transport=upstream_transport
         ) as runtime:
             app.state.runtime = runtime
+            if own_process:
+                freeze_startup_heap()
             async with _background_work(app, runtime):
                 # Read by the server's HTTP protocol for every connection it accepts.
                 yield {HTTP_LIMITS_STATE: http_limits(settings)}
@@ -187,4 +193,4 @@ def create_app_from_env() -> FastAPI:
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, settings.secrets())
-    return create_app(settings)
+    return create_app(settings, own_process=True)
