@@ -27,7 +27,7 @@ from gateway.jobs.models import Job, JobState
 from gateway.ledger import quotas
 from gateway.ledger.quotas import PeriodBalance
 from gateway.ledger.repository import PeriodAmounts
-from gateway.services.poll import FinishedJob
+from gateway.services.poll import FinishedJob, OpenJob
 from gateway.services.proxy import JOB_ID, ProxyDeps, team_quota
 from gateway.tenancy.keys import parse_key
 from gateway.tenancy.service import KeyRecord, Principal, authenticate_key, check_key
@@ -46,7 +46,7 @@ class Reads:
 class Caller:
     principal: Principal
     balance: PeriodBalance | None = None
-    job: Job | FinishedJob | None = None
+    job: Job | FinishedJob | OpenJob | None = None
 
 
 async def by_key(deps: ProxyDeps, token: str, pepper: str, reads: Reads) -> Caller:
@@ -171,18 +171,18 @@ def _balance(deps: ProxyDeps, principal: Principal, row: Row, now: datetime) -> 
     return quotas.view_of(team_quota(principal), period_of(now), policy, amounts)
 
 
-def _job(row: Row) -> Job | FinishedJob | None:
+def _job(row: Row) -> FinishedJob | OpenJob | None:
     start = len(row) - len(_JOB_COLUMNS)
     if row[start + _JOB_ID_AT] is None:
         return None
     terminal_body = row[start + _TERMINAL_BODY_AT]
     if terminal_body is not None:
-        return FinishedJob(terminal_body)  # all a poll of it reads; no ORM object to build
+        return FinishedJob(terminal_body)  # all a poll of it reads
     values: dict[str, Any] = dict(zip(_JOB_COLUMNS, row[start:], strict=True))
     values["state"] = JobState(values["state"])
     if isinstance(values["tags"], str):
         values["tags"] = json.loads(values["tags"])
-    return Job(**values)
+    return OpenJob(values)
 
 
 _TOUCH = (

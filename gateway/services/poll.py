@@ -6,7 +6,9 @@ database was away when it came) is recorded on the spot, so the job is its owner
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +39,23 @@ class FinishedJob:
     terminal_body: bytes
 
 
+@dataclass(frozen=True)
+class OpenJob:
+    """An open job as one statement read it (column name to value): most polls of it find it
+    still running, so its ORM object is built only for the poll that settles it."""
+
+    columns: Mapping[str, Any]
+    terminal_body: None = None
+
+    @property
+    def id(self) -> str:
+        job_id: str = self.columns["id"]
+        return job_id
+
+    def to_job(self) -> Job:
+        return Job(**self.columns)
+
+
 async def find_job(session: AsyncSession, job_id: str, principal: Principal) -> Job | None:
     """The caller's job with that upstream id, read in the session that authenticated the
     caller (one pool checkout per poll); None for a malformed id without a query."""
@@ -49,7 +68,7 @@ async def poll_job(
     deps: ProxyDeps,
     principal: Principal,
     job_id: str,
-    job: Job | FinishedJob | None,
+    job: Job | FinishedJob | OpenJob | None,
     *,
     request_id: str,
 ) -> ProxiedResponse:
@@ -70,7 +89,7 @@ async def poll_job(
     if recorded is not None:
         # Settled: the gateway's own record answers; the upstream is not asked again.
         return ProxiedResponse(200, recorded, {"content-type": "application/json"}, job_id=job_id)
-    assert isinstance(job, Job)
+    assert not isinstance(job, FinishedJob)
     answer = await deps.upstream.get_job(job_id, request_id=request_id)
     if answer.status_code >= 400:
         return pass_through(answer, job_id=job_id)
@@ -80,15 +99,17 @@ async def poll_job(
         deps.metrics.upstream_errors.labels("invalid_response").inc()
         raise UpstreamInvalidResponse("the upstream answered with an unreadable body")
     vocabulary = deps.vocabulary
+    response = pass_through(answer, job_id=job_id)
+    if settlement.read_terminal(body, vocabulary) is None:  # still running (the usual poll)
+        word = settlement.unknown_status_word(body, vocabulary)
+        if word is not None:
+            deps.metrics.unknown_status(word, job.id)
+        return response
+    job = job.to_job() if isinstance(job, OpenJob) else job
     settled = await settling.settle_from_poll(
         deps.sessionmaker, vocabulary, job, body, answer.body, now=utcnow()
     )
-    response = pass_through(answer, job_id=job_id)
-    if settled is None:
-        if settlement.read_terminal(body, vocabulary) is None:
-            word = settlement.unknown_status_word(body, vocabulary)
-            if word is not None:
-                deps.metrics.unknown_status(word, job.id)
+    if settled is None:  # settled meanwhile by another poll, replica or the reconciler
         return response
     settling.count_settlement(deps.metrics, principal.team_name, job, settled.plan)
     captured = settled.plan.captured if settled.plan.state is JobState.CAPTURED else None
