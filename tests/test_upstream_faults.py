@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,7 @@ from tests.support.processes import free_port
 from tests.support.raw_upstream import raw_server
 from tests.support.servers import StartGateway
 from tests.support.simulator import SimulatorProbe
-from tests.support.tenants import Tenant, in_session
+from tests.support.tenants import Tenant, in_session, make_tenant
 
 TRANSPORTS = ["aiohttp", "httpx"]
 
@@ -241,3 +242,30 @@ def test_a_submit_that_never_got_a_connection_is_released_at_once(
         assert len(simulator.submits()) == 1  # the second one was never sent
         assert_error(occupying.result(), 504, "upstream_timeout")
     assert sorted(job_states(postgres_url, tenant.team)) == ["released", "unknown"]
+
+
+def test_a_cookie_the_upstream_sets_never_rides_on_another_request(
+    start_gateway: StartGateway, postgres_url: str
+) -> None:
+    """The upstream client is shared by every team: a Set-Cookie on one team's answer must
+    not be sent with the next team's call."""
+    seen: list[str | None] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        cookie = {"set-cookie": f"session=call-{len(seen)}; Path=/"}
+        if request.method == "GET":  # settled, so the test leaves no open job behind
+            job = request.url.path.rsplit("/", 1)[-1]
+            done = {"job_id": job, "status": "completed", "video": {"duration": 6}}
+            return httpx.Response(200, json=done, headers=cookie)
+        job = f"job-cookie-{uuid.uuid4().hex}"
+        return httpx.Response(200, json={"job_id": job, "status": "queued"}, headers=cookie)
+
+    gateway = start_gateway(transport=httpx.MockTransport(upstream))
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        for tenant in (make_tenant(postgres_url), make_tenant(postgres_url)):
+            accepted = submit(client, tenant)
+            assert accepted.status_code == 200, accepted.text
+            polled = client.get(f"/v1/jobs/{accepted.json()['job_id']}", headers=tenant.headers)
+            assert polled.json()["status"] == "completed"
+    assert seen == [None, None, None, None]

@@ -177,6 +177,8 @@ def _route_template(scope: Scope) -> str:
 
 
 def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+    if not access_logger.isEnabledFor(logging.INFO):
+        return  # before building the line's fields
     access_logger.info(
         "%s %s %s",
         scope.get("method"),

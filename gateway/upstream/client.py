@@ -114,7 +114,7 @@ class HttpUpstreamClient:
             transport = build_transport(
                 settings.upstream_transport, max_connections=settings.upstream_max_connections
             )
-        http = httpx.AsyncClient(
+        http = _CookielessClient(
             base_url=settings.upstream_url.rstrip("/"),
             timeout=timeout,
             transport=transport,
@@ -241,6 +241,29 @@ def _status_failure(status: int) -> tuple[str, UpstreamError] | None:
             return "server_error", UpstreamOutcomeUnknown(message)
         return "server_error", UpstreamError(message)  # the upstream's own refusal
     return None
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _CookielessClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never keeps a cookie. It is shared by every team's
+    requests: a cookie the upstream set on one answer must not ride along on another team's
+    call. (It also spares each answer httpx's cookie-jar bookkeeping, ~15 µs of CPU.)"""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        if cookies:
+            raise ValueError("the upstream client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
 
 
 def _pass_through_headers(headers: httpx.Headers) -> dict[str, str]:
