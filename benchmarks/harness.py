@@ -230,6 +230,27 @@ def http_call(
         connection.close()
 
 
+def start_upstream_stub(
+    pinning: Pinning, stack: contextlib.ExitStack, work_dir: Path, log_dir: Path
+) -> tuple[ManagedProcess, int]:
+    """``upstream_stub.py`` on a free port of the load core, stopped with ``stack``, and
+    answering submits; returns the process and its port."""
+    port = free_port()
+    upstream = ManagedProcess(
+        "upstream",
+        pinning.wrap(
+            [sys.executable, str(BENCH_DIR / "upstream_stub.py"), "--port", str(port)],
+            pinning.load_cpu,
+        ),
+        env=child_env(),
+        cwd=work_dir,
+        log_dir=log_dir,
+    )
+    stack.callback(upstream.stop)
+    wait_until_submit_works(upstream, port, "")
+    return upstream, port
+
+
 def wait_until_submit_works(
     process: ManagedProcess, port: int, authorization: str, timeout: float = 60.0
 ) -> str:

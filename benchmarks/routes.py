@@ -87,6 +87,7 @@ from harness import (
     run_load,
     sample_cpu,
     scratch_database,
+    start_upstream_stub,
     wait_until_submit_works,
 )
 from ledger_fill import fill_ledger, vacuum_analyze
@@ -542,19 +543,7 @@ def run_benchmark(
     work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-routes-")))
     log_dir = work_dir / "logs"
     log_dir.mkdir()
-    upstream_port = free_port()
-    upstream = ManagedProcess(
-        "upstream",
-        pinning.wrap(
-            [sys.executable, str(BENCH_DIR / "upstream_stub.py"), "--port", str(upstream_port)],
-            pinning.load_cpu,
-        ),
-        env=child_env(),
-        cwd=work_dir,
-        log_dir=log_dir,
-    )
-    stack.callback(upstream.stop)
-    wait_until_submit_works(upstream, upstream_port, "")
+    upstream, upstream_port = start_upstream_stub(pinning, stack, work_dir, log_dir)
 
     database_url = stack.enter_context(scratch_database(args.postgres_url))
     env = gateway_env(
