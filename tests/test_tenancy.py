@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
-from gateway.tenancy import service
+from gateway.tenancy import authentication, service
 from gateway.tenancy.keys import hash_key
 from gateway.tenancy.models import ApiKey
 from tests.support.api import SUBMIT_PATH, submit, submit_body
@@ -178,7 +178,7 @@ def test_authentication_rules_on_each_database(db: SavepointDatabase) -> None:
     tenant = make_tenant(db)
 
     async def _auth(session: AsyncSession, token: str) -> str:
-        principal = await service.authenticate_key(session, token, pepper=PEPPER)
+        principal = await authentication.authenticate_key(session, token, pepper=PEPPER)
         return principal.team_name
 
     assert in_session(db, lambda s: _auth(s, tenant.key)) == tenant.team
@@ -186,7 +186,7 @@ def test_authentication_rules_on_each_database(db: SavepointDatabase) -> None:
         with pytest.raises(AuthenticationFailed) as failure:
             in_session(db, lambda s, t=token: _auth(s, t))
         assert getattr(failure.value, "code", None) == code
-    in_session(db, lambda s: service.authenticate_key(s, tenant.key, pepper=PEPPER))
+    in_session(db, lambda s: authentication.authenticate_key(s, tenant.key, pepper=PEPPER))
     revoke(db, tenant.key_id)
     with pytest.raises(AuthenticationFailed) as revoked:
         in_session(db, lambda s: _auth(s, tenant.key))

@@ -12,9 +12,9 @@ from fastapi import Depends, Request
 from gateway.audit.service import Actor
 from gateway.db.session import autocommit
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.tenancy.authentication import authenticate_key
 from gateway.tenancy.jwt_auth import looks_like_jwt
 from gateway.tenancy.keys import parse_key
-from gateway.tenancy.service import authenticate_key
 from gateway.web.deps import RuntimeDep
 from gateway.web.tenant_auth import bearer_token
 

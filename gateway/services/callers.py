@@ -29,8 +29,9 @@ from gateway.ledger.quotas import PeriodBalance
 from gateway.ledger.repository import PeriodAmounts
 from gateway.services.poll import FinishedJob, OpenJob
 from gateway.services.proxy import JOB_ID, ProxyDeps, team_quota
+from gateway.tenancy.authentication import KeyRecord, authenticate_key, check_key
 from gateway.tenancy.keys import parse_key
-from gateway.tenancy.service import KeyRecord, Principal, authenticate_key, check_key
+from gateway.tenancy.service import Principal
 
 
 @dataclass(frozen=True)

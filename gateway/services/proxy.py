@@ -23,7 +23,8 @@ from gateway.ledger.quotas import PeriodBalance, TeamQuota
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox
-from gateway.tenancy.service import KeysSeen, Principal
+from gateway.tenancy.authentication import KeysSeen
+from gateway.tenancy.service import Principal
 from gateway.upstream.client import UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger(__name__)

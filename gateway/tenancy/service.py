@@ -1,5 +1,5 @@
-"""Tenancy rules: teams and keys (created, changed, revoked, rotated, each change audited) and
-authenticating a bearer token as a team.
+"""Tenancy rules: teams and keys (created, changed, revoked, rotated, each change audited), and
+the team a company JWT names. Authenticating a gateway key is ``tenancy.authentication``.
 
 Services only flush; the caller's transaction commits (see ``gateway.db.session``). The HTTP
 admin API and the CLI call these same functions.
@@ -21,14 +21,13 @@ from gateway.audit.service import Actor
 from gateway.core.clock import utcnow
 from gateway.core.usd import MAX_MICRO_USD, format_usd
 from gateway.errors import (
-    AuthenticationFailed,
     Conflict,
     InvalidRequest,
     NotFound,
     PermissionDenied,
 )
 from gateway.tenancy import repository
-from gateway.tenancy.keys import generate_key, hash_key, key_matches, parse_key
+from gateway.tenancy.keys import generate_key, hash_key
 from gateway.tenancy.models import ApiKey, Team
 
 _TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -307,140 +306,6 @@ async def rotate_key(
         after={**key_snapshot(old), "replaced_by": issued.key.id},
     )
     return issued
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """What authenticating a key reads: the key row's checks and its team, however fetched
-    (an ORM query here, one direct statement on the tenant hot path)."""
-
-    key_id: str
-    secret_hash: str
-    revoked_at: datetime | None
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    team_id: int
-    team_name: str
-    monthly_budget_micro_usd: int | None
-    max_concurrent_jobs: int | None
-    soft_limit_percent: int | None
-    team_disabled_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey, team: Team) -> KeyRecord:
-        return cls(
-            key.id,
-            key.secret_hash,
-            key.revoked_at,
-            key.expires_at,
-            key.last_used_at,
-            team.id,
-            team.name,
-            team.monthly_budget_micro_usd,
-            team.max_concurrent_jobs,
-            team.soft_limit_percent,
-            team.disabled_at,
-        )
-
-
-@dataclass(frozen=True)
-class CheckedKey:
-    principal: Principal
-    touch_last_used_before: datetime | None
-    """Set when the key's last-used time is older than this (or unset): write it now."""
-
-
-def check_key(
-    token: str,
-    record: KeyRecord | None,
-    *,
-    pepper: str,
-    now: datetime,
-    last_used_resolution: float,
-) -> CheckedKey:
-    """The principal a gateway API key stands for, or ``AuthenticationFailed`` /
-    ``PermissionDenied``. ``record`` is what the key's id found (None: nothing). The hash
-    comparison runs in constant time, and an unknown id costs the same hashing work."""
-    if record is None:
-        key_matches(token, "0" * 64, pepper)
-        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
-    if not key_matches(token, record.secret_hash, pepper):
-        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
-    if record.revoked_at is not None:
-        raise AuthenticationFailed("this API key has been revoked", code="api_key_revoked")
-    if record.expires_at is not None and record.expires_at <= now:
-        raise AuthenticationFailed("this API key has expired", code="api_key_expired")
-    if record.team_disabled_at is not None:
-        raise PermissionDenied("this team is disabled", code="team_disabled")
-    stale_before = now - timedelta(seconds=last_used_resolution)
-    touch = (
-        stale_before if record.last_used_at is None or record.last_used_at < stale_before else None
-    )
-    principal = Principal(
-        team_id=record.team_id,
-        team_name=record.team_name,
-        key_id=record.key_id,
-        monthly_budget_micro_usd=record.monthly_budget_micro_usd,
-        max_concurrent_jobs=record.max_concurrent_jobs,
-        soft_limit_percent=record.soft_limit_percent,
-    )
-    return CheckedKey(principal, touch)
-
-
-class KeysSeen:
-    """The principal each key was last confirmed as, by this process: a hint that lets a
-    submit skip its own key lookup. Never trusted alone: the hold's statement checks the key
-    and its team against the database (``ledger.holds.KeyCheck``), and a submit that fails
-    that check, or any check before it, looks the key up for real first. Bounded."""
-
-    _LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[str, Principal]] = {}
-
-    def saw(self, key_id: str, secret_hash: str, principal: Principal) -> None:
-        if len(self._seen) >= self._LIMIT:
-            self._seen.clear()
-        self._seen[key_id] = (secret_hash, principal)
-
-    def forget(self, key_id: str) -> None:
-        self._seen.pop(key_id, None)
-
-    def claimed(self, token: str, pepper: str) -> tuple[str, Principal] | None:
-        """The secret hash and principal ``token`` was last confirmed as, if its secret
-        matches (in constant time)."""
-        parsed = parse_key(token)
-        seen = self._seen.get(parsed.key_id) if parsed is not None else None
-        if seen is None or not key_matches(token, seen[0], pepper):
-            return None
-        return seen
-
-
-async def authenticate_key(
-    session: AsyncSession, token: str, *, pepper: str, last_used_resolution: float = 60.0
-) -> Principal:
-    """The principal a gateway API key stands for (``check_key``'s rules).
-
-    Revocation, expiry and a disabled team are read from the database on every call, so they
-    take effect at once on every replica.
-    """
-    parsed = parse_key(token)
-    if parsed is None:
-        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
-    found = await repository.get_key_with_team(session, parsed.key_id)
-    now = utcnow()
-    checked = check_key(
-        token,
-        KeyRecord.of(*found) if found is not None else None,
-        pepper=pepper,
-        now=now,
-        last_used_resolution=last_used_resolution,
-    )
-    stale_before = checked.touch_last_used_before
-    if stale_before is not None:
-        # Written at most once per resolution window: a busy key must not cost a write each time.
-        await repository.touch_last_used(session, checked.principal.key_id or "", stale_before, now)
-    return checked.principal
 
 
 async def team_for_token_claim(
