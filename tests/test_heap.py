@@ -1,15 +1,13 @@
 """``gateway serve``'s processes freeze their startup heap and raise the young-generation
 threshold (``gateway.kit.heap``): measured at about 100 µs of CPU per request saved. Checked in
-a process of its own, as the factory ``gateway serve`` runs builds it; an app built for a test
-(``create_app``) leaves the test process's collector alone."""
+a process of its own, as the factory ``gateway serve`` runs builds it (an app a test builds with
+``create_app`` leaves the test process's collector alone: ``own_process`` is off)."""
 
 from __future__ import annotations
 
-import gc
 import subprocess
 import sys
 
-from gateway.app import create_app
 from gateway.kit.heap import YOUNG_THRESHOLD
 from tests.support.commands import environment_without_gateway
 
@@ -42,9 +40,3 @@ def test_the_served_process_freezes_its_startup_heap(sqlite_url: str) -> None:
     assert before == 0
     assert after > 10_000  # the catalog, the ORM's metadata, FastAPI's routes...
     assert threshold == YOUNG_THRESHOLD
-
-
-def test_an_app_built_for_a_test_leaves_the_collector_alone() -> None:
-    threshold = gc.get_threshold()
-    create_app()
-    assert gc.get_threshold() == threshold
