@@ -33,6 +33,7 @@ from gateway.services.background import (
 from gateway.services.outbox import RETRY_SECONDS as OUTBOX_RETRY_SECONDS
 from gateway.web import probes as health
 from gateway.web.handlers import install_error_handlers
+from gateway.web.listeners import SplitListeners
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(finance.router)
     app.include_router(health.router)
+    if settings.admin_port is not None:
+        app.add_middleware(SplitListeners, admin_port=settings.admin_port)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=lambda: _metrics_of(app),

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     """From the end of a request's headers to the end of its body; over it → 408 and closed."""
     http_max_connections: int = Field(default=1000, ge=1)
     """Open client connections per process; the next one is answered 503 and closed."""
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
+    """A second listener for ``/admin/*`` and ``/metrics`` (``gateway serve --admin-port``):
+    they answer 404 on the tenant port. Unset: one port serves all."""
     catalog_path: Path | None = None
 
     # Logging.

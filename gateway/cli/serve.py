@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from gateway.cli._common import database, fail, load_settings, run
 from gateway.config import Settings
@@ -45,30 +48,64 @@ async def prepare_schema(settings: Settings, *, migrate: bool) -> str | None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--admin-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve /admin/* and /metrics on this port only (404 on --port). "
+    "Default: GATEWAY_ADMIN_PORT, else one port serves all.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--migrate", is_flag=True, help="Apply pending migrations before serving.")
-def serve(host: str, port: int, workers: int, migrate: bool) -> None:
+def serve(host: str, port: int, admin_port: int | None, workers: int, migrate: bool) -> None:
     """Run the gateway (configuration from GATEWAY_* environment variables)."""
+    if admin_port is not None:
+        os.environ["GATEWAY_ADMIN_PORT"] = str(admin_port)  # read by every worker's Settings
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, settings.secrets())
     if workers > 1 and is_sqlite(settings.database_url):
         fail("SQLite is the embedded single-process database; use Postgres for --workers > 1")
+    if settings.admin_port is not None and settings.admin_port == port:
+        fail(f"--admin-port must differ from --port (both are {port})")
     problem = run(prepare_schema(settings, migrate=migrate))
     if problem is not None:
         fail(problem)
+    config = uvicorn.Config(
+        "gateway.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+        http=PROTOCOL_PATH,  # header/body deadlines, connection cap, JSON refusals
+    )
     with _metrics_directory(workers):
-        uvicorn.run(
-            "gateway.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=30,
-            http=PROTOCOL_PATH,  # header/body deadlines, connection cap, JSON refusals
-        )
+        _run(config, settings.admin_port)
+
+
+def _run(config: uvicorn.Config, admin_port: int | None) -> None:
+    """``uvicorn.run`` for one or two listening sockets: every worker serves both, and the app
+    tells them apart by the local port (``gateway.web.listeners``)."""
+    sockets = [config.bind_socket()]
+    if admin_port is not None:
+        admin = uvicorn.Config(config.app, host=config.host, port=admin_port)
+        sockets.append(admin.bind_socket())
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    if config.workers == 1 and not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 @contextlib.contextmanager

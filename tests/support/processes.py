@@ -26,8 +26,16 @@ def free_port() -> int:
 class GatewayProcess:
     """One replica. ``kill()`` is SIGKILL (no cleanup at all); ``start()`` brings it back."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str, workers: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        name: str,
+        workers: int = 1,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.workers = workers
+        self.args = args
         self.env = environment_without_gateway(**env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,6 +54,7 @@ class GatewayProcess:
                     str(self.port),
                     "--workers",
                     str(self.workers),
+                    *self.args,
                 ],
                 env=self.env,
                 stdout=log,
