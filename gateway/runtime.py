@@ -21,8 +21,9 @@ from gateway.catalog.spec import Catalog, load_catalog
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.db.direct import DirectStatements
-from gateway.db.engine import create_engine, create_sessionmaker, normalize_database_url
+from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.db.health import DatabaseHealth
+from gateway.db.urls import normalize_database_url
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox, database_id, default_directory

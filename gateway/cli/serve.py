@@ -16,8 +16,8 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway.cli._common import database, fail, load_settings, run
 from gateway.config import Settings
-from gateway.db.engine import is_sqlite
 from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
+from gateway.db.urls import is_sqlite
 from gateway.kit.http_protocol import PROTOCOL_PATH
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import MULTIPROC_ENV

@@ -8,30 +8,12 @@ import uuid
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.util import await_only
 
-_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
-
-
-def normalize_database_url(url: str) -> str:
-    """Accept the usual spellings (``postgresql://``, ``sqlite:///``) and pick async drivers."""
-    parsed = make_url(url)
-    driver = _ASYNC_DRIVERS.get(parsed.drivername)
-    if driver is not None:
-        parsed = parsed.set(drivername=driver)
-    elif parsed.drivername not in _ASYNC_DRIVERS.values():
-        raise ValueError(
-            f"unsupported database URL scheme {parsed.drivername!r}: use postgresql:// or sqlite://"
-        )
-    return parsed.render_as_string(hide_password=False)
-
-
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+from gateway.db.urls import database_target, is_sqlite
 
 
 def create_engine(
@@ -58,7 +40,8 @@ def create_engine(
     its transaction: asyncpg's statement cache and SQLAlchemy's are off, and SQLAlchemy's
     statements get unique names (two clients' never collide on one server connection).
     ``gateway.db.direct`` then runs each statement in a transaction of its own."""
-    url = normalize_database_url(url)
+    target = database_target(url)
+    url = target.url
     kwargs: dict[str, Any]
     if is_sqlite(url):
         kwargs = {"connect_args": {"timeout": 30}}
@@ -68,7 +51,8 @@ def create_engine(
             "max_overflow": max_overflow,
             "pool_timeout": pool_timeout,
             "pool_recycle": 1800,
-            "connect_args": {"timeout": connect_timeout},
+            # The URL's libpq parameters (sslmode, application_name, ...) win.
+            "connect_args": {"timeout": connect_timeout, **target.connect_args},
         }
         if pgbouncer:
             kwargs["connect_args"].update(
