@@ -17,6 +17,7 @@ from gateway.admin import reports as finance
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
+from gateway.kit.drain import install_drain_on_sigterm
 from gateway.kit.heap import freeze_startup_heap
 from gateway.kit.http_protocol import HTTP_LIMITS_STATE, HttpLimits
 from gateway.kit.periodic import run_periodically
@@ -57,6 +58,9 @@ def create_app(
         ) as runtime:
             app.state.runtime = runtime
             if own_process:
+                install_drain_on_sigterm(
+                    asyncio.get_running_loop(), settings.shutdown_drain_seconds
+                )
                 freeze_startup_heap()
             async with _background_work(app, runtime):
                 # Read by the server's HTTP protocol for every connection it accepts.

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     """From the end of a request's headers to the end of its body; over it → 408 and closed."""
     http_max_connections: int = Field(default=1000, ge=1)
     """Open client connections per process; the next one is answered 503 and closed."""
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0)
+    """From SIGTERM to the process's exit, at most (match Kubernetes'
+    ``terminationGracePeriodSeconds``): the drain pause, then the requests in flight, then
+    the application's shutdown."""
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    """After SIGTERM, how long readiness answers 503 while the listener still accepts (so a
+    load balancer can take the replica out of rotation before connections are refused)."""
     admin_port: int | None = Field(default=None, ge=1, le=65535)
     """A second listener for ``/admin/*`` and ``/metrics`` (``gateway serve --admin-port``):
     they answer 404 on the tenant port. Unset: one port serves all."""

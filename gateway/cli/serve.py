@@ -79,11 +79,23 @@ def serve(host: str, port: int, admin_port: int | None, workers: int, migrate: b
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        # What the grace leaves once the drain pause is over, less a few seconds for the
+        # application's own shutdown (the outbox flush, the pools).
+        timeout_graceful_shutdown=max(
+            int(
+                settings.shutdown_grace_seconds
+                - settings.shutdown_drain_seconds
+                - _SHUTDOWN_RESERVE
+            ),
+            1,
+        ),
         http=PROTOCOL_PATH,  # header/body deadlines, connection cap, JSON refusals
     )
     with _metrics_directory(workers):
         _run(config, settings.admin_port)
+
+
+_SHUTDOWN_RESERVE = 3.0
 
 
 def _run(config: uvicorn.Config, admin_port: int | None) -> None:

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, HeadersTooLarge, InvalidRequest
+from gateway.kit.drain import DRAIN
 from gateway.kit.http_protocol import TIMED_OUT_STATE
 from gateway.observability.metrics import Metrics
 
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_CLOSED_REQUEST = 499
 QUOTA_HEADER = b"x-quota-remaining-usd"
+_CONNECTION_CLOSE = (b"connection", b"close")
 # Set by authentication (and updated by holds and settlements) for every tenant request.
 QUOTA_REMAINING_STATE = "quota_remaining_usd"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -88,6 +90,8 @@ class RequestContextMiddleware:
                 remaining = state.get(QUOTA_REMAINING_STATE)
                 if remaining is not None:
                     extra.append((QUOTA_HEADER, str(remaining).encode()))
+                if DRAIN.draining:  # reconnect elsewhere (gateway.kit.drain)
+                    extra.append(_CONNECTION_CLOSE)
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db.migrations import head_revisions, schema_is_current
+from gateway.kit.drain import DRAIN
 from gateway.web.deps import RuntimeDep
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness", response_model=None)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    if DRAIN.draining:  # SIGTERM: out of rotation at once (gateway.kit.drain)
+        return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
     checks: dict[str, str] = {}
     try:
         async with runtime.engine.connect() as connection:

@@ -38,6 +38,8 @@ class Load:
     answers: list[Answer] = field(default_factory=list)
     jobs: dict[str, list[str]] = field(default_factory=dict)
     """Accepted job ids per team."""
+    refused: int = 0
+    """Connections refused and sent on to the next URL (``retry_refused``)."""
 
     def statuses(self, op: str | None = None) -> Counter[int]:
         return Counter(a.status for a in self.answers if op is None or a.op == op)
@@ -76,10 +78,13 @@ async def run_load(
     markers: Sequence[str] = ("",),
     pause: float = 0.0,
     load: Load | None = None,
+    retry_refused: bool = False,
 ) -> Load:
     """``workers`` clients for ``seconds``, round-robin over ``urls`` and ``tenants``; every
     ``poll_every``-th request of a worker polls one of its team's accepted jobs. Submits cycle
-    through ``markers`` (simulator outcome markers appended to the prompt)."""
+    through ``markers`` (simulator outcome markers appended to the prompt). ``retry_refused``:
+    a request whose connection is refused (it never reached a gateway) goes to the next URL,
+    as a load balancer would send it, until every URL has refused it."""
     load = load or Load()
     for tenant in tenants:
         load.jobs.setdefault(tenant.team, [])
@@ -92,25 +97,25 @@ async def run_load(
                 return
             n = next(counter)
             tenant = tenants[n % len(tenants)]
-            url = urls[(n + index) % len(urls)]
             jobs = load.jobs[tenant.team]
             poll = step % poll_every == poll_every - 1 and jobs
-            try:
-                if poll:
-                    op = "poll"
-                    response = await client.get(
-                        f"{url}/v1/jobs/{jobs[n % len(jobs)]}", headers=tenant.headers
-                    )
-                else:
-                    op = "submit"
-                    response = await submit_async(
-                        client,
-                        tenant,
-                        f"{prompt} {n}{markers[n % len(markers)]}",
-                        url=url,
-                        duration=1 + n % 15,
-                    )
-            except httpx.TransportError:
+            op = "poll" if poll else "submit"
+
+            polled = jobs[n % len(jobs)] if poll else None
+            text = f"{prompt} {n}{markers[n % len(markers)]}"
+            response: httpx.Response | None = None
+            for attempt in range(len(urls) if retry_refused else 1):
+                try:
+                    url = urls[(n + index + attempt) % len(urls)]
+                    response = await _send(client, url, tenant, polled, text, 1 + n % 15)
+                except httpx.ConnectError:
+                    if retry_refused:
+                        load.refused += 1
+                        continue
+                except httpx.TransportError:
+                    pass
+                break
+            if response is None:
                 load.answers.append(Answer(time.monotonic(), op, 0, "connection_failed"))
                 continue
             load.answers.append(Answer(time.monotonic(), op, response.status_code, _code(response)))
@@ -123,6 +128,20 @@ async def run_load(
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         await asyncio.gather(*(worker(i, client) for i in range(workers)))
     return load
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    url: str,
+    tenant: Tenant,
+    polled: str | None,
+    prompt: str,
+    duration: int,
+) -> httpx.Response:
+    """A poll of ``polled``, or a submit of ``prompt``."""
+    if polled is not None:
+        return await client.get(f"{url}/v1/jobs/{polled}", headers=tenant.headers)
+    return await submit_async(client, tenant, prompt, url=url, duration=duration)
 
 
 @dataclass(frozen=True)
