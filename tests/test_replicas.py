@@ -1,6 +1,9 @@
-"""Two gateway processes (real replicas, not two app objects) sharing one Postgres and one
-simulator: no interleaving of concurrent requests overspends a budget, and a job polled by many
-clients through both replicas at once is settled exactly once."""
+"""Gateway processes (real replicas, not app objects) sharing one Postgres and one simulator,
+in three shapes: two replicas, three replicas, and one process with four workers. In each, no
+interleaving of concurrent requests overspends a budget, a job polled by many clients through
+every replica at once is settled exactly once, one Idempotency-Key sent to every replica at
+once creates one job, and a key revoked or a team disabled through one replica is refused by
+the others on the next request."""
 
 from __future__ import annotations
 
@@ -24,13 +27,26 @@ ADMIN_TOKEN = "replica-admin-token-0123456789"
 PRICE = 1_680_000  # 10 s at 720p, the defaults
 
 
-@pytest.fixture(scope="module")
+TOPOLOGIES = {
+    "two replicas": (1, 1),
+    "three replicas": (1, 1, 1),
+    "one process, four workers": (4,),
+}
+
+
+@pytest.fixture(scope="module", params=list(TOPOLOGIES), ids=list(TOPOLOGIES))
 def replicas(
-    postgres_url: str, simulator_server: ServerThread, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    postgres_url: str,
+    simulator_server: ServerThread,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[GatewayProcess]]:
     env = replica_env(postgres_url, simulator_server.url, GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN)
     logs = tmp_path_factory.mktemp("replicas")
-    processes = [GatewayProcess(env, logs, name) for name in ("replica-a", "replica-b")]
+    processes = [
+        GatewayProcess(env, logs, f"replica-{n}", workers=workers)
+        for n, workers in enumerate(TOPOLOGIES[request.param])
+    ]
     try:
         for process in processes:
             process.start()
@@ -75,7 +91,7 @@ def test_concurrent_submits_across_replicas_never_overspend(
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             responses = await asyncio.gather(
                 *(
-                    submit_async(client, tenant, f"storm {i}", url=replicas[i % 2].url)
+                    submit_async(client, tenant, f"storm {i}", url=replicas[i % len(replicas)].url)
                     for i in range(200)
                 )
             )
@@ -99,7 +115,7 @@ def test_concurrent_submits_across_replicas_never_overspend(
     assert len(ledger.jobs) == fits
 
 
-def test_fifty_concurrent_polls_through_both_replicas_settle_once(
+def test_fifty_concurrent_polls_through_every_replica_settle_once(
     replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
 ) -> None:
     tenant: Tenant = make_tenant(postgres_url)
@@ -112,7 +128,8 @@ def test_fifty_concurrent_polls_through_both_replicas_settle_once(
                 await asyncio.gather(
                     *(
                         client.get(
-                            f"{replicas[i % 2].url}/v1/jobs/{job_id}", headers=tenant.headers
+                            f"{replicas[i % len(replicas)].url}/v1/jobs/{job_id}",
+                            headers=tenant.headers,
                         )
                         for i in range(50)
                     )
@@ -135,7 +152,7 @@ def test_revocation_on_one_replica_is_refused_by_the_other_at_once(
     remembers for its submits is checked by the hold's own statement, so the documented bound
     is zero (the next request after the change commits)."""
     tenant = make_tenant(postgres_url)
-    first, second = replicas
+    first, second = replicas[0], replicas[-1]  # with four workers: any two of them
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert submit_to(second.url, tenant, "x").status_code == 200
     revoked = httpx.post(f"{first.url}/admin/keys/{tenant.key_id}/revoke", headers=admin)
@@ -152,3 +169,43 @@ def test_revocation_on_one_replica_is_refused_by_the_other_at_once(
     refused = submit_to(second.url, other, "x")
     assert (refused.status_code, refused.json()["error"]["code"]) == (403, "team_disabled")
     assert len(simulator.submits()) == 2
+
+
+def test_one_idempotency_key_sent_to_every_replica_at_once_makes_one_job(
+    replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    key = {"Idempotency-Key": f"replicas-{tenant.team}"}
+
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        submit_async(
+                            client, tenant, "once", url=replicas[i % len(replicas)].url, headers=key
+                        )
+                        for i in range(30)
+                    )
+                )
+            )
+
+    responses = asyncio.run(storm())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 409}, statuses
+    assert statuses[200] >= 1
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} <= {
+        "idempotency_key_in_use"
+    }
+    job_ids = {r.json()["job_id"] for r in responses if r.status_code == 200}
+    replay = submit_to(replicas[-1].url, tenant, "once", headers=key)
+    assert replay.status_code == 200
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert job_ids == {replay.json()["job_id"]}
+    assert len(simulator.submits()) == 1
+    job = replay.json()["job_id"]
+    polled = httpx.get(f"{replicas[0].url}/v1/jobs/{job}", headers=tenant.headers, timeout=30)
+    assert polled.json()["status"] == "completed"  # settled: nothing left open
+    ledger = team_ledger(postgres_url, tenant.team)
+    assert len(ledger.jobs) == 1
+    assert ledger.entries_of(ledger.jobs[0].id) == [("hold", PRICE), ("capture", PRICE)]
