@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Tenancy.
     admin_token: SecretStr = SecretStr("")
     key_pepper: SecretStr = SecretStr("")
+    key_pepper_previous: SecretStr = SecretStr("")
+    """During a pepper rotation, the pepper being replaced: keys hashed under it still work,
+    and each is re-hashed under ``key_pepper`` the first time it is used."""
     key_last_used_resolution_seconds: float = Field(default=60.0, ge=0)
     """``last_used_at`` of a key is written at most this often (it costs a write)."""
 
@@ -295,6 +298,7 @@ class Settings(BaseSettings):
             self.upstream_api_key,
             self.admin_token,
             self.key_pepper,
+            self.key_pepper_previous,
             self.alert_webhook_secret,
             self.jwt_secret,
         )

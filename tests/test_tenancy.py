@@ -16,6 +16,7 @@ from gateway.tenancy.keys import hash_key
 from gateway.tenancy.models import ApiKey
 from tests.support.api import SUBMIT_PATH, submit, submit_body
 from tests.support.savepoint import Database, SavepointDatabase
+from tests.support.servers import StartGateway
 from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import PEPPER, TEST_ACTOR, Tenant, in_session, make_tenant
 
@@ -236,3 +237,53 @@ def test_nul_in_the_url_is_400_and_never_reaches_the_database_or_upstream(
         response = gateway.get(path, headers=tenant.headers)
         assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_url")
     assert simulator.requests() == []
+
+
+NEW_PEPPER = "the-next-pepper-0123456789abcdef"
+
+
+def _stored_hash(database: Database, key_id: str) -> str:
+    async def _read(session: AsyncSession) -> str:
+        row = await session.execute(select(ApiKey.secret_hash).where(ApiKey.id == key_id))
+        return str(row.scalar_one())
+
+    return in_session(database, _read)
+
+
+@pytest.mark.fast
+def test_a_pepper_rotation_keeps_every_key_working_and_rehashes_it(db: SavepointDatabase) -> None:
+    """GATEWAY_KEY_PEPPER_PREVIOUS: a key stored under the old pepper still works while the
+    new one is in force, and its first use stores its hash under the new pepper; after the
+    rotation (no previous pepper) it works under the new one, and the old one is refused."""
+    tenant = make_tenant(db)
+
+    def auth(pepper: str, previous: str | None = None) -> str:
+        async def _auth(session: AsyncSession) -> str:
+            principal = await authentication.authenticate_key(
+                session, tenant.key, pepper=pepper, previous_pepper=previous
+            )
+            return principal.team_name
+
+        return in_session(db, _auth)
+
+    with pytest.raises(AuthenticationFailed):
+        auth(NEW_PEPPER)  # the new pepper alone does not know the old hash
+    assert auth(NEW_PEPPER, previous=PEPPER) == tenant.team
+    assert _stored_hash(db, tenant.key_id) == hash_key(tenant.key, NEW_PEPPER)
+    assert auth(NEW_PEPPER) == tenant.team
+    with pytest.raises(AuthenticationFailed):
+        auth(PEPPER)
+
+
+def test_a_pepper_rotation_through_the_hot_path(
+    start_gateway: StartGateway, simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    tenant = make_tenant(postgres_url)
+    rotating = start_gateway(key_pepper=NEW_PEPPER, key_pepper_previous=PEPPER)
+    assert httpx.get(f"{rotating.url}/v1/usage", headers=tenant.headers).status_code == 200
+    assert _stored_hash(postgres_url, tenant.key_id) == hash_key(tenant.key, NEW_PEPPER)
+    rotated = start_gateway(key_pepper=NEW_PEPPER)
+    assert httpx.get(f"{rotated.url}/v1/usage", headers=tenant.headers).status_code == 200
+    old = start_gateway(key_pepper=PEPPER)
+    refused = httpx.get(f"{old.url}/v1/usage", headers=tenant.headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")

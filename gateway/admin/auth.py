@@ -42,7 +42,12 @@ async def _authenticate_admin(request: Request, runtime: RuntimeDep) -> Actor:
         )
     if parse_key(token) is not None:
         async with autocommit(runtime.sessionmaker) as session:
-            principal = await authenticate_key(session, token, pepper=runtime.pepper)
+            principal = await authenticate_key(
+                session,
+                token,
+                pepper=runtime.pepper,
+                previous_pepper=runtime.settings.key_pepper_previous.get_secret_value() or None,
+            )
         request.state.team = principal.team_name
         raise PermissionDenied("team API keys cannot use the admin API", code="admin_required")
     raise AuthenticationFailed("invalid admin credentials", code="invalid_admin_token")

@@ -73,6 +73,7 @@ async def by_key(deps: ProxyDeps, token: str, pepper: str, reads: Reads) -> Call
             pepper=pepper,
             now=now,
             last_used_resolution=deps.settings.key_last_used_resolution_seconds,
+            previous_pepper=deps.settings.key_pepper_previous.get_secret_value() or None,
         )
     except GatewayError:
         deps.keys_seen.forget(parsed.key_id)
@@ -80,7 +81,11 @@ async def by_key(deps: ProxyDeps, token: str, pepper: str, reads: Reads) -> Call
     principal = checked.principal
     assert row is not None  # check_key refuses a key nothing was found for
     assert record is not None
-    deps.keys_seen.saw(parsed.key_id, record.secret_hash, principal)
+    secret_hash = record.secret_hash
+    if checked.rehashed is not None:
+        await deps.direct.fetchrow(_REHASH, parsed.key_id, record.secret_hash, checked.rehashed)
+        secret_hash = checked.rehashed
+    deps.keys_seen.saw(parsed.key_id, secret_hash, principal)
     if checked.touch_last_used_before is not None:
         await _touch_last_used(deps.direct, parsed.key_id, checked.touch_last_used_before, now)
     balance = _balance(deps, principal, row, now) if reads.balance else None
@@ -103,6 +108,7 @@ async def _by_key_in_session(deps: ProxyDeps, token: str, pepper: str, reads: Re
             token,
             pepper=pepper,
             last_used_resolution=deps.settings.key_last_used_resolution_seconds,
+            previous_pepper=deps.settings.key_pepper_previous.get_secret_value() or None,
         )
         return await _read_in_session(session, deps, principal, reads)
 
@@ -186,6 +192,7 @@ def _job(row: Row) -> FinishedJob | OpenJob | None:
     return OpenJob(values)
 
 
+_REHASH = "UPDATE api_keys SET secret_hash = $3 WHERE id = $1 AND secret_hash = $2"
 _TOUCH = (
     "UPDATE api_keys SET last_used_at = $3 "
     "WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"

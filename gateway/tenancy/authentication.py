@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.clock import utcnow
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.tenancy import repository
-from gateway.tenancy.keys import key_matches, parse_key
+from gateway.tenancy.keys import hash_key, key_matches, parse_key
 from gateway.tenancy.models import ApiKey, Team
 from gateway.tenancy.service import Principal
 
@@ -57,6 +57,9 @@ class CheckedKey:
     principal: Principal
     touch_last_used_before: datetime | None
     """Set when the key's last-used time is older than this (or unset): write it now."""
+    rehashed: str | None = None
+    """Set when the key matched under the previous pepper (a rotation under way): its hash
+    under the current one, to store in place of ``KeyRecord.secret_hash``."""
 
 
 def check_key(
@@ -66,15 +69,22 @@ def check_key(
     pepper: str,
     now: datetime,
     last_used_resolution: float,
+    previous_pepper: str | None = None,
 ) -> CheckedKey:
     """The principal a gateway API key stands for, or ``AuthenticationFailed`` /
     ``PermissionDenied``. ``record`` is what the key's id found (None: nothing). The hash
-    comparison runs in constant time, and an unknown id costs the same hashing work."""
+    comparison runs in constant time, and an unknown id costs the same hashing work.
+
+    During a pepper rotation (``GATEWAY_KEY_PEPPER_PREVIOUS`` set) a key stored under the
+    previous pepper is accepted too, and ``rehashed`` carries its hash under the current one."""
     if record is None:
         key_matches(token, "0" * 64, pepper)
         raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+    rehashed = None
     if not key_matches(token, record.secret_hash, pepper):
-        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+        if not previous_pepper or not key_matches(token, record.secret_hash, previous_pepper):
+            raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+        rehashed = hash_key(token, pepper)
     if record.revoked_at is not None:
         raise AuthenticationFailed("this API key has been revoked", code="api_key_revoked")
     if record.expires_at is not None and record.expires_at <= now:
@@ -93,7 +103,7 @@ def check_key(
         max_concurrent_jobs=record.max_concurrent_jobs,
         soft_limit_percent=record.soft_limit_percent,
     )
-    return CheckedKey(principal, touch)
+    return CheckedKey(principal, touch, rehashed)
 
 
 class KeysSeen:
@@ -126,7 +136,12 @@ class KeysSeen:
 
 
 async def authenticate_key(
-    session: AsyncSession, token: str, *, pepper: str, last_used_resolution: float = 60.0
+    session: AsyncSession,
+    token: str,
+    *,
+    pepper: str,
+    last_used_resolution: float = 60.0,
+    previous_pepper: str | None = None,
 ) -> Principal:
     """The principal a gateway API key stands for (``check_key``'s rules).
 
@@ -144,7 +159,12 @@ async def authenticate_key(
         pepper=pepper,
         now=now,
         last_used_resolution=last_used_resolution,
+        previous_pepper=previous_pepper,
     )
+    if checked.rehashed is not None and found is not None:
+        await repository.replace_secret_hash(
+            session, parsed.key_id, found[0].secret_hash, checked.rehashed
+        )
     stale_before = checked.touch_last_used_before
     if stale_before is not None:
         # Written at most once per resolution window: a busy key must not cost a write each time.

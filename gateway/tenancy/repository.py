@@ -78,3 +78,10 @@ async def touch_last_used(
         .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < stale_before))
         .values(last_used_at=now)
     )
+
+
+async def replace_secret_hash(session: AsyncSession, key_id: str, old: str, new: str) -> None:
+    """A pepper rotation: the key's hash under the new pepper, unless it changed meanwhile."""
+    await session.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.secret_hash == old).values(secret_hash=new)
+    )
