@@ -6,7 +6,10 @@
 # Migrations: run `gateway db upgrade` once per release (a Kubernetes Job / init container),
 # or add --migrate to the command for a single-replica deployment.
 
-FROM python:3.11-slim-bookworm AS build
+# An exact tag, the same in both stages (bump both together; pin a digest in your registry).
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY gateway ./gateway
@@ -15,7 +18,11 @@ RUN pip install --no-cache-dir build==1.2.2 \
  && python -m build --wheel --outdir /wheels . \
  && pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt /wheels/*.whl
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="video-billing-gateway" \
+      org.opencontainers.image.description="Billing-aware API gateway in front of the grok-imagine-video API" \
+      org.opencontainers.image.licenses="Proprietary" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.7-slim-bookworm"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GATEWAY_ENVIRONMENT=production \

@@ -3,12 +3,14 @@ source tree: build the wheel, unpack it alone on sys.path, migrate a database wi
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from tests.support.commands import environment_without_gateway, run, run_gateway
+from tests.support.database import create_postgres_database, drop_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +65,50 @@ def test_dockerfile_runs_as_non_root_and_starts_serve() -> None:
     assert users and users[-1] not in ("USER root", "USER 0", "USER 0:0")
     assert 'ENTRYPOINT ["gateway"]' in lines
     assert any(line.startswith('CMD ["serve"') for line in lines)
+
+
+def test_the_dockerfile_is_multi_stage_pinned_labelled_and_checks_health() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) == 2 and stages[0].endswith(" AS build"), stages
+    (image,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.MULTILINE)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image  # an exact tag
+    assert all(stage.split()[1] == "${PYTHON_IMAGE}" for stage in stages)
+    assert "--no-index" in text  # the final stage installs built wheels only: no build tools
+    assert any(line.startswith("HEALTHCHECK ") for line in lines)
+    for label in ("title", "description", "licenses", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in text
+
+
+def test_the_wheel_installs_into_a_fresh_venv_and_migrates_postgres(tmp_path: Path) -> None:
+    """What the image's final stage does: install the built wheel and its dependencies (the
+    pinned versions) into an empty environment, then run the command it ships."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), ROOT],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("video_billing_gateway-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = run(
+        [venv / "bin" / "pip", "install", "--quiet", "-c", ROOT / "constraints.txt", wheel],
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    gateway = str(venv / "bin" / "gateway")
+    env = environment_without_gateway(PYTHONPATH="")
+    shown = run([gateway, "--help"], env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "serve" in shown.stdout and "db" in shown.stdout
+    database = create_postgres_database(migrated=False)
+    try:
+        env["GATEWAY_DATABASE_URL"] = database
+        upgraded = run([gateway, "db", "upgrade"], env=env, cwd=tmp_path, timeout=120)
+        assert upgraded.returncode == 0, upgraded.stderr
+        current = run([gateway, "db", "current"], env=env, cwd=tmp_path, timeout=120)
+        assert "(at head)" in current.stdout, current.stdout + current.stderr
+    finally:
+        drop_postgres_database(database)
