@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit test-fast bench serve simulator clean
+.PHONY: demo test lint typecheck unit unit-pgbouncer test-fast bench serve simulator clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/gateway demo $(ARGS)
 
-test: lint typecheck unit
+test: lint typecheck unit unit-pgbouncer
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +29,15 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(ARGS)
+
+# The money, replica and fault suites once more, every gateway they start talking to Postgres
+# through a real PgBouncer in transaction pooling mode (tests/support/pgbouncer.py).
+PGBOUNCER_SUITE ?= tests/test_money.py tests/test_replicas.py tests/test_hot_path.py \
+	tests/test_fast_path.py tests/test_proxy.py tests/faults/test_database.py \
+	tests/faults/test_races.py tests/faults/test_boundaries.py \
+	tests/faults/test_rolling_restart.py tests/faults/test_gateway_kills.py
+unit-pgbouncer: $(STAMP)
+	GATEWAY_TEST_THROUGH_PGBOUNCER=1 $(BIN)/pytest $(PGBOUNCER_SUITE)
 
 # The fast tier alone: service-level tests, each inside a transaction rolled back after it.
 test-fast: $(STAMP)

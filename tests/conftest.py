@@ -24,7 +24,9 @@ from tests.support.database import (
     drop_postgres_database,
     migrate,
     require_postgres,
+    server_url,
 )
+from tests.support.pgbouncer import THROUGH_PGBOUNCER, route_gateways_through_pgbouncer
 from tests.support.savepoint import (
     SavepointDatabase,
     SavepointEngine,
@@ -43,6 +45,18 @@ def postgres_url() -> Iterator[str]:
     url = create_postgres_database()
     yield url
     drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gateways_through_pgbouncer() -> Iterator[None]:
+    """``GATEWAY_TEST_THROUGH_PGBOUNCER=1``: every gateway this run starts talks to Postgres
+    through one PgBouncer in transaction mode (``tests.support.pgbouncer``)."""
+    if not THROUGH_PGBOUNCER:
+        yield
+        return
+    require_postgres()
+    with route_gateways_through_pgbouncer(server_url()):
+        yield
 
 
 @pytest.fixture(scope="session")

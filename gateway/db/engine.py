@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.util import await_only
 
+from gateway.db.session import PGBOUNCER_OPTION
 from gateway.db.urls import database_target, is_sqlite
 
 
@@ -55,6 +56,7 @@ def create_engine(
             "connect_args": {"timeout": connect_timeout, **target.connect_args},
         }
         if pgbouncer:
+            kwargs["execution_options"] = {PGBOUNCER_OPTION: True}
             kwargs["connect_args"].update(
                 statement_cache_size=0,
                 prepared_statement_cache_size=0,

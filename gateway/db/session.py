@@ -35,12 +35,15 @@ async def autocommit(
     """A session whose statements each commit on their own: for reads that need no
     transaction (a key lookup, a balance) and single-statement writes that need none either
     (a key's last-used time). On Postgres it runs in autocommit, saving the BEGIN and COMMIT
-    round trips; on SQLite (one process, its own locking) it is an ordinary transaction."""
+    round trips; on SQLite (one process, its own locking), and through PgBouncer, it is an
+    ordinary transaction."""
     async with sessionmaker() as session:
-        if dialect_name(session) == "postgresql":
+        if dialect_name(session) == "postgresql" and not through_pgbouncer(session):
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
         else:
+            # SQLite; or PgBouncer in transaction mode, where a statement's prepare and its
+            # execution must stay in one transaction to reach the same server connection.
             async with session.begin():
                 yield session
 
@@ -48,3 +51,11 @@ async def autocommit(
 def dialect_name(session: AsyncSession) -> str:
     """``postgresql`` or ``sqlite``: for the few statements the two spell differently."""
     return session.get_bind().dialect.name
+
+
+PGBOUNCER_OPTION = "gateway_through_pgbouncer"
+"""An engine execution option ``create_engine(pgbouncer=True)`` sets."""
+
+
+def through_pgbouncer(session: AsyncSession) -> bool:
+    return bool(session.get_bind().get_execution_options().get(PGBOUNCER_OPTION))

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.commands import environment_without_gateway
+from tests.support.pgbouncer import for_gateway
 from tests.support.simulator import UPSTREAM_KEY
 from tests.support.tenants import PEPPER
 
@@ -165,8 +166,10 @@ def as_environment(settings: dict[str, float | bool]) -> dict[str, str]:
 def replica_env(database_url: str, upstream_url: str, **extra: str) -> dict[str, str]:
     """What every test replica needs: its database, the simulator and its key, the test
     pepper, quiet logs, and no reconciler of its own unless ``extra`` turns it on."""
+    gateway_url, pooled = for_gateway(database_url)  # through PgBouncer when the run says so
     return {
-        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_DATABASE_URL": gateway_url,
+        "GATEWAY_DATABASE_PGBOUNCER": "true" if pooled else "false",
         "GATEWAY_UPSTREAM_URL": upstream_url,
         "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
         "GATEWAY_KEY_PEPPER": PEPPER,

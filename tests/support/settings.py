@@ -8,13 +8,16 @@ from typing import Any
 from pydantic import SecretStr
 
 from gateway.config import Settings
+from tests.support.pgbouncer import for_gateway
 from tests.support.simulator import UPSTREAM_KEY
 from tests.support.tenants import PEPPER
 
 
 def gateway_settings(database_url: str, upstream_url: str, **overrides: Any) -> Settings:
+    gateway_url, pooled = for_gateway(database_url)  # through PgBouncer when the run says so
     values: dict[str, Any] = {
-        "database_url": database_url,
+        "database_url": gateway_url,
+        "database_pgbouncer": pooled,
         "upstream_url": upstream_url,
         "upstream_api_key": SecretStr(UPSTREAM_KEY),
         "key_pepper": SecretStr(PEPPER),
