@@ -7,6 +7,17 @@ ARGS ?=
 
 .PHONY: demo test lint typecheck unit unit-pgbouncer test-fast bench serve simulator clean
 
+# Tools whose own pins clash with the project's, each in a venv of its own (tests find them).
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.stamp
+CHECKOV_VERSION := 3.3.30
+
+$(TOOLS_STAMP): Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $(TOOLS_STAMP)
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -27,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest $(ARGS)
 
 # The money, replica and fault suites once more, every gateway they start talking to Postgres
@@ -53,4 +64,4 @@ simulator: $(STAMP)
 	$(BIN)/gateway simulator $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
