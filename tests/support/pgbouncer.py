@@ -59,7 +59,7 @@ def pgbouncer(
         "pool_mode = transaction\n"
         f"default_pool_size = {server_connections}\nmax_client_conn = 2000\n"
         # Fail fast, as the gateway's own checks do, when Postgres is away.
-        "query_wait_timeout = 10\nserver_connect_timeout = 3\nserver_login_retry = 1\n"
+        "query_wait_timeout = 10\nserver_connect_timeout = 3\nserver_login_retry = 0.2\n"
         "ignore_startup_parameters = extra_float_digits\n"
     )
     for path in (users, config):
