@@ -44,7 +44,15 @@ def replicas(
     env = replica_env(postgres_url, simulator_server.url, GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN)
     logs = tmp_path_factory.mktemp("replicas")
     processes = [
-        GatewayProcess(env, logs, f"replica-{n}", workers=workers)
+        # Four workers' default pools (4 x 20) and the rest of the run would pass the test
+        # server's max_connections (100): each worker gets a pool of 8, the budget the README's
+        # "Production" section asks for (replicas x workers x pool below the server's limit).
+        GatewayProcess(
+            {**env, "GATEWAY_DATABASE_POOL_SIZE": "8"} if workers > 1 else env,
+            logs,
+            f"replica-{n}",
+            workers=workers,
+        )
         for n, workers in enumerate(TOPOLOGIES[request.param])
     ]
     try:
