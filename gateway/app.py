@@ -33,8 +33,10 @@ from gateway.services.background import (
 )
 from gateway.services.outbox import RETRY_SECONDS as OUTBOX_RETRY_SECONDS
 from gateway.web import probes as health
+from gateway.web.docs import install_docs
 from gateway.web.handlers import install_error_handlers
 from gateway.web.listeners import SplitListeners
+from gateway.web.openapi import install_openapi, operation_id
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +76,18 @@ def create_app(
         # A drop-in API answers every path itself: no 307 to another path (an id that
         # decodes to "/" would otherwise redirect a poll to "/v1/jobs/").
         redirect_slashes=False,
+        # The framework's pages load Swagger UI from a CDN: ours are served offline.
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
-    app.include_router(proxy.router)
+    app.include_router(proxy.tenant_router(catalog))
     app.include_router(admin.router)
     app.include_router(finance.router)
     app.include_router(health.router)
+    install_docs(app)
+    install_openapi(app, operator_routes_elsewhere=settings.admin_port is not None)
     if settings.admin_port is not None:
         app.add_middleware(SplitListeners, admin_port=settings.admin_port)
     app.add_middleware(

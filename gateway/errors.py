@@ -20,7 +20,7 @@ says "the upstream may have acted on it".
     ├── Unprocessable ....................... 422 invalid_request_error (idempotency key reuse)
     ├── QuotaExceeded ....................... 429 quota_error
     │   ├── BudgetExhausted ................. 429 quota_error / quota_exceeded (with the figures)
-    │   └── ConcurrencyLimited .............. 429 quota_error / concurrency_limit
+    │   └── ConcurrencyLimited .............. 429 quota_error / concurrency_limit (Retry-After)
     ├── ServiceUnavailable .................. 503 api_error (ledger_unavailable, ...)
     │   └── RateCardMissing ................. 503 api_error / rate_card_missing
     └── UpstreamError ....................... 502 upstream_error: the upstream did not act on it
@@ -35,6 +35,9 @@ says "the upstream may have acted on it".
                 └── OutcomeUnknown .......... 504 upstream_error / upstream_outcome_unknown
 
 Upstream 4xx answers are not errors of ours: they are passed through unchanged.
+
+Details beside ``code`` keep their JSON types: counts, limits, seconds and sizes are numbers;
+money is a USD decimal string (keys ending in ``_usd``), as everywhere in the API.
 """
 
 from __future__ import annotations
@@ -42,6 +45,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.core.usd import format_usd
+
+Detail = str | int | None
+"""A value beside ``code`` in the error object: a number stays a JSON number."""
+
+CONCURRENCY_RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of a ``concurrency_limit`` 429. A slot frees when one of the team's jobs
+finishes and is settled: by its owner's next poll (the upstream's own client polls every 5 s)
+or by the reconciler (every ``GATEWAY_RECONCILER_INTERVAL_SECONDS``, 15 s by default) if
+nobody polls. Five seconds is one poll interval: soon enough not to waste a freed slot,
+long enough not to turn a busy team into a busy loop."""
 
 
 class GatewayError(Exception):
@@ -58,16 +71,16 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
-        details: Mapping[str, str | None] | None = None,
+        details: Mapping[str, Detail] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
-        self.details: dict[str, str | None] = dict(details or {})
+        self.details: dict[str, Detail] = dict(details or {})
 
-    def to_body(self) -> dict[str, dict[str, str | None]]:
+    def to_body(self) -> dict[str, dict[str, Detail]]:
         return {
             "error": {
                 "type": self.error_type,
@@ -161,7 +174,8 @@ class QuotaExceeded(GatewayError):
 
 class BudgetExhausted(QuotaExceeded):
     """The request does not fit what is left of the period's budget. Carries the period's
-    figures (micro-USD), for the error object and the hard-limit alert."""
+    figures (micro-USD), for the error object and the hard-limit alert. No ``Retry-After``:
+    a retry cannot succeed before the budget is raised or the period ends."""
 
     def __init__(
         self, *, period: str, budget: int, held: int, captured: int, requested: int
@@ -182,13 +196,17 @@ class BudgetExhausted(QuotaExceeded):
 
 
 class ConcurrencyLimited(QuotaExceeded):
+    """The team has its ``max_concurrent_jobs`` in flight: a retry succeeds once one of them
+    finishes, hence ``Retry-After``."""
+
     default_code = "concurrency_limit"
 
     def __init__(self, *, in_flight: int, limit: int) -> None:
         super().__init__(
             f"the team already has {in_flight} jobs in flight, its limit is {limit}; retry "
             "when one finishes",
-            details={"jobs_in_flight": str(in_flight), "max_concurrent_jobs": str(limit)},
+            headers={"Retry-After": str(CONCURRENCY_RETRY_AFTER_SECONDS)},
+            details={"jobs_in_flight": in_flight, "max_concurrent_jobs": limit},
         )
 
 

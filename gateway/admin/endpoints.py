@@ -290,7 +290,11 @@ async def release_job(
     return await _job_detail(session, released.job.id)
 
 
-@router.get("/usage", summary="Every team's money for a period (default: the current one)")
+@router.get(
+    "/usage",
+    summary="Every team's money for a period (default: the current one)",
+    operation_id="adminGetUsage",  # the handler's name alone would give "adminUsage"
+)
 async def usage(
     admin: AdminActor,
     runtime: RuntimeDep,

@@ -1,13 +1,25 @@
-"""Tenant-facing routes, on the upstream's own paths (HTTP only; logic in ``service``)."""
+"""Tenant-facing routes, on the upstream's own paths (HTTP only; logic in ``service``).
+
+``tenant_router(catalog)`` builds them: the submit's documented body is generated from the
+catalog the app serves (``gateway.proxy.openapi``), once, never per request."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from gateway.catalog.spec import Catalog
 from gateway.core.pricing import ESTIMATE_HEADER
 from gateway.core.usd import format_usd
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.kit.http import read_body_capped
+from gateway.proxy.openapi import (
+    POLL_OPENAPI,
+    POLL_RESPONSES,
+    SUBMIT_RESPONSES,
+    USAGE_OPENAPI,
+    USAGE_RESPONSES,
+    submit_openapi,
+)
 from gateway.proxy.schemas import UsageOut
 from gateway.services import poll, submit
 from gateway.services.callers import Reads
@@ -20,7 +32,6 @@ from gateway.web.tenant_auth import (
     submitter_of,
 )
 
-router = APIRouter(tags=["video generation"])
 _SINGLE_HEADERS = (
     ("Idempotency-Key", "invalid_idempotency_key"),
     ("X-Gateway-Tags", "invalid_tags"),
@@ -42,33 +53,49 @@ def _to_response(request: Request, result: ProxiedResponse) -> Response:
 
 # The tenant routes take the request alone: each FastAPI dependency costs a request more CPU
 # than its own work (a tenth of a finished poll's, measured in benchmarks/), so the caller is
-# resolved in the handler and the headers are declared for the docs only.
-_SUBMIT_HEADERS = {
-    "parameters": [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string", "maxLength": 255},
-            "description": "Retries with the same key and body get the first answer, once.",
-        },
-        {
-            "name": "X-Gateway-Tags",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "Cost-allocation tags, key=value,... (never forwarded upstream)",
-            "example": "project=atlas,user=dana",
-        },
-    ]
-}
+# resolved in the handler and the body, the headers and the answers are declared for the docs
+# only (``gateway.proxy.openapi``).
 
 
-@router.post(
-    "/v1/videos/generations",
-    summary="Submit a video generation job",
-    openapi_extra=_SUBMIT_HEADERS,
-)
+def tenant_router(catalog: Catalog) -> APIRouter:
+    """The drop-in routes, documented for ``catalog``'s models."""
+    router = APIRouter(tags=["video generation"])
+    router.add_api_route(
+        "/v1/videos/generations",
+        submit_generation,
+        methods=["POST"],
+        summary="Submit a video generation job",
+        description="Authenticate, validate against the model's rules, price, hold the price "
+        "against the team's budget, forward with the gateway's upstream key, and return the "
+        "upstream's answer unchanged. A rejected request is never forwarded and never billed.",
+        operation_id="createVideoGeneration",
+        responses=SUBMIT_RESPONSES,
+        openapi_extra=submit_openapi(catalog),
+    )
+    router.add_api_route(
+        "/v1/jobs/{job_id}",
+        get_job,
+        methods=["GET"],
+        summary="Poll a job",
+        description="Only the owning team sees a job. A terminal answer settles the job's "
+        "ledger entries exactly once; a settled job is answered from the gateway's record.",
+        operation_id="getJob",
+        responses=POLL_RESPONSES,
+        openapi_extra=POLL_OPENAPI,
+    )
+    router.add_api_route(
+        "/v1/usage",
+        get_usage,
+        methods=["GET"],
+        summary="The calling team's money for the current period",
+        operation_id="getUsage",
+        response_model=UsageOut,
+        responses=USAGE_RESPONSES,
+        openapi_extra=USAGE_OPENAPI,
+    )
+    return router
+
+
 async def submit_generation(request: Request) -> Response:
     runtime = runtime_of(request)
     submitter = await submitter_of(request, runtime)
@@ -104,20 +131,6 @@ async def submit_generation(request: Request) -> Response:
     return response
 
 
-_POLL_PATH = {
-    "parameters": [
-        {
-            "name": "job_id",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "The job id the submit answered with.",
-        }
-    ]
-}
-
-
-@router.get("/v1/jobs/{job_id}", summary="Poll a job", openapi_extra=_POLL_PATH)
 async def get_job(request: Request) -> Response:
     runtime = runtime_of(request)
     job_id: str = request.path_params["job_id"]
@@ -131,11 +144,6 @@ async def get_job(request: Request) -> Response:
     return _to_response(request, result)
 
 
-@router.get(
-    "/v1/usage",
-    summary="The calling team's money for the current period",
-    response_model=UsageOut,
-)
 async def get_usage(request: Request) -> Response:
     caller = await authenticated(request, runtime_of(request), Reads(balance=True))
     principal, balance = caller.principal, caller.balance
