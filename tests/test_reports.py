@@ -20,11 +20,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.usd import parse_usd
+from gateway.core.usd import format_usd, parse_usd
 from gateway.ledger.models import LedgerEntry
 from gateway.reports.chargeback import ChargebackReport, ReportQuery, chargeback
 from gateway.reports.focus import COLUMNS, MANDATORY, focus_rows
-from gateway.reports.formats import to_csv, to_html, to_json
+from gateway.reports.formats import to_csv, to_json
+from gateway.reports.html import dollars, to_html
 from tests.support.database import create_postgres_database, drop_postgres_database, migrate
 from tests.support.ledger_generator import MID_MONTH_VERSION, Expected, generate
 from tests.support.tenants import in_session
@@ -263,5 +264,11 @@ def test_counts_in_html_match_the_report(postgres_month: Any) -> None:
     url, _, _ = postgres_month
     result = report(url)
     page = to_html(result)
-    assert f'id="total-due">${Decimal(result.total_due_micro_usd) / 1_000_000:.6f}<' in page
-    assert page.count('<tr><td class="text">') == len(result.rows) + 1  # + the totals row
+    assert f'id="total-due">{dollars(result.total_due_micro_usd)}<' in page
+    assert f'id="total-due-exact">{format_usd(result.total_due_micro_usd)}<' in page
+    table = page.split('<table id="chargeback">', 1)[1].split("</table>", 1)[0]
+    assert table.split("<tbody>")[1].split("</tbody>")[0].count("<tr>") == len(result.rows)
+    for row in result.rows:
+        assert f'<td class="text group">{row.team}</td>' in table
+        assert f'<td class="num">{row.jobs_submitted:,}</td>' in table
+        assert f'<td class="num">{dollars(row.captured_micro_usd)}</td>' in table

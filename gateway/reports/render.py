@@ -14,7 +14,8 @@ from gateway.config import Settings
 from gateway.kit.spreadsheet import csv_writer
 from gateway.reports.chargeback import ReportQuery, chargeback
 from gateway.reports.focus import COLUMNS, FocusIdentity, focus_rows
-from gateway.reports.formats import to_csv, to_html, to_json
+from gateway.reports.formats import to_csv, to_json
+from gateway.reports.html import to_html
 
 Format = Literal["json", "csv", "html", "focus"]
 MEDIA_TYPES: dict[str, str] = {
