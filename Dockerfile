@@ -11,7 +11,7 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md alembic.ini ./
+COPY pyproject.toml constraints.txt README.md LICENSE alembic.ini ./
 COPY gateway ./gateway
 COPY migrations ./migrations
 RUN pip install --no-cache-dir build==1.2.2 \
@@ -21,7 +21,7 @@ RUN pip install --no-cache-dir build==1.2.2 \
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="video-billing-gateway" \
       org.opencontainers.image.description="Billing-aware API gateway in front of the grok-imagine-video API" \
-      org.opencontainers.image.licenses="Proprietary" \
+      org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11.7-slim-bookworm"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

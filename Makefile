@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit unit-pgbouncer test-fast bench serve simulator clean
+.PHONY: demo test lint typecheck unit unit-pgbouncer test-fast bench docs serve simulator clean
 
 # Tools whose own pins clash with the project's, each in a venv of its own (tests find them).
 TOOLS := .venv-tools
@@ -56,6 +56,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/routes.py $(ARGS)
+
+# README "Configuration": the GATEWAY_* table, rewritten from gateway/config.py's Settings.
+docs: $(STAMP)
+	$(BIN)/python -m gateway.settings_reference --write README.md
 
 serve: $(STAMP)
 	$(BIN)/gateway serve --migrate $(ARGS)

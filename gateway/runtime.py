@@ -85,7 +85,7 @@ async def open_runtime(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Runtime]:
     engine = create_engine(
-        settings.database_url,
+        settings.require_database_url(),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
@@ -131,7 +131,7 @@ async def open_runtime(
 
 def outbox_directory(settings: Settings) -> Path:
     """This database's own outbox subdirectory (see ``gateway.services.outbox``)."""
-    url = make_url(normalize_database_url(settings.database_url))
+    url = make_url(normalize_database_url(settings.require_database_url()))
     if url.get_backend_name() == "sqlite" and url.database:
         url = url.set(database=str(Path(url.database).resolve()))
     identity = database_id(url.render_as_string(hide_password=True))

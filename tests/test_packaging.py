@@ -1,5 +1,6 @@
 """The installed package (as in the Docker image) finds its migrations and catalog without the
-source tree: build the wheel, unpack it alone on sys.path, migrate a database with it."""
+source tree, and carries its licence and PEP 561 marker: build the wheel, unpack it alone on
+sys.path, migrate a database with it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def test_wheel_migrates_a_database_on_its_own(tmp_path: Path) -> None:
         archive.extractall(site)
     assert "gateway/_migrations/env.py" in names
     assert "gateway/catalog/models.json" in names
+    assert "gateway/py.typed" in names  # PEP 561: type checkers read the installed package
+    dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"  # name-version.dist-info
+    licence = f"{dist_info}/licenses/LICENSE"
+    assert licence in names, [name for name in names if ".dist-info/" in name]
+    assert "Apache License" in (site / licence).read_text()
+    metadata = (site / dist_info / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata
 
     database = tmp_path / "packaged.db"
     env = environment_without_gateway(
