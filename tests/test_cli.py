@@ -39,7 +39,8 @@ def invoke(runner: CliRunner, *args: str) -> Result:
 
 
 def test_db_upgrade_then_current(cli: CliRunner) -> None:
-    assert "BEHIND" in invoke(cli, "db", "current").output
+    missing = invoke(cli, "db", "current")  # an SQLite file is made by `db upgrade` only
+    assert missing.exit_code == 1 and "does not exist: run `gateway db upgrade`" in missing.output
     upgraded = invoke(cli, "db", "upgrade")
     assert upgraded.exit_code == 0 and "(head)" in upgraded.output
     assert "at head" in invoke(cli, "db", "current").output
@@ -90,23 +91,24 @@ def test_teams_and_keys_lifecycle(
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["teams", "create", "dup"], "already exists"),
-        (["teams", "create", "neg", "--monthly-budget-usd", "-5"], "non-negative"),
-        (["teams", "create", "cents", "--monthly-budget-usd", "1.0000001"], "6 decimal places"),
-        (["teams", "create", "bad name"], "team name"),
-        (["keys", "create", "--team", "nobody"], "no team named"),
-        (["keys", "revoke", "nosuchkey"], "no API key"),
+        (["teams", "create", "dup"], "already exists", 1),
+        (["teams", "create", "neg", "--monthly-budget-usd", "-5"], "non-negative", 2),
+        (["teams", "create", "cents", "--monthly-budget-usd", "1.0000001"], "6 decimal places", 2),
+        (["teams", "create", "bad name"], "team name", 1),
+        (["keys", "create", "--team", "nobody"], "no team named", 1),
+        (["keys", "revoke", "nosuchkey"], "no API key", 1),
     ],
 )
 def test_cli_errors_are_clear_and_exit_nonzero(
-    cli: CliRunner, args: list[str], message: str
+    cli: CliRunner, args: list[str], message: str, code: int
 ) -> None:
+    """Exit 1 for a refused change, 2 for an option whose value cannot work (usage)."""
     invoke(cli, "db", "upgrade")
     invoke(cli, "teams", "create", "dup")
     result = invoke(cli, *args)
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert message in result.output
 
 
@@ -251,5 +253,101 @@ def test_demo_once_completes_a_job_and_prints_its_cost() -> None:
     # $0.05 image + 6 s x $0.168 at 720p, priced by the gateway and billed by the simulator alike
     assert "cost: $1.058000 priced by the gateway; $1.058000 billed by the upstream" in out
     assert "curl http://127.0.0.1:" in out and "Authorization: Bearer $GATEWAY_KEY" in out
+    # ... with where to look next: the docs, the metrics, the admin API and its token
+    gateway_url = out.split("gateway:", 1)[1].split()[0]
+    assert f"API docs:     {gateway_url}/docs" in out
+    assert f"metrics:      {gateway_url}/metrics" in out
+    token = out.split("admin token:", 1)[1].split()[0]
+    assert f'curl {gateway_url}/admin/teams -H "Authorization: Bearer {token}"' in out
     # ... and captured once in the ledger, the hold released into it
     assert "captured $1.058000, held $0.000000, remaining $98.942000 of $100.000000" in out
+
+
+def test_reconcile_settles_every_outstanding_job_not_one_batch(
+    cli: CliRunner, sqlite_file: str, start_gateway: StartGateway, simulator: SimulatorProbe
+) -> None:
+    """`gateway reconcile` settles outstanding jobs now: all of them, a page at a time, not
+    the first GATEWAY_RECONCILER_BATCH_SIZE (it settled 3 of 7 here before)."""
+    invoke(cli, "db", "upgrade")
+    invoke(cli, "teams", "create", "video-lab")
+    key = json.loads(invoke(cli, "keys", "create", "--team", "video-lab", "--json").output)["key"]
+    server = start_gateway(database_url=sqlite_file)
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(7):
+        body = {"model": MODEL, "prompt": "x", "duration": 1}
+        assert httpx.post(server.url + SUBMIT_PATH, json=body, headers=headers).status_code == 200
+    env = {
+        "GATEWAY_UPSTREAM_URL": simulator.url,
+        "GATEWAY_UPSTREAM_API_KEY": UPSTREAM_KEY,
+        "GATEWAY_RECONCILER_BATCH_SIZE": "3",
+    }
+    settled = json.loads(cli.invoke(main, ["reconcile", "--json"], env=env).output)
+    assert (settled["polled"], settled["settled"], settled["still_running"]) == (7, 7, 0)
+    usage = httpx.get(server.url + "/v1/usage", headers=headers).json()
+    assert usage["held_usd"] == "0.000000"
+
+
+def test_config_show_prints_every_setting_with_secrets_redacted(sqlite_file: str) -> None:
+    runner = CliRunner(
+        env={
+            "GATEWAY_DATABASE_URL": "postgresql://gw:hunter2@127.0.0.1:5432/ledger",
+            "GATEWAY_ADMIN_TOKEN": "admin-token-value-0123456789",
+            "GATEWAY_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T0/B0/s3cr3t",
+            "GATEWAY_RECONCILER_INTERVAL_SECONDS": "20",
+        }
+    )
+    shown = invoke(runner, "config", "show", "--json")
+    assert shown.exit_code == 0
+    config = json.loads(shown.stdout)
+    from gateway.config import Settings
+
+    assert set(config) == {f"GATEWAY_{name.upper()}" for name in Settings.model_fields}
+    assert config["GATEWAY_DATABASE_URL"] == {
+        "value": "postgresql://gw:***@127.0.0.1:5432/ledger",
+        "source": "environment",
+    }
+    assert config["GATEWAY_ADMIN_TOKEN"]["value"] == "******** (set)"
+    assert config["GATEWAY_KEY_PEPPER"] == {"value": "", "source": "default"}
+    assert config["GATEWAY_ALERT_WEBHOOK_URL"]["value"] == "https://hooks.example.test/********"
+    assert config["GATEWAY_RECONCILER_INTERVAL_SECONDS"] == {"value": 20.0, "source": "environment"}
+    table = invoke(runner, "config", "show").stdout
+    for secret in ("hunter2", "admin-token-value", "s3cr3t"):
+        assert secret not in shown.stdout and secret not in table
+    assert "GATEWAY_RECONCILER_INTERVAL_SECONDS" in table and "environment" in table
+
+
+def test_every_command_that_prints_data_has_json(cli: CliRunner) -> None:
+    assert json.loads(invoke(cli, "db", "upgrade", "--json").stdout)["at_head"] is True
+    current = json.loads(invoke(cli, "db", "current", "--json").stdout)
+    assert current["at_head"] is True and current["problem"] is None
+    assert json.loads(invoke(cli, "db", "check", "--json").stdout)["at_head"] is True
+    invoke(cli, "teams", "create", "video-lab")
+    issued = json.loads(invoke(cli, "keys", "create", "--team", "video-lab", "--json").stdout)
+    revoked = json.loads(invoke(cli, "keys", "revoke", issued["id"], "--json").stdout)
+    assert revoked["id"] == issued["id"] and revoked["revoked_at"] is not None
+    card = json.loads(
+        invoke(
+            cli,
+            *("rates", "set", "--version", "2027-01", "--image-fee-usd", "0.04", "--json"),
+            *("--per-second-usd", "480p=0.09", "--per-second-usd", "720p=0.15"),
+        ).stdout
+    )
+    assert card["per_second_usd"] == {"480p": "0.090000", "720p": "0.150000"}
+    closed = json.loads(invoke(cli, "report", "close-month", "--month", "2026-10", "--json").stdout)
+    assert closed["month"] == "2026-10" and closed["closed_by"].startswith("cli:")
+    assert json.loads(invoke(cli, "report", "closed", "--json").stdout) == [closed]
+
+
+def test_tables_stay_aligned_whatever_the_cell_widths(cli: CliRunner) -> None:
+    invoke(cli, "db", "upgrade")
+    invoke(cli, "teams", "create", "a")
+    invoke(cli, "teams", "create", "a-team-with-a-much-longer-name", "--cost-center", "CC-1")
+    for name in ("x", "a-service-name-longer-than-any-column-header"):
+        invoke(cli, "keys", "create", "--team", "a", "--name", name)
+    for args in (["teams", "list"], ["keys", "list", "--team", "a"]):
+        lines = invoke(cli, *args).stdout.splitlines()
+        header, rule, *rows = lines
+        assert set(rule) == {"─"} and len(rows) == 2
+        starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+        for row in rows:  # every left-aligned column starts where its header does
+            assert row[starts[1] - 1] == " " and row[starts[1]] != " ", (header, row)

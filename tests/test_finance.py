@@ -248,6 +248,14 @@ def test_chargeback_over_the_admin_api_in_every_format(
     assert refused.status_code == 403
     bad = httpx.get(f"{url}/admin/reports/chargeback", params={"month": "2026-13"}, headers=admin)
     assert bad.status_code == 400
+    for fmt in ("json", "csv", "html", "focus"):  # a typo in the team is not an empty report
+        unknown = httpx.get(
+            f"{url}/admin/reports/chargeback",
+            params={"month": "2026-11", "format": fmt, "team": "nosuch"},
+            headers=admin,
+        )
+        assert unknown.status_code == 404, (fmt, unknown.text)
+        assert unknown.json()["error"]["code"] == "team_not_found"
 
     closed = httpx.post(f"{url}/admin/periods/2026-10/close", headers=admin)
     assert closed.status_code == 201 and closed.json()["closed_by"] == "admin-token"

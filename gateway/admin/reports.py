@@ -18,7 +18,7 @@ from gateway.core.periods import month_bounds
 from gateway.db.session import autocommit, transaction
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger.closing import close_period, closed_periods
-from gateway.reports.chargeback import ReportQuery, parse_group_by
+from gateway.reports.chargeback import ReportQuery, parse_group_by, require_team
 from gateway.reports.render import MEDIA_TYPES, focus_csv_chunks, render_report
 from gateway.web.deps import RuntimeDep, UnitOfWorkDep
 
@@ -69,6 +69,8 @@ async def chargeback_report(
 ) -> Response:
     if format == "focus":
         month_bounds(month)  # a month that cannot exist (0000-01) is a 400 before streaming
+        async with autocommit(runtime.sessionmaker) as session:
+            await require_team(session, team)  # and an unknown team a 404
 
         async def chunks() -> AsyncIterator[str]:
             # A real transaction: Postgres server-side cursors (row streaming) need one.

@@ -6,6 +6,7 @@ import click
 
 from gateway.cli import (
     audit,
+    config,
     db,
     demo,
     keys,
@@ -33,4 +34,5 @@ main.add_command(keys.keys)
 main.add_command(rates.rates_group)
 main.add_command(reconcile.reconcile)
 main.add_command(audit.audit_group)
+main.add_command(config.config_group)
 main.add_command(report.report_group)

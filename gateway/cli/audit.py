@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit import service
 from gateway.audit.models import AuditEntry
 from gateway.cli._common import echo_json, load_settings, run_in_session
+from gateway.cli._output import Column, print_table
 
 
 def entry_to_dict(entry: AuditEntry) -> dict[str, object]:
@@ -53,8 +54,10 @@ def list_entries(
     if as_json:
         echo_json(rows)
         return
-    for row in rows:
-        click.echo(
-            f"{row['at']}  {row['actor']:<20} {row['action']:<18} "
-            f"{row['target_type']}:{row['target_id']}"
-        )
+    print_table(
+        [Column("AT"), Column("ACTOR"), Column("ACTION"), Column("TARGET")],
+        (
+            [row["at"], row["actor"], row["action"], f"{row['target_type']}:{row['target_id']}"]
+            for row in rows
+        ),
+    )

@@ -75,6 +75,7 @@ def demo(once: bool, port: int, latency: float, data_dir: Path | None) -> None:
 
 async def _demo(*, once: bool, port: int, latency: float, data_dir: Path) -> bool:
     upstream_key = secrets.token_urlsafe(24)
+    admin_token = secrets.token_urlsafe(24)
     sim_socket = bind_socket()
     try:
         gateway_socket = bind_socket(port=port)
@@ -90,6 +91,7 @@ async def _demo(*, once: bool, port: int, latency: float, data_dir: Path) -> boo
         upstream_url=sim_url,
         upstream_api_key=SecretStr(upstream_key),
         key_pepper=SecretStr(secrets.token_urlsafe(24)),
+        admin_token=SecretStr(admin_token),
         log_format="text",
         log_level="WARNING",
         environment="development",
@@ -106,7 +108,7 @@ async def _demo(*, once: bool, port: int, latency: float, data_dir: Path) -> boo
         simulator.should_exit = True
         gateway.should_exit = True
 
-    _print_banner(gateway_url, sim_url, tenant_key, data_dir)
+    _print_banner(gateway_url, sim_url, tenant_key, admin_token, data_dir)
     try:
         ok = await _run_sample(gateway_url, tenant_key)
         if not once:
@@ -122,7 +124,7 @@ async def _demo(*, once: bool, port: int, latency: float, data_dir: Path) -> boo
 
 
 async def _prepare_database(settings: Settings) -> str:
-    async with database(settings) as engine:
+    async with database(settings, require_schema=False, create=True) as engine:
         await upgrade_to_head(engine)
         async with transaction(create_sessionmaker(engine)) as session:
             if await tenancy_repository.get_team_by_name(session, DEMO_TEAM) is None:
@@ -143,15 +145,24 @@ async def _prepare_database(settings: Settings) -> str:
         return issued.token
 
 
-def _print_banner(gateway_url: str, sim_url: str, key: str, data_dir: Path) -> None:
+def _print_banner(
+    gateway_url: str, sim_url: str, key: str, admin_token: str, data_dir: Path
+) -> None:
+    facts = [
+        ("gateway", f"{gateway_url}   (drop-in base URL for the video API)"),
+        ("API docs", f"{gateway_url}/docs   (served by the gateway: works offline)"),
+        ("metrics", f"{gateway_url}/metrics"),
+        ("upstream", f"{sim_url}   (built-in simulator; its bill: {sim_url}/_simulator/usage)"),
+        ("database", f"{data_dir / 'gateway-demo.db'} (embedded SQLite)"),
+        ("team", f"{DEMO_TEAM} (budget $100.00/month)"),
+        ("API key", key),
+        ("admin token", f"{admin_token}   (this run only; for /admin/*)"),
+    ]
+    lines = "\n".join(f"  {label + ':':<13} {value}" for label, value in facts)
     click.echo(
         f"""
 Video billing gateway demo
-  gateway:    {gateway_url}   (drop-in base URL for the video API)
-  upstream:   {sim_url}   (built-in simulator; its billing record: {sim_url}/_simulator/usage)
-  database:   {data_dir / "gateway-demo.db"} (embedded SQLite)
-  team:       {DEMO_TEAM} (budget $100.00/month)
-  API key:    {key}
+{lines}
 
 Try it:
   export GATEWAY_KEY={key}
@@ -160,6 +171,7 @@ Try it:
     -H "Authorization: Bearer $GATEWAY_KEY" -H "Content-Type: application/json" \\
     -d '{{"model": "grok-imagine-video-1-5", "prompt": "A fox runs through snow", "duration": 5}}'
   curl {gateway_url}/v1/jobs/JOB_ID -H "Authorization: Bearer $GATEWAY_KEY"
+  curl {gateway_url}/admin/teams -H "Authorization: Bearer {admin_token}"
 
 Simulator outcomes (add to the prompt): #sim:fail  #sim:moderated  #sim:duration=N
   #sim:http500  #sim:http429  #sim:hang

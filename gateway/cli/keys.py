@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.cli._common import echo_json, load_settings, run_in_session
+from gateway.cli._output import Column, print_table
 from gateway.tenancy import service
 from gateway.tenancy.models import ApiKey
 from gateway.tenancy.service import IssuedKey
@@ -70,18 +71,49 @@ def list_keys(team_name: str, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'ID':<18} {'CREATED':<26} {'EXPIRES':<26} {'STATUS':<8} NAME")
-    for row in rows:
-        status = "revoked" if row["revoked_at"] else "active"
-        click.echo(
-            f"{row['id']!s:<18} {row['created_at']!s:<26} {row['expires_at'] or '-'!s:<26} "
-            f"{status:<8} {row['name'] or ''}"
-        )
+    print_table(
+        [
+            Column("ID"),
+            Column("NAME"),
+            Column("STATUS"),
+            Column("CREATED"),
+            Column("EXPIRES"),
+            Column("LAST USED"),
+        ],
+        (
+            [
+                row["id"],
+                row["name"],
+                _status(row),
+                _minute(row["created_at"]),
+                _minute(row["expires_at"]),
+                _minute(row["last_used_at"]),
+            ]
+            for row in rows
+        ),
+    )
+
+
+def _status(row: dict[str, object]) -> str:
+    if row["revoked_at"]:
+        return "revoked"
+    expires = row["expires_at"]
+    if isinstance(expires, str) and datetime.fromisoformat(expires) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def _minute(timestamp: object) -> str | None:
+    """An ISO timestamp to the minute, in UTC, for a table cell."""
+    if not isinstance(timestamp, str):
+        return None
+    return datetime.fromisoformat(timestamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @keys.command("revoke")
 @click.argument("key_id")
-def revoke(key_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the revoked key as JSON.")
+def revoke(key_id: str, as_json: bool) -> None:
     """Revoke KEY_ID; it is refused from the next request on, on every replica."""
     settings = load_settings()
 
@@ -89,6 +121,9 @@ def revoke(key_id: str) -> None:
         return await service.revoke_key(session, key_id, actor=Actor.cli())
 
     key = run_in_session(settings, _revoke)
+    if as_json:
+        echo_json(key_to_dict(key))
+        return
     click.echo(f"revoked key {key.id} at {key.revoked_at.isoformat() if key.revoked_at else '?'}")
 
 

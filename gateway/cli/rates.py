@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.catalog.spec import load_catalog
-from gateway.cli._common import echo_json, fail, load_settings, run_in_session
+from gateway.cli._common import echo_json, load_settings, run_in_session
+from gateway.cli._output import Column, print_table
 from gateway.core.usd import format_usd, parse_usd
 from gateway.ledger import rates
 from gateway.ledger.models import RateCardRow
@@ -34,6 +35,7 @@ def rates_group() -> None:
 @rates_group.command("set")
 @click.option("--model", default="grok-imagine-video-1-5", show_default=True)
 @click.option("--version", "version", required=True, help="Name of the new version, e.g. 2027-01.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new version as JSON.")
 @click.option("--image-fee-usd", required=True, help="Fee per source image, e.g. 0.05.")
 @click.option(
     "--per-second-usd",
@@ -54,18 +56,24 @@ def set_rates(
     image_fee_usd: str,
     per_second: tuple[str, ...],
     effective_from: datetime | None,
+    as_json: bool,
 ) -> None:
     """Add a rate card version. Jobs already submitted keep the version they were priced by."""
     try:
         image_fee = parse_usd(image_fee_usd)
-        rates_by_resolution: dict[str, int] = {}
-        for item in per_second:
-            resolution, sep, amount = item.partition("=")
-            if not sep or not resolution:
-                raise ValueError(f"expected RESOLUTION=USD, got {item!r}")
-            rates_by_resolution[resolution.strip()] = parse_usd(amount)
     except ValueError as exc:
-        fail(str(exc))
+        raise click.BadParameter(str(exc), param_hint="'--image-fee-usd'") from None
+    rates_by_resolution: dict[str, int] = {}
+    for item in per_second:
+        resolution, sep, amount = item.partition("=")
+        try:
+            if not sep or not resolution.strip():
+                raise ValueError(f"expected RESOLUTION=USD, got {item!r}")
+            if resolution.strip() in rates_by_resolution:
+                raise ValueError(f"{resolution.strip()} is given twice")
+            rates_by_resolution[resolution.strip()] = parse_usd(amount)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--per-second-usd'") from None
     if effective_from is not None and effective_from.tzinfo is None:
         effective_from = effective_from.replace(tzinfo=UTC)
     settings = load_settings()
@@ -84,6 +92,9 @@ def set_rates(
         )
 
     row = run_in_session(settings, _add)
+    if as_json:
+        echo_json(rate_card_to_dict(row))
+        return
     click.echo(
         f"added {row.model} rate card {row.version}, effective {row.effective_from.isoformat()}"
     )
@@ -103,11 +114,29 @@ def list_rates(model: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    for row in rows:
-        rates_usd = row["per_second_usd"]
-        assert isinstance(rates_usd, dict)
-        per_second = ", ".join(f"{k} {v}" for k, v in rates_usd.items())
-        click.echo(
-            f"{row['model']}  {row['version']:<16} from {row['effective_from']}  "
-            f"image {row['image_fee_usd']}  per second: {per_second}"
-        )
+    resolutions = sorted({r for row in rows for r in _per_second(row)})
+    print_table(
+        [
+            Column("MODEL"),
+            Column("VERSION"),
+            Column("EFFECTIVE FROM"),
+            Column("IMAGE FEE USD", "right"),
+            *(Column(f"{r} USD/S", "right") for r in resolutions),
+        ],
+        (
+            [
+                row["model"],
+                row["version"],
+                row["effective_from"],
+                row["image_fee_usd"],
+                *(_per_second(row).get(r) for r in resolutions),
+            ]
+            for row in rows
+        ),
+    )
+
+
+def _per_second(row: dict[str, object]) -> dict[str, str]:
+    rates_usd = row["per_second_usd"]
+    assert isinstance(rates_usd, dict)
+    return rates_usd

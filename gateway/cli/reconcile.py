@@ -10,6 +10,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli._common import echo_json, fail, load_settings, run
+from gateway.cli._output import progress
 from gateway.core.periods import month_bounds
 from gateway.core.usd import parse_usd
 from gateway.db.session import autocommit
@@ -88,7 +89,15 @@ def reconcile(
 
     async def _run() -> tuple[ReconcileReport | None, Reconciliation | None]:
         async with open_runtime(settings) as runtime:
-            report = None if no_settle else await runtime.reconciler().run_once(everything=True)
+            report = None
+            if not no_settle:
+                with progress("reconcile", None) as bar:
+
+                    def checked(done: int, total: int) -> None:
+                        for task in bar.task_ids:
+                            bar.update(task, completed=done, total=total)
+
+                    report = await runtime.reconciler().run_once(everything=True, progress=checked)
             if charges is None:
                 return report, None
             async with autocommit(runtime.sessionmaker) as session:

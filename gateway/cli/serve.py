@@ -14,9 +14,9 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from gateway.cli._common import database, fail, load_settings, run
+from gateway.cli._common import database, fail, load_settings, run, schema_problem
 from gateway.config import Settings
-from gateway.db.migrations import current_revisions, head_revisions, upgrade_to_head
+from gateway.db.migrations import current_revisions, upgrade_to_head
 from gateway.db.urls import is_sqlite
 from gateway.kit.http_protocol import PROTOCOL_PATH
 from gateway.observability.logging import configure_logging
@@ -25,24 +25,12 @@ from gateway.observability.metrics import MULTIPROC_ENV
 
 async def prepare_schema(settings: Settings, *, migrate: bool) -> str | None:
     """Migrate if asked; otherwise a message explaining why serving must not start, or None."""
-    async with database(settings) as engine:
+    remedy = "run `gateway db upgrade` or serve with --migrate"
+    async with database(settings, require_schema=False, create=migrate, remedy=remedy) as engine:
         if migrate:
             await upgrade_to_head(engine)
         current = await current_revisions(engine)
-    heads = head_revisions()
-    if current == heads:
-        return None
-    if not current:
-        return "the database has no schema yet: run `gateway db upgrade` or serve with --migrate"
-    if current - heads:
-        return (
-            f"the database is at revision {sorted(current)}, which this gateway does not know "
-            "(a newer release migrated it?); refusing to start"
-        )
-    return (
-        f"the database schema is behind (at {sorted(current)}, head is {sorted(heads)}): "
-        "run `gateway db upgrade` or serve with --migrate"
-    )
+    return schema_problem(current, remedy=remedy)
 
 
 @click.command()
@@ -63,7 +51,7 @@ def serve(host: str, port: int, admin_port: int | None, workers: int, migrate: b
         os.environ["GATEWAY_ADMIN_PORT"] = str(admin_port)  # read by every worker's Settings
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, settings.secrets())
-    if workers > 1 and is_sqlite(settings.database_url):
+    if workers > 1 and is_sqlite(settings.database_url or ""):
         fail("SQLite is the embedded single-process database; use Postgres for --workers > 1")
     if settings.admin_port is not None and settings.admin_port == port:
         fail(f"--admin-port must differ from --port (both are {port})")

@@ -8,7 +8,8 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
-from gateway.cli._common import echo_json, fail, load_settings, run_in_session
+from gateway.cli._common import echo_json, load_settings, run_in_session
+from gateway.cli._output import Column, print_table
 from gateway.core.usd import format_usd, parse_usd
 from gateway.services import teams as team_changes
 from gateway.tenancy import service
@@ -59,7 +60,7 @@ def create(
         try:
             budget = parse_usd(monthly_budget_usd)
         except ValueError as exc:
-            fail(str(exc))
+            raise click.BadParameter(str(exc), param_hint="'--monthly-budget-usd'") from None
     settings = load_settings()
 
     async def _create(session: AsyncSession) -> Team:
@@ -90,13 +91,27 @@ def list_teams(as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    click.echo(f"{'NAME':<24} {'COST CENTER':<16} {'BUDGET/MONTH USD':>18} {'MAX JOBS':>8}")
-    for row in data:
-        budget = row["monthly_budget_usd"] or "default"
-        click.echo(
-            f"{row['name']!s:<24} {row['cost_center'] or '-'!s:<16} "
-            f"{budget!s:>18} {row['max_concurrent_jobs'] or '-'!s:>8}"
-        )
+    print_table(
+        [
+            Column("NAME"),
+            Column("COST CENTER"),
+            Column("BUDGET/MONTH USD", "right"),
+            Column("SOFT LIMIT %", "right"),
+            Column("MAX JOBS", "right"),
+            Column("STATUS"),
+        ],
+        (
+            [
+                row["name"],
+                row["cost_center"],
+                row["monthly_budget_usd"] or "default",
+                row["soft_limit_percent"],
+                row["max_concurrent_jobs"],
+                "disabled" if row["disabled"] else "enabled",
+            ]
+            for row in data
+        ),
+    )
 
 
 @teams.command("update")
@@ -124,7 +139,7 @@ def update(
                 None if monthly_budget_usd.lower() == "none" else parse_usd(monthly_budget_usd)
             )
         except ValueError as exc:
-            fail(str(exc))
+            raise click.BadParameter(str(exc), param_hint="'--monthly-budget-usd'") from None
     for field, value in (
         ("cost_center", cost_center),
         ("max_concurrent_jobs", max_concurrent_jobs),
@@ -134,7 +149,7 @@ def update(
         if value is not None:
             changes[field] = value
     if not changes:
-        fail("nothing to change: give at least one option")
+        raise click.UsageError("nothing to change: give at least one option")
     settings = load_settings()
 
     async def _update(session: AsyncSession) -> Team:

@@ -39,6 +39,15 @@ def head_revisions() -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
+@lru_cache(maxsize=1)
+def known_revisions() -> frozenset[str]:
+    """Every revision this release's migrations contain (a database at any of them can be
+    upgraded; one at another was migrated by a release this one does not know)."""
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    )
+
+
 async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Apply every pending migration in one transaction (DDL is transactional on both DBs)."""
 

@@ -23,6 +23,10 @@ _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full
 _LIBPQ_PARAMETERS = ("sslmode", "sslrootcert", "application_name", "connect_timeout", "options")
 
 
+class DatabaseUrlError(ValueError):
+    """``GATEWAY_DATABASE_URL`` cannot be used as given (the message says why and what works)."""
+
+
 @dataclass(frozen=True)
 class DatabaseTarget:
     url: str
@@ -33,17 +37,17 @@ class DatabaseTarget:
 
 def database_target(url: str) -> DatabaseTarget:
     """``url`` parsed, its scheme given an async driver and its libpq parameters translated;
-    ``ValueError`` saying what is wrong and what is accepted otherwise."""
+    ``DatabaseUrlError`` saying what is wrong and what is accepted otherwise."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(
+        raise DatabaseUrlError(
             "the database URL is not a URL: expected postgresql://USER:PASSWORD@HOST:PORT/DB "
             "(or sqlite:///PATH for the embedded database)"
         ) from None
     driver = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
     if driver not in _ASYNC_DRIVERS.values():
-        raise ValueError(
+        raise DatabaseUrlError(
             f"unsupported database URL scheme {parsed.drivername!r}: use postgresql://, "
             "postgres:// or sqlite://"
         )
@@ -54,7 +58,7 @@ def database_target(url: str) -> DatabaseTarget:
     libpq = {name: _single(name, query.pop(name)) for name in _LIBPQ_PARAMETERS if name in query}
     unknown = sorted(set(query) - {"prepared_statement_cache_size"})
     if unknown:
-        raise ValueError(
+        raise DatabaseUrlError(
             f"unsupported database URL parameter(s) {', '.join(unknown)}: the gateway accepts "
             f"{', '.join(_LIBPQ_PARAMETERS)}"
         )
@@ -68,12 +72,15 @@ def normalize_database_url(url: str) -> str:
 
 
 def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+    try:
+        return make_url(url).get_backend_name() == "sqlite"
+    except ArgumentError:
+        return False  # not a URL at all: database_target says so
 
 
 def _single(name: str, value: str | tuple[str, ...]) -> str:
     if isinstance(value, tuple):
-        raise ValueError(f"the database URL gives {name} more than once")
+        raise DatabaseUrlError(f"the database URL gives {name} more than once")
     return value
 
 
@@ -94,7 +101,7 @@ def _connect_args(libpq: dict[str, str]) -> dict[str, Any]:
         except ValueError:
             timeout = -1.0
         if timeout <= 0:
-            raise ValueError(
+            raise DatabaseUrlError(
                 f"connect_timeout={libpq['connect_timeout']!r} in the database URL: give a "
                 "positive number of seconds"
             )
@@ -107,7 +114,7 @@ def _ssl(mode: str, root_certificate: str | None) -> ssl.SSLContext | str | bool
     certificate against ``sslrootcert`` (else the system's CAs), ``verify-full`` its host name
     too; ``require`` with an ``sslrootcert`` verifies the CA, as libpq does."""
     if mode not in _SSL_MODES:
-        raise ValueError(
+        raise DatabaseUrlError(
             f"sslmode={mode!r} in the database URL: use one of {', '.join(_SSL_MODES)}"
         )
     if mode == "disable":
@@ -117,7 +124,7 @@ def _ssl(mode: str, root_certificate: str | None) -> ssl.SSLContext | str | bool
     try:
         context = ssl.create_default_context(cafile=root_certificate)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"sslrootcert={root_certificate!r} cannot be read: {exc}") from None
+        raise DatabaseUrlError(f"sslrootcert={root_certificate!r} cannot be read: {exc}") from None
     context.check_hostname = mode == "verify-full"
     return context
 
@@ -134,13 +141,13 @@ def _server_options(options: str) -> dict[str, str]:
         elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
             setting, index = word[2:], index + 1
         else:
-            raise ValueError(
+            raise DatabaseUrlError(
                 f"options={options!r} in the database URL: only '-c name=value' settings are "
                 "accepted"
             )
         name, equals, value = setting.partition("=")
         if not equals or not name:
-            raise ValueError(
+            raise DatabaseUrlError(
                 f"options={options!r} in the database URL: '{setting}' is not name=value"
             )
         settings[name.replace("-", "_")] = value

@@ -143,15 +143,34 @@ async def record_http_status(session: AsyncSession, job_id: str, status: int | N
         )
 
 
-async def due_for_check(
-    session: AsyncSession, *, now: datetime, limit: int, everything: bool = False
-) -> Sequence[Job]:
+async def due_for_check(session: AsyncSession, *, now: datetime, limit: int) -> Sequence[Job]:
     """Submitted jobs whose next check is due, locked so other replicas skip them."""
-    stmt = select(Job).where(Job.state == JobState.SUBMITTED)
-    if not everything:
-        stmt = stmt.where(Job.next_check_at <= now)
-    stmt = stmt.order_by(Job.next_check_at).limit(limit).with_for_update(skip_locked=True)
+    stmt = (
+        select(Job)
+        .where(Job.state == JobState.SUBMITTED, Job.next_check_at <= now)
+        .order_by(Job.next_check_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     return (await session.execute(stmt)).scalars().all()
+
+
+async def submitted_after(session: AsyncSession, after: str, *, limit: int) -> Sequence[Job]:
+    """One page of every submitted job, due or not, by id after ``after`` (a full sweep),
+    locked so other replicas skip them."""
+    stmt = (
+        select(Job)
+        .where(Job.state == JobState.SUBMITTED, Job.id > after)
+        .order_by(Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def count_submitted(session: AsyncSession) -> int:
+    stmt = select(func.count()).select_from(Job).where(Job.state == JobState.SUBMITTED)
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def schedule_next_check(

@@ -69,12 +69,21 @@ def _check_rate_card(
     per_second_micro_usd: dict[str, int],
 ) -> None:
     """Refuse (400) a card for a model the catalog lacks, one that leaves a resolution
-    unpriced, a negative or absurd amount, or a version name out of bounds."""
+    unpriced or prices one the model does not have, a negative or absurd amount, or a version
+    name out of bounds."""
     spec = catalog.get(model)
     if spec is None:
         raise InvalidRequest(f"model {model!r} is not in the catalog", code="unknown_model")
     resolution_rule = spec.params[spec.pricing.resolution_param]
     assert isinstance(resolution_rule, EnumRule)
+    unknown = set(per_second_micro_usd) - set(resolution_rule.values)
+    if unknown:
+        raise InvalidRequest(
+            f"{model} has no resolution {', '.join(sorted(unknown))}: it accepts "
+            f"{', '.join(sorted(resolution_rule.values))}",
+            code="unknown_resolution",
+            param="per_second",
+        )
     missing = set(resolution_rule.values) - set(per_second_micro_usd)
     if missing:
         raise InvalidRequest(

@@ -26,7 +26,7 @@ from sqlalchemy.orm import aliased
 
 from gateway.core.periods import month_bounds
 from gateway.db.session import dialect_name
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs.models import Job
 from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry
 from gateway.reports.corrections import SETTLEMENTS, CorrectionLine, corrections
@@ -126,12 +126,23 @@ def parse_group_by(value: str) -> str:
     )
 
 
+async def require_team(session: AsyncSession, name: str | None) -> None:
+    """A report filtered on a team that does not exist is a mistake (a typo), not an empty
+    report: 404 ``team_not_found``."""
+    if name is None:
+        return
+    found = await session.execute(select(Team.id).where(Team.name == name))
+    if found.first() is None:
+        raise NotFound(f"no team named {name!r}", code="team_not_found", param="team")
+
+
 async def chargeback(
     session: AsyncSession, query: ReportQuery, *, now: datetime | None = None
 ) -> ChargebackReport:
     """The report ``query`` asks for, in a fixed handful of queries whatever the ledger's size."""
     month_bounds(query.month)  # a malformed month is refused first
     parse_group_by(query.group_by)
+    await require_team(session, query.team)
     closed = await session.get(ClosedPeriod, query.month)
     closed_at = closed.closed_at if closed is not None else None
     mark = closed.last_entry_id if closed is not None else None  # entries up to it count

@@ -20,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, or_, select
+from sqlalchemy import Row, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.periods import month_bounds
@@ -28,6 +28,7 @@ from gateway.core.usd import format_usd
 from gateway.jobs.models import Job
 from gateway.kit.spreadsheet import safe_cell
 from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry, RateCardRow
+from gateway.reports.chargeback import require_team
 from gateway.reports.corrections import recorded_late
 from gateway.tenancy.models import Team
 
@@ -160,6 +161,7 @@ async def focus_rows(
 ) -> AsyncIterator[dict[str, str]]:
     """The month's rows, streamed: per capture a video row, and an image row if it had images."""
     start, end = month_bounds(month)
+    await require_team(session, team)
     prices = await _price_book(session)
     tags_json = _TagsJson()
     closed = await session.get(ClosedPeriod, month)
@@ -174,6 +176,15 @@ async def focus_rows(
         yield _video_row(shared, price, capture, seconds, capture.amount_micro_usd - image_micro)
         if capture.image_count:
             yield _image_row(shared, price, capture.image_count, image_micro)
+
+
+async def focus_row_count(session: AsyncSession, month: str, *, team: str | None = None) -> int:
+    """How many rows ``focus_rows`` will yield (for a progress bar): one query."""
+    closed = await session.get(ClosedPeriod, month)
+    captures = _captures(month, closed.last_entry_id if closed is not None else None, team)
+    listed = captures.order_by(None).subquery()
+    stmt = select(func.count() + func.count().filter(listed.c.image_count > 0))
+    return int((await session.execute(stmt.select_from(listed))).scalar_one())
 
 
 async def _price_book(session: AsyncSession) -> dict[tuple[str, str, str], _PriceLines]:

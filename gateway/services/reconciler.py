@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -91,8 +91,12 @@ class Reconciler:
     def _resend_window(self) -> timedelta:
         return timedelta(seconds=self.settings.resend_window_seconds)
 
-    async def run_once(self, *, everything: bool = False) -> ReconcileReport:
-        """One pass. ``everything`` polls every submitted job now, whatever its schedule."""
+    async def run_once(
+        self, *, everything: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> ReconcileReport:
+        """One pass. ``everything`` polls every submitted job now, whatever its schedule, page
+        by page (``reconciler_batch_size`` at a time), calling ``progress(checked, total)``
+        after each job."""
         report = ReconcileReport()
         now = self.clock()
         async with transaction(self.sessionmaker) as session:
@@ -102,7 +106,15 @@ class Reconciler:
             await self._resend_unanswered(now, report)
         if self._paused_until is None or now >= self._paused_until:
             self._paused_until = None
-            await self._poll_due(now, report, everything=everything)
+            if everything:
+                await self._poll_all(now, report, progress)
+            else:
+                async with transaction(self.sessionmaker) as session:
+                    due = await jobs.due_for_check(
+                        session, now=now, limit=self.settings.reconciler_batch_size
+                    )
+                    await self._schedule(session, due, now)
+                await self._poll(due, report)
         else:
             report.rate_limited = True
         report.flagged = await self._flag_old_holds(now)
@@ -270,23 +282,52 @@ class Reconciler:
             )
         return moved
 
-    async def _poll_due(self, now: datetime, report: ReconcileReport, *, everything: bool) -> None:
+    async def _poll_all(
+        self,
+        now: datetime,
+        report: ReconcileReport,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Every submitted job, a page at a time by id (a job another replica holds locked is
+        skipped: that replica is checking it). Stops early if the upstream rate-limits us."""
         async with transaction(self.sessionmaker) as session:
-            due = list(
-                await jobs.due_for_check(
-                    session,
-                    now=now,
-                    limit=self.settings.reconciler_batch_size,
-                    everything=everything,
+            total = await jobs.count_submitted(session)
+        checked = 0
+        after = ""
+        while self._paused_until is None:
+            async with transaction(self.sessionmaker) as session:
+                page = await jobs.submitted_after(
+                    session, after, limit=self.settings.reconciler_batch_size
                 )
+                await self._schedule(session, page, now)
+            if not page:
+                return
+
+            def done(_job: Job) -> None:
+                nonlocal checked
+                checked += 1
+                if progress is not None:
+                    progress(checked, max(total, checked))
+
+            await self._poll(page, report, on_checked=done)
+            after = page[-1].id
+
+    async def _schedule(self, session: AsyncSession, due: Sequence[Job], now: datetime) -> None:
+        for job in due:
+            await jobs.schedule_next_check(
+                session,
+                job.id,
+                at=now + self._backoff(job.check_attempts),
+                attempts=job.check_attempts + 1,
             )
-            for job in due:
-                await jobs.schedule_next_check(
-                    session,
-                    job.id,
-                    at=now + self._backoff(job.check_attempts),
-                    attempts=job.check_attempts + 1,
-                )
+
+    async def _poll(
+        self,
+        due: Sequence[Job],
+        report: ReconcileReport,
+        *,
+        on_checked: Callable[[Job], None] | None = None,
+    ) -> None:
         limit = asyncio.Semaphore(self.settings.reconciler_concurrency)
 
         async def check(job: Job) -> None:
@@ -298,6 +339,8 @@ class Reconciler:
                 except Exception:  # one bad job must not stop the pass (flagging, purging)
                     report.upstream_errors += 1
                     logger.exception("reconciler check failed", extra={"gateway_job_id": job.id})
+                if on_checked is not None:
+                    on_checked(job)
 
         await asyncio.gather(*(check(job) for job in due))
 
