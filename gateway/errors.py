@@ -43,6 +43,7 @@ money is a USD decimal string (keys ending in ``_usd``), as everywhere in the AP
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from gateway.core.usd import format_usd
 
@@ -55,6 +56,10 @@ finishes and is settled: by its owner's next poll (the upstream's own client pol
 or by the reconciler (every ``GATEWAY_RECONCILER_INTERVAL_SECONDS``, 15 s by default) if
 nobody polls. Five seconds is one poll interval: soon enough not to waste a freed slot,
 long enough not to turn a busy team into a busy loop."""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class GatewayError(Exception):
@@ -178,21 +183,57 @@ class BudgetExhausted(QuotaExceeded):
     a retry cannot succeed before the budget is raised or the period ends."""
 
     def __init__(
-        self, *, period: str, budget: int, held: int, captured: int, requested: int
+        self,
+        *,
+        period: str,
+        budget: int,
+        held: int,
+        captured: int,
+        requested: int,
+        scope: str = "team",
+        scope_name: str | None = None,
+        granted: int = 0,
+        resets_at: datetime | None = None,
     ) -> None:
         used = held + captured
+        named = f"{scope} {scope_name!r}" if scope_name else f"the {scope}"
         super().__init__(
-            f"this request costs {format_usd(requested)} USD but the team's budget for "
+            f"this request costs {format_usd(requested)} USD but the budget of {named} for "
             f"{period} is {format_usd(budget)} USD, of which {format_usd(used)} USD is used or "
             "held; not forwarded, not billed",
             details={
+                "scope": scope,
+                "scope_name": scope_name,
                 "period": period,
                 "budget_usd": format_usd(budget),
+                "granted_usd": format_usd(granted),
                 "used_usd": format_usd(used),
                 "requested_usd": format_usd(requested),
+                "resets_at": _iso(resets_at) if resets_at is not None else None,
             },
         )
         self.period, self.budget, self.held, self.captured = period, budget, held, captured
+        self.scope, self.granted = scope, granted
+        """``budget``: what the level may spend in the period (its budget plus grants)."""
+
+
+class CostCapExceeded(InvalidRequest):
+    """Priced above the smallest per-job cost cap that applies: refused before anything is
+    held (a typo of ``duration: 15`` never costs money)."""
+
+    default_code = "cost_cap_exceeded"
+
+    def __init__(self, *, scope: str, scope_name: str, cap: int, requested: int) -> None:
+        super().__init__(
+            f"this request costs {format_usd(requested)} USD, above the per-job cap of "
+            f"{format_usd(cap)} USD set on {scope} {scope_name!r}; not forwarded, not billed",
+            details={
+                "scope": scope,
+                "scope_name": scope_name,
+                "cap_usd": format_usd(cap),
+                "requested_usd": format_usd(requested),
+            },
+        )
 
 
 class ConcurrencyLimited(QuotaExceeded):

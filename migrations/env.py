@@ -29,7 +29,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_with_own_engine() -> None:
-    engine = create_engine(Settings().database_url)
+    engine = create_engine(Settings().require_database_url())
     async with engine.begin() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

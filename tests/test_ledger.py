@@ -40,7 +40,9 @@ VOCABULARY = settlement.StatusVocabulary(
 def team_quota(db: Database, team: str) -> TeamQuota:
     async def _quota(session: AsyncSession) -> TeamQuota:
         row = (await session.execute(select(Team).where(Team.name == team))).scalar_one()
-        return TeamQuota(row.id, row.monthly_budget_micro_usd, row.max_concurrent_jobs)
+        return TeamQuota(
+            row.id, row.monthly_budget_micro_usd, row.max_concurrent_jobs, name=row.name
+        )
 
     return in_session(db, _quota)
 
@@ -82,10 +84,14 @@ def test_holds_within_budget_then_429_with_the_figures(db: SavepointDatabase) ->
         hold(db, quota, 1_000_001)
     assert refused.value.code == "quota_exceeded"
     assert refused.value.details == {
+        "scope": "team",
+        "scope_name": tenant.team,
         "period": PERIOD,
         "budget_usd": "5.000000",
+        "granted_usd": "0.000000",
         "used_usd": "4.000000",
         "requested_usd": "1.000001",
+        "resets_at": "2026-12-01T00:00:00Z",
     }
     hold(db, quota, 1_000_000)  # exactly to the budget is allowed
     ledger = team_ledger(db, tenant.team)

@@ -50,6 +50,12 @@ class Job(Base):
     """The gateway's own id (uuid4 hex); exists before the upstream answers."""
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    """The project the job is charged to (never forwarded upstream); its hold is on the
+    project's balance too."""
+    key_held: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The hold is on the key's balance too (every job of a gateway key since budget levels
+    exist; older jobs and JWT callers' are not), so its settlement moves that balance."""
     upstream_job_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     """The id the upstream returned; the one clients poll with."""
     state: Mapped[JobState] = mapped_column(StrEnumColumn(JobState, 16), default=JobState.PENDING)

@@ -44,29 +44,84 @@ class RateCardRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class TeamBalance(Base):
-    """A team's money for one period. The database itself refuses overspend (the CHECK)."""
+WITHIN_BUDGET = (
+    "budget_micro_usd IS NULL "
+    "OR held_micro_usd + captured_micro_usd <= budget_micro_usd + granted_micro_usd"
+)
 
-    __tablename__ = "team_balances"
-    __table_args__ = (
+
+def _balance_checks() -> tuple[CheckConstraint, ...]:
+    """The same three rules on every level's balance: the database itself refuses overspend."""
+    return (
         CheckConstraint("held_micro_usd >= 0", name="held_non_negative"),
         CheckConstraint("captured_micro_usd >= 0", name="captured_non_negative"),
-        CheckConstraint(
-            "budget_micro_usd IS NULL OR held_micro_usd + captured_micro_usd <= budget_micro_usd",
-            name="within_budget",
-        ),
+        CheckConstraint(WITHIN_BUDGET, name="within_budget"),
     )
 
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+
+class _PeriodMoney:
+    """The columns every level's balance for one period has (micro-USD)."""
+
     period: Mapped[str] = mapped_column(String(7), primary_key=True)
     """``YYYY-MM`` (UTC)."""
     budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     """The period's budget, micro-USD; NULL = unlimited."""
+    granted_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    """One-off increases granted for this period (``budget_grants``), on top of the budget."""
     held_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     """Sum of the holds of this period's jobs not yet settled, micro-USD."""
     captured_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     """Sum of this period's captures, micro-USD."""
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TeamBalance(_PeriodMoney, Base):
+    """A team's money for one period. The database itself refuses overspend (the CHECK)."""
+
+    __tablename__ = "team_balances"
+    __table_args__ = _balance_checks()
+
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+
+
+class ProjectBalance(_PeriodMoney, Base):
+    """A project's money for one period: moved in the same transactions as its team's."""
+
+    __tablename__ = "project_balances"
+    __table_args__ = _balance_checks()
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+
+
+class KeyBalance(_PeriodMoney, Base):
+    """A key's money for one period: moved in the same transactions as its team's."""
+
+    __tablename__ = "key_balances"
+    __table_args__ = _balance_checks()
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+
+
+class BudgetGrant(Base):
+    """A one-off increase of one level's budget for one period, with its reason (audited)."""
+
+    __tablename__ = "budget_grants"
+    __table_args__ = (
+        CheckConstraint("amount_micro_usd > 0", name="amount_positive"),
+        CheckConstraint("scope IN ('team', 'project', 'key')", name="scope_known"),
+        Index("ix_budget_grants_team_id_period", "team_id", "period"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    scope: Mapped[str] = mapped_column(String(8))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    period: Mapped[str] = mapped_column(String(7))
+    amount_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(255))
+    granted_by: Mapped[str] = mapped_column(String(160))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class EntryKind(enum.StrEnum):

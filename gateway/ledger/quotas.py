@@ -1,13 +1,19 @@
-"""Quotas: reserving a hold against a team's budget, atomically, across any number of replicas.
+"""Quotas: reserving a hold against every budget level that applies to a job (its team, its
+project, its key), atomically, across any number of replicas.
 
-The reservation is one conditional update of the team's balance row for the period
-(``held = held + :amount WHERE held + captured + :amount <= budget``); the database's row
-lock orders concurrent reservations and the table's CHECK constraint refuses any overspend
-that slipped past the code. The optional concurrency cap is counted under that same lock.
+Each level's reservation is one conditional update of that level's balance row for the period
+(``held = held + :amount WHERE held + captured + :amount <= budget + granted``); the row locks
+order concurrent reservations and each table's CHECK constraint refuses any overspend that
+slipped past the code. All levels are reserved in one transaction, or none is (a refusal at
+any level rolls back the others). **Lock order** (never changed, so concurrent submits of one
+team cannot deadlock): the team row (only under a concurrency cap), then the team's balance,
+then the project's, then the key's; settlements and grants take them in the same order.
+The optional concurrency cap is counted under the team lock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -15,10 +21,11 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core.periods import month_bounds
 from gateway.core.usd import format_usd
-from gateway.errors import BudgetExhausted, ConcurrencyLimited, Conflict
+from gateway.errors import BudgetExhausted, ConcurrencyLimited, Conflict, CostCapExceeded
 from gateway.ledger import repository
-from gateway.ledger.repository import PeriodAmounts
+from gateway.ledger.repository import Account, PeriodAmounts, Scope
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,25 @@ class TeamQuota:
     monthly_budget_micro_usd: int | None
     max_concurrent_jobs: int | None
     soft_limit_percent: int | None = None
+    name: str = ""
+    max_cost_per_job_micro_usd: int | None = None
+
+
+@dataclass(frozen=True)
+class Level:
+    """A budget level below the team that a job is also held on: its project, or its key."""
+
+    account: Account
+    name: str
+    """The project's name or the key's id (named in a refusal)."""
+    monthly_budget_micro_usd: int | None
+    """The budget a new period's row starts with; None: unlimited (the team's still applies)."""
+    max_cost_per_job_micro_usd: int | None = None
+    soft_limit_percent: int | None = None
+
+    @property
+    def scope(self) -> Scope:
+        return self.account.scope
 
 
 @dataclass(frozen=True)
@@ -40,12 +66,19 @@ class PeriodBalance:
     budget: int | None
     held: int
     captured: int
+    granted: int = 0
+
+    @property
+    def limit(self) -> int | None:
+        """What may be spent in the period: the budget plus one-off grants; None: any."""
+        return None if self.budget is None else self.budget + self.granted
 
     @property
     def remaining(self) -> int | None:
-        if self.budget is None:
+        limit = self.limit
+        if limit is None:
             return None
-        return max(self.budget - self.held - self.captured, 0)
+        return max(limit - self.held - self.captured, 0)
 
     def remaining_header(self) -> str:
         remaining = self.remaining
@@ -53,53 +86,118 @@ class PeriodBalance:
 
     @classmethod
     def of(cls, period: str, row: PeriodAmounts) -> PeriodBalance:
-        return cls(period, row.budget_micro_usd, row.held_micro_usd, row.captured_micro_usd)
+        return cls(
+            period,
+            row.budget_micro_usd,
+            row.held_micro_usd,
+            row.captured_micro_usd,
+            row.granted_micro_usd,
+        )
 
 
 BudgetPolicy = Literal["unlimited", "deny"]
 
 
 async def _reserve_or_refuse(
-    session: AsyncSession, team_id: int, period: str, amount: int, now: datetime
+    session: AsyncSession, account: Account, name: str, period: str, amount: int, now: datetime
 ) -> PeriodAmounts:
     """After a reservation found no room: lock the row, so that the refusal's figures are the
     ones it was refused on (a settlement committing meanwhile could otherwise show room in
     them), and reserve after all if a release has made room since."""
-    current = await repository.lock_balance(session, team_id, period)
+    current = await repository.lock_balance(session, account, period)
     assert current is not None, "the period's balance row was opened before"
-    budget, used = current.budget_micro_usd, current.held_micro_usd + current.captured_micro_usd
-    if budget is None or used + amount <= budget:
-        row = await repository.try_reserve(session, team_id, period, amount, now)
+    limit, used = current.limit_micro_usd, current.held_micro_usd + current.captured_micro_usd
+    if limit is None or used + amount <= limit:
+        row = await repository.try_reserve(session, account, period, amount, now)
         assert row is not None, "the row is locked by this transaction and has room"
         return row
     raise BudgetExhausted(
         period=period,
-        budget=budget,
+        budget=limit,
         held=current.held_micro_usd,
         captured=current.captured_micro_usd,
         requested=amount,
+        scope=account.scope,
+        scope_name=name,
+        granted=current.granted_micro_usd,
+        resets_at=month_bounds(period)[1],
     )
 
 
+async def _reserve_level(
+    session: AsyncSession,
+    account: Account,
+    name: str,
+    *,
+    period: str,
+    amount: int,
+    budget: int | None,
+    now: datetime,
+) -> PeriodAmounts:
+    """Reserve ``amount`` on one level's row for ``period``, opening the row (with ``budget``)
+    if it is the level's first job of the period; or raise ``BudgetExhausted``."""
+    row = await repository.try_reserve(session, account, period, amount, now)
+    if row is None:
+        # No room, or no row yet for this period (its first submit). Whatever a read says now
+        # may already be stale: a concurrent first submit can commit the row between two of
+        # our statements. So open the row unconditionally (a no-op if it exists; it waits for
+        # a concurrent opener's commit) and try again: only a reservation that fails with the
+        # row in place means the budget has no room.
+        await repository.create_balance_if_missing(session, account, period, budget, now)
+        row = await repository.try_reserve(session, account, period, amount, now)
+        if row is None:
+            row = await _reserve_or_refuse(session, account, name, period, amount, now)
+    return row
+
+
+def check_cost_caps(team: TeamQuota, levels: Sequence[Level], amount: int) -> None:
+    """Refuse (400 ``cost_cap_exceeded``) a job priced above the smallest per-job cap that
+    applies, before anything is held; the narrowest level is named on a tie."""
+    caps: list[tuple[int, Scope, str]] = []
+    if team.max_cost_per_job_micro_usd is not None:
+        caps.append((team.max_cost_per_job_micro_usd, "team", team.name))
+    caps.extend(
+        (level.max_cost_per_job_micro_usd, level.scope, level.name)
+        for level in levels
+        if level.max_cost_per_job_micro_usd is not None
+    )
+    if not caps:
+        return
+    smallest = min(cap for cap, _, _ in caps)
+    if amount <= smallest:
+        return
+    _, scope, name = [c for c in caps if c[0] == smallest][-1]
+    raise CostCapExceeded(scope=scope, scope_name=name, cap=smallest, requested=amount)
+
+
 async def set_period_budget(
-    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+    session: AsyncSession,
+    account: Account | int,
+    period: str,
+    budget: int | None,
+    now: datetime,
 ) -> None:
-    """A team's budget changed: the period already under way follows. The table's CHECK
+    """A level's budget changed: the period already under way follows. The table's CHECK
     refuses a budget below what is already used or held this period (409)."""
-    # The team's row first, then the balance row: the order a submit under a concurrency cap
-    # takes them in (the other order deadlocks against it while this period has no row yet).
-    await repository.lock_team(session, team_id)
+    if isinstance(account, int):
+        account = Account.team(account)
+    if account.scope == "team":
+        # The team's row first, then the balance row: the order a submit under a concurrency
+        # cap takes them in (the other order deadlocks against it while this period has no
+        # row yet).
+        assert isinstance(account.owner, int)
+        await repository.lock_team(session, account.owner)
     # Open the row first if this period has none yet, so a submit opening it concurrently
-    # with the team's old budget cannot win: the update below always lands last.
-    await repository.create_balance_if_missing(session, team_id, period, budget, now)
+    # with the old budget cannot win: the update below always lands last.
+    await repository.create_balance_if_missing(session, account, period, budget, now)
     try:
         async with session.begin_nested():
-            await repository.set_budget(session, team_id, period, budget, now)
+            await repository.set_budget(session, account, period, budget, now)
     except IntegrityError:
-        current = await repository.get_balance(session, team_id, period)
+        current = await repository.get_balance(session, account, period)
         used = (current.held_micro_usd + current.captured_micro_usd) if current else 0
         raise Conflict(
-            f"the new budget is below what the team has used or holds in {period} "
+            f"the new budget is below what the {account.scope} has used or holds in {period} "
             f"({format_usd(used)} USD); lower it to at least that, or disable the team",
             code="budget_below_usage",
             param="monthly_budget_usd",
@@ -117,7 +215,10 @@ async def balance_view(
     session: AsyncSession, team: TeamQuota, period: str, policy: BudgetPolicy
 ) -> PeriodBalance:
     return view_of(
-        team, period, policy, await repository.get_balance(session, team.team_id, period)
+        team,
+        period,
+        policy,
+        await repository.get_balance(session, Account.team(team.team_id), period),
     )
 
 
@@ -138,27 +239,37 @@ async def reserve_hold(
     amount: int,
     now: datetime,
     policy: BudgetPolicy,
+    levels: Sequence[Level] = (),
 ) -> PeriodBalance:
-    """Reserve ``amount`` for a new job, or raise ``BudgetExhausted`` (429 with the figures) or
-    ``ConcurrencyLimited``."""
+    """Reserve ``amount`` for a new job at the team and at each of ``levels`` (project, then
+    key), or raise ``BudgetExhausted`` (429 naming the level, with its figures) or
+    ``ConcurrencyLimited``; the caller's transaction then rolls every level back. Returns the
+    team's balance."""
     if team.max_concurrent_jobs is not None:
         # The concurrency count below runs under a lock on the team's row (not the period's
         # balance row: two submits on either side of a month boundary lock different balance
         # rows), so two submits of the same team cannot both see room for one more job. Taken
-        # before the balance row, in the order an admin's budget change takes them.
+        # before the balance rows, in the order an admin's budget change takes them.
         await repository.lock_team(session, team.team_id)
-    row = await repository.try_reserve(session, team.team_id, period, amount, now)
-    if row is None:
-        # No room, or no row yet for this period (its first submit). Whatever a read says now
-        # may already be stale: a concurrent first submit can commit the row between two of
-        # our statements. So open the row unconditionally (a no-op if it exists; it waits for
-        # a concurrent opener's commit) and try again: only a reservation that fails with the
-        # row in place means the budget has no room.
-        budget = period_budget(team, policy)
-        await repository.create_balance_if_missing(session, team.team_id, period, budget, now)
-        row = await repository.try_reserve(session, team.team_id, period, amount, now)
-        if row is None:
-            row = await _reserve_or_refuse(session, team.team_id, period, amount, now)
+    row = await _reserve_level(
+        session,
+        Account.team(team.team_id),
+        team.name,
+        period=period,
+        amount=amount,
+        budget=period_budget(team, policy),
+        now=now,
+    )
+    for level in levels:  # project before key: the documented lock order
+        await _reserve_level(
+            session,
+            level.account,
+            level.name,
+            period=period,
+            amount=amount,
+            budget=level.monthly_budget_micro_usd,
+            now=now,
+        )
     if team.max_concurrent_jobs is not None:
         # The caller's own new job, already written in this transaction, is among those counted.
         in_flight = await repository.count_open_jobs(session, team.team_id)

@@ -1,4 +1,5 @@
-"""Every query on balances and ledger entries. Amounts move only by conditional, relative
+"""Every query on balances (the team's, a project's, a key's: the same columns, see
+``Account``) and ledger entries. Amounts move only by conditional, relative
 updates (``held = held + :x``), never by writing back a value read earlier."""
 
 from __future__ import annotations
@@ -6,104 +7,167 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from gateway.db.session import dialect_name
 from gateway.jobs.models import OPEN_STATES, Job
-from gateway.ledger.models import LedgerEntry, TeamBalance
+from gateway.ledger.models import KeyBalance, LedgerEntry, ProjectBalance, TeamBalance
 from gateway.tenancy.models import Team
 
 
 @dataclass(frozen=True)
 class PeriodAmounts:
-    """A team's period row as a statement returned it (micro-USD; budget None: unlimited)."""
+    """One level's period row as a statement returned it (micro-USD; budget None: unlimited)."""
 
     budget_micro_usd: int | None
     held_micro_usd: int
     captured_micro_usd: int
+    granted_micro_usd: int = 0
+
+    @property
+    def limit_micro_usd(self) -> int | None:
+        """What the level may spend in the period: its budget plus the grants; None: any."""
+        if self.budget_micro_usd is None:
+            return None
+        return self.budget_micro_usd + self.granted_micro_usd
 
 
-_RETURNED = (
-    TeamBalance.budget_micro_usd,
-    TeamBalance.held_micro_usd,
-    TeamBalance.captured_micro_usd,
-)
+Scope = Literal["team", "project", "key"]
+SCOPES: tuple[Scope, ...] = ("team", "project", "key")
+"""Every level, in the order its balance rows are locked (submits, settlements, grants)."""
+
+_Balance = type[TeamBalance] | type[ProjectBalance] | type[KeyBalance]
+
+
+@dataclass(frozen=True)
+class Account:
+    """One level's balance rows: the team's, a project's or a key's."""
+
+    scope: Scope
+    owner: int | str
+    """The team id, project id or key id."""
+
+    @classmethod
+    def team(cls, team_id: int) -> Account:
+        return cls("team", team_id)
+
+    @property
+    def table(self) -> _Balance:
+        return _TABLES[self.scope]
+
+    def matches(self, period: str) -> ColumnElement[bool]:
+        table = self.table
+        owner_column: InstrumentedAttribute[Any] = getattr(table, _OWNER_COLUMNS[self.scope])
+        return and_(owner_column == self.owner, table.period == period)
+
+    def returned(self) -> tuple[InstrumentedAttribute[Any], ...]:
+        table = self.table
+        return (
+            table.budget_micro_usd,
+            table.held_micro_usd,
+            table.captured_micro_usd,
+            table.granted_micro_usd,
+        )
+
+
+_TABLES: dict[Scope, _Balance] = {
+    "team": TeamBalance,
+    "project": ProjectBalance,
+    "key": KeyBalance,
+}
+_OWNER_COLUMNS: dict[Scope, str] = {"team": "team_id", "project": "project_id", "key": "api_key_id"}
+
+
+def _amounts(row: Any) -> PeriodAmounts:
+    return PeriodAmounts(row[0], row[1], row[2], row[3])
 
 
 async def try_reserve(
-    session: AsyncSession, team_id: int, period: str, amount: int, now: datetime
+    session: AsyncSession, account: Account, period: str, amount: int, now: datetime
 ) -> PeriodAmounts | None:
-    """Add ``amount`` to held if it fits the budget; the row stays locked until commit.
-
-    None when it does not fit, or when the period has no balance row yet.
-    """
+    """Add ``amount`` to held if it fits the budget (plus grants); the row stays locked until
+    commit. None when it does not fit, or when the period has no balance row yet."""
+    table = account.table
     stmt = (
-        update(TeamBalance)
+        update(table)
         .where(
-            TeamBalance.team_id == team_id,
-            TeamBalance.period == period,
-            (TeamBalance.budget_micro_usd.is_(None))
+            account.matches(period),
+            (table.budget_micro_usd.is_(None))
             | (
-                TeamBalance.held_micro_usd + TeamBalance.captured_micro_usd + amount
-                <= TeamBalance.budget_micro_usd
+                table.held_micro_usd + table.captured_micro_usd + amount
+                <= table.budget_micro_usd + table.granted_micro_usd
             ),
         )
-        .values(held_micro_usd=TeamBalance.held_micro_usd + amount, updated_at=now)
-        .returning(*_RETURNED)
+        .values(held_micro_usd=table.held_micro_usd + amount, updated_at=now)
+        .returning(*account.returned())
     )
     row = (await session.execute(stmt)).one_or_none()
-    return PeriodAmounts(*row) if row is not None else None
+    return _amounts(row) if row is not None else None
 
 
 async def set_budget(
-    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+    session: AsyncSession, account: Account, period: str, budget: int | None, now: datetime
 ) -> None:
     await session.execute(
-        update(TeamBalance)
-        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+        update(account.table)
+        .where(account.matches(period))
         .values(budget_micro_usd=budget, updated_at=now)
     )
 
 
-async def get_balance(session: AsyncSession, team_id: int, period: str) -> PeriodAmounts | None:
-    stmt = select(*_RETURNED).where(TeamBalance.team_id == team_id, TeamBalance.period == period)
-    row = (await session.execute(stmt)).one_or_none()
-    return PeriodAmounts(*row) if row is not None else None
-
-
-async def lock_balance(session: AsyncSession, team_id: int, period: str) -> PeriodAmounts | None:
-    """The period's row, locked until commit: its figures cannot change under the caller."""
+async def add_granted(
+    session: AsyncSession, account: Account, period: str, amount: int, now: datetime
+) -> PeriodAmounts:
+    table = account.table
     stmt = (
-        select(*_RETURNED)
-        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
-        .with_for_update()
+        update(table)
+        .where(account.matches(period))
+        .values(granted_micro_usd=table.granted_micro_usd + amount, updated_at=now)
+        .returning(*account.returned())
     )
+    return _amounts((await session.execute(stmt)).one())
+
+
+async def get_balance(session: AsyncSession, account: Account, period: str) -> PeriodAmounts | None:
+    stmt = select(*account.returned()).where(account.matches(period))
     row = (await session.execute(stmt)).one_or_none()
-    return PeriodAmounts(*row) if row is not None else None
+    return _amounts(row) if row is not None else None
+
+
+async def lock_balance(
+    session: AsyncSession, account: Account, period: str
+) -> PeriodAmounts | None:
+    """The period's row, locked until commit: its figures cannot change under the caller."""
+    stmt = select(*account.returned()).where(account.matches(period)).with_for_update()
+    row = (await session.execute(stmt)).one_or_none()
+    return _amounts(row) if row is not None else None
 
 
 async def create_balance_if_missing(
-    session: AsyncSession, team_id: int, period: str, budget: int | None, now: datetime
+    session: AsyncSession, account: Account, period: str, budget: int | None, now: datetime
 ) -> None:
     """Open the period's balance row; a concurrent creator winning the race is fine."""
     values = {
-        "team_id": team_id,
+        _OWNER_COLUMNS[account.scope]: account.owner,
         "period": period,
         "budget_micro_usd": budget,
+        "granted_micro_usd": 0,
         "held_micro_usd": 0,
         "captured_micro_usd": 0,
         "updated_at": now,
     }
     insert = postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
-    await session.execute(insert(TeamBalance).values(**values).on_conflict_do_nothing())
+    await session.execute(insert(account.table).values(**values).on_conflict_do_nothing())
 
 
 async def move_settled_amounts(
     session: AsyncSession,
-    team_id: int,
+    account: Account,
     period: str,
     *,
     hold: int,
@@ -111,17 +175,18 @@ async def move_settled_amounts(
     now: datetime,
 ) -> PeriodAmounts:
     """Settle one hold: it leaves ``held``; ``captured`` (≤ hold) joins ``captured``."""
+    table = account.table
     stmt = (
-        update(TeamBalance)
-        .where(TeamBalance.team_id == team_id, TeamBalance.period == period)
+        update(table)
+        .where(account.matches(period))
         .values(
-            held_micro_usd=TeamBalance.held_micro_usd - hold,
-            captured_micro_usd=TeamBalance.captured_micro_usd + captured,
+            held_micro_usd=table.held_micro_usd - hold,
+            captured_micro_usd=table.captured_micro_usd + captured,
             updated_at=now,
         )
-        .returning(*_RETURNED)
+        .returning(*account.returned())
     )
-    return PeriodAmounts(*(await session.execute(stmt)).one())
+    return _amounts((await session.execute(stmt)).one())
 
 
 async def lock_team(session: AsyncSession, team_id: int) -> None:

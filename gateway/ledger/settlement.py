@@ -31,7 +31,7 @@ from gateway.jobs.models import OPEN_STATES, Job, JobState
 from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.rates import rate_card_version
-from gateway.ledger.repository import PeriodAmounts
+from gateway.ledger.repository import Account, PeriodAmounts
 
 logger = logging.getLogger(__name__)
 
@@ -229,14 +229,34 @@ async def apply_settlement(
         return None
     await repository.add_entries(session, *_entries(job, plan, now=now))
     _compare_with_upstream_cost(job, plan)
-    return await repository.move_settled_amounts(
+    team = await repository.move_settled_amounts(
         session,
-        job.team_id,
+        Account.team(job.team_id),
         job.period,
         hold=job.estimate_micro_usd,
         captured=plan.captured,
         now=now,
     )
+    for account in held_accounts(job):  # the levels the hold is on, in the lock order
+        await repository.move_settled_amounts(
+            session,
+            account,
+            job.period,
+            hold=job.estimate_micro_usd,
+            captured=plan.captured,
+            now=now,
+        )
+    return team
+
+
+def held_accounts(job: Job) -> list[Account]:
+    """The levels below the team that ``job``'s hold is on: its project's, then its key's."""
+    accounts = []
+    if job.project_id is not None:
+        accounts.append(Account("project", job.project_id))
+    if job.key_held and job.api_key_id is not None:
+        accounts.append(Account("key", job.api_key_id))
+    return accounts
 
 
 async def _close(

@@ -35,6 +35,7 @@ from gateway.web.tenant_auth import (
 _SINGLE_HEADERS = (
     ("Idempotency-Key", "invalid_idempotency_key"),
     ("X-Gateway-Tags", "invalid_tags"),
+    ("X-Gateway-Project", "unknown_project"),
 )
 
 
@@ -114,6 +115,7 @@ async def submit_generation(request: Request) -> Response:
             request_id=request.state.request_id,
             idempotency_key=headers.get("idempotency-key"),
             tags_header=headers.get("x-gateway-tags"),
+            project_header=headers.get("x-gateway-project"),
             on_balance=lambda balance: remember_balance(request, balance),
         )
     except GatewayError:

@@ -224,6 +224,16 @@ _SUBMIT_HEADERS = [
         "description": "Cost-allocation tags, key=value,... (never forwarded upstream)",
         "example": "project=atlas,user=dana",
     },
+    {
+        "name": "X-Gateway-Project",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 64},
+        "description": "The team's project to charge (never forwarded upstream). A key bound "
+        "to a project charges it without this header; naming another is 403 "
+        "project_not_allowed; an unknown project is 400 unknown_project.",
+        "example": "launch-video",
+    },
 ]
 
 

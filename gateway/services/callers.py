@@ -135,9 +135,14 @@ def _usable_job_id(reads: Reads) -> str | None:
 
 _KEY_COLUMNS = (
     "k.id, k.secret_hash, k.revoked_at, k.expires_at, k.last_used_at, t.id, t.name, "
-    "t.monthly_budget_micro_usd, t.max_concurrent_jobs, t.soft_limit_percent, t.disabled_at"
+    "t.monthly_budget_micro_usd, t.max_concurrent_jobs, t.soft_limit_percent, t.disabled_at, "
+    "t.max_cost_per_job_micro_usd, k.role, k.monthly_budget_micro_usd, "
+    "k.max_cost_per_job_micro_usd, p.id, p.name, p.monthly_budget_micro_usd, "
+    "p.max_cost_per_job_micro_usd, p.soft_limit_percent"
 )
-_BALANCE_COLUMNS = "b.budget_micro_usd, b.held_micro_usd, b.captured_micro_usd, b.period"
+_BALANCE_COLUMNS = (
+    "b.budget_micro_usd, b.held_micro_usd, b.captured_micro_usd, b.granted_micro_usd, b.period"
+)
 _JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)
 _JOB_ID_AT = _JOB_COLUMNS.index("id")
 _TERMINAL_BODY_AT = _JOB_COLUMNS.index("terminal_body")
@@ -149,7 +154,10 @@ def _statement(balance: bool, job: bool) -> str:
 
 def _build_statement(balance: bool, job: bool) -> str:
     columns = [_KEY_COLUMNS]
-    joins = ["FROM api_keys k JOIN teams t ON t.id = k.team_id"]
+    joins = [
+        "FROM api_keys k JOIN teams t ON t.id = k.team_id "
+        "LEFT JOIN projects p ON p.id = k.project_id"
+    ]
     if balance:
         columns.append(_BALANCE_COLUMNS)
         joins.append("LEFT JOIN team_balances b ON b.team_id = k.team_id AND b.period = $2")
@@ -163,8 +171,8 @@ def _build_statement(balance: bool, job: bool) -> str:
 
 
 _STATEMENTS = {(b, j): _build_statement(b, j) for b in (False, True) for j in (False, True)}
-_KEY_WIDTH = 11
-_BALANCE_WIDTH = 4
+_KEY_WIDTH = 20
+_BALANCE_WIDTH = 5
 
 
 def _key_record(row: Row) -> KeyRecord:
@@ -172,8 +180,8 @@ def _key_record(row: Row) -> KeyRecord:
 
 
 def _balance(deps: ProxyDeps, principal: Principal, row: Row, now: datetime) -> PeriodBalance:
-    budget, held, captured, found = row[_KEY_WIDTH : _KEY_WIDTH + _BALANCE_WIDTH]
-    amounts = PeriodAmounts(budget, held, captured) if found is not None else None
+    budget, held, captured, granted, found = row[_KEY_WIDTH : _KEY_WIDTH + _BALANCE_WIDTH]
+    amounts = PeriodAmounts(budget, held, captured, granted) if found is not None else None
     policy = deps.settings.default_budget_policy
     return quotas.view_of(team_quota(principal), period_of(now), policy, amounts)
 

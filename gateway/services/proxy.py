@@ -74,7 +74,12 @@ def team_quota(principal: Principal) -> TeamQuota:
     """The quota rules' view of the caller's team (as authenticated: budget, caps, alert)."""
     p = principal
     return TeamQuota(
-        p.team_id, p.monthly_budget_micro_usd, p.max_concurrent_jobs, p.soft_limit_percent
+        p.team_id,
+        p.monthly_budget_micro_usd,
+        p.max_concurrent_jobs,
+        p.soft_limit_percent,
+        name=p.team_name,
+        max_cost_per_job_micro_usd=p.max_cost_per_job_micro_usd,
     )
 
 

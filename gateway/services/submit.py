@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from gateway.catalog.validation import ValidatedRequest, parse_submission
 from gateway.config import Settings
 from gateway.core.clock import utcnow
@@ -24,8 +26,10 @@ from gateway.core.usd import format_usd
 from gateway.db.session import transaction
 from gateway.errors import (
     BudgetExhausted,
+    GatewayError,
     InvalidRequest,
     OutcomeUnknown,
+    PermissionDenied,
     QuotaExceeded,
     ServiceUnavailable,
     UpstreamError,
@@ -39,11 +43,13 @@ from gateway.jobs.tags import canonical as canonical_tags
 from gateway.jobs.tags import parse_tags
 from gateway.ledger import settlement
 from gateway.ledger.holds import KeyCheck, place_hold, place_hold_direct
-from gateway.ledger.quotas import PeriodBalance, TeamQuota
+from gateway.ledger.quotas import Level, PeriodBalance, TeamQuota, check_cost_caps
 from gateway.ledger.rates import rate_card_in_force
+from gateway.ledger.repository import Account
 from gateway.services.forwarded import AfterForward, unanswered_recheck
 from gateway.services.proxy import JOB_ID, ProxiedResponse, ProxyDeps, pass_through, team_quota
-from gateway.tenancy.service import Principal
+from gateway.tenancy import repository as tenancy
+from gateway.tenancy.service import PROJECT_NAME, Principal, ProjectRef
 from gateway.upstream.client import UpstreamResponse
 
 logger = logging.getLogger(__name__)
@@ -72,6 +78,7 @@ async def submit_generation(
     request_id: str,
     idempotency_key: str | None = None,
     tags_header: str | None = None,
+    project_header: str | None = None,
     on_balance: Callable[[PeriodBalance], None] = lambda _: None,
 ) -> ProxiedResponse:
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
@@ -82,6 +89,14 @@ async def submit_generation(
         if submitter.key is not None:
             await submitter.confirm()  # a 401 for a revoked key, not the 400
         raise
+    try:
+        project = project_of(submitter.principal, project_header)
+    except GatewayError:
+        if submitter.key is None:
+            raise
+        # Refused on what the key was last seen as: decided again on what it is now.
+        submitter = Submitter(await submitter.confirm(), submitter.confirm)
+        project = project_of(submitter.principal, project_header)
     submission = _Submission(
         principal=submitter.principal,
         quota=team_quota(submitter.principal),
@@ -91,6 +106,7 @@ async def submit_generation(
         job_id=uuid.uuid4().hex,
         request_id=request_id,
         idempotency_key=idempotency_key,
+        project=project,
     )
     opened: _Opened | ProxiedResponse | None = await _open_job_direct(
         deps, submission, submitter.key
@@ -98,7 +114,12 @@ async def submit_generation(
     if opened is None:
         if submitter.key is not None:
             principal = await submitter.confirm()
-            submission = replace(submission, principal=principal, quota=team_quota(principal))
+            submission = replace(
+                submission,
+                principal=principal,
+                quota=team_quota(principal),
+                project=project_of(principal, project_header),
+            )
         opened = await _hold(deps, submission, on_balance)
     if isinstance(opened, ProxiedResponse):
         return opened  # the first answer for this Idempotency-Key, replayed
@@ -121,6 +142,74 @@ class _Submission:
     """The gateway's id for the job, chosen before anything is written."""
     request_id: str
     idempotency_key: str | None
+    project: ProjectRef | str | None = None
+    """The job's project: known (the key's own), a name to look up (a header), or none."""
+
+
+def project_of(principal: Principal, header: str | None) -> ProjectRef | str | None:
+    """Which project a job belongs to: the key's, if it is bound to one (a header naming
+    another is refused, 403); else the one ``X-Gateway-Project`` names (looked up when the
+    job is held: unknown is a 400); else none."""
+    name = header.strip() if header is not None else None
+    bound = principal.project
+    if bound is not None:
+        if name and name != bound.name:
+            raise PermissionDenied(
+                f"this key is bound to project {bound.name!r}; it cannot submit for {name!r}",
+                code="project_not_allowed",
+                param="X-Gateway-Project",
+            )
+        return bound
+    if not name:
+        return None
+    if not PROJECT_NAME.fullmatch(name):
+        raise InvalidRequest(
+            "X-Gateway-Project must be a project name (letters, digits, '.', '_', '-')",
+            code="unknown_project",
+            param="X-Gateway-Project",
+        )
+    return name
+
+
+def levels_of(principal: Principal, project: ProjectRef | None) -> list[Level]:
+    """The levels below the team a job of ``principal`` is held on: its project's (if any),
+    then its key's (a gateway key's jobs always, so the key's spend is known even without a
+    budget of its own)."""
+    levels = []
+    if project is not None:
+        levels.append(
+            Level(
+                Account("project", project.id),
+                project.name,
+                project.monthly_budget_micro_usd,
+                project.max_cost_per_job_micro_usd,
+                project.soft_limit_percent,
+            )
+        )
+    if principal.key_id is not None:
+        levels.append(
+            Level(
+                Account("key", principal.key_id),
+                principal.key_id,
+                principal.key_monthly_budget_micro_usd,
+                principal.key_max_cost_per_job_micro_usd,
+            )
+        )
+    return levels
+
+
+async def _resolved_project(session: AsyncSession, submission: _Submission) -> ProjectRef | None:
+    project = submission.project
+    if not isinstance(project, str):
+        return project
+    found = await tenancy.get_project(session, submission.principal.team_id, project)
+    if found is None:
+        raise InvalidRequest(
+            f"the team has no project named {project!r}",
+            code="unknown_project",
+            param="X-Gateway-Project",
+        )
+    return ProjectRef.of(found)
 
 
 async def _validated(
@@ -248,10 +337,15 @@ async def _open_job_direct(
         or card is None
         or submission.idempotency_key is not None
         or submission.quota.max_concurrent_jobs is not None
+        or isinstance(submission.project, str)  # a project name to look up
     ):
         return None
     now = utcnow()
-    job = _new_job(deps.settings, submission, card, now)
+    project = submission.project
+    job = _new_job(deps.settings, submission, card, now, project)
+    check_cost_caps(
+        submission.quota, levels_of(submission.principal, project), job.estimate_micro_usd
+    )
     keep = submission.raw_body if deps.settings.upstream_honors_idempotency_key else None
     balance = await place_hold_direct(direct, job, keep_request=keep, key=key, now=now)
     return _Opened(job, balance) if balance is not None else None
@@ -285,26 +379,43 @@ async def _open_job_in_session(
                 )
         card = await rate_card_in_force(session, submission.request.model.id, now)
         deps.rate_cards.saw(submission.request.model.id, card)
-        job = _new_job(settings, submission, card, now)
+        project = await _resolved_project(session, submission)
+        job = _new_job(settings, submission, card, now, project)
+        levels = levels_of(submission.principal, project)
+        check_cost_caps(submission.quota, levels, job.estimate_micro_usd)  # before any hold
         if settings.upstream_honors_idempotency_key:
             # Kept until the upstream's answer is recorded, so a crash can be recovered.
             jobs.keep_request(session, job.id, submission.raw_body, now)
         balance = await place_hold(
-            session, submission.quota, job, policy=settings.default_budget_policy, now=now
+            session,
+            submission.quota,
+            job,
+            policy=settings.default_budget_policy,
+            now=now,
+            levels=levels,
         )
         if _forward_window_passed(settings, now):
             raise _not_forwarded()  # held up by database waits: rolled back, nothing recorded
     return _Opened(job, balance)
 
 
-def _new_job(settings: Settings, submission: _Submission, card: RateCard, now: datetime) -> Job:
-    """The job as the hold records it: ``pending``, priced once, in the period of ``now``."""
+def _new_job(
+    settings: Settings,
+    submission: _Submission,
+    card: RateCard,
+    now: datetime,
+    project: ProjectRef | None,
+) -> Job:
+    """The job as the hold records it: ``pending``, priced once, in the period of ``now``,
+    held on its team, ``project`` (if any) and its key (if a gateway key)."""
     request = submission.request
     units = request.billable_units()
     return Job(
         id=submission.job_id,
         team_id=submission.principal.team_id,
         api_key_id=submission.principal.key_id,
+        project_id=project.id if project is not None else None,
+        key_held=submission.principal.key_id is not None,
         state=JobState.PENDING,
         model=request.model.id,
         duration_ms=int(Decimal(units.duration_seconds) * 1000),

@@ -14,8 +14,8 @@ from gateway.core.clock import utcnow
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.tenancy import repository
 from gateway.tenancy.keys import hash_key, key_matches, parse_key
-from gateway.tenancy.models import ApiKey, Team
-from gateway.tenancy.service import Principal
+from gateway.tenancy.models import ApiKey, Project, Team
+from gateway.tenancy.service import Principal, ProjectRef
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,18 @@ class KeyRecord:
     max_concurrent_jobs: int | None
     soft_limit_percent: int | None
     team_disabled_at: datetime | None
+    team_max_cost_per_job_micro_usd: int | None = None
+    key_role: str = "member"
+    key_monthly_budget_micro_usd: int | None = None
+    key_max_cost_per_job_micro_usd: int | None = None
+    project_id: int | None = None
+    project_name: str | None = None
+    project_monthly_budget_micro_usd: int | None = None
+    project_max_cost_per_job_micro_usd: int | None = None
+    project_soft_limit_percent: int | None = None
 
     @classmethod
-    def of(cls, key: ApiKey, team: Team) -> KeyRecord:
+    def of(cls, key: ApiKey, team: Team, project: Project | None = None) -> KeyRecord:
         return cls(
             key.id,
             key.secret_hash,
@@ -49,6 +58,27 @@ class KeyRecord:
             team.max_concurrent_jobs,
             team.soft_limit_percent,
             team.disabled_at,
+            team.max_cost_per_job_micro_usd,
+            key.role,
+            key.monthly_budget_micro_usd,
+            key.max_cost_per_job_micro_usd,
+            project.id if project is not None else None,
+            project.name if project is not None else None,
+            project.monthly_budget_micro_usd if project is not None else None,
+            project.max_cost_per_job_micro_usd if project is not None else None,
+            project.soft_limit_percent if project is not None else None,
+        )
+
+    def project(self) -> ProjectRef | None:
+        if self.project_id is None:
+            return None
+        assert self.project_name is not None
+        return ProjectRef(
+            self.project_id,
+            self.project_name,
+            self.project_monthly_budget_micro_usd,
+            self.project_max_cost_per_job_micro_usd,
+            self.project_soft_limit_percent,
         )
 
 
@@ -102,6 +132,11 @@ def check_key(
         monthly_budget_micro_usd=record.monthly_budget_micro_usd,
         max_concurrent_jobs=record.max_concurrent_jobs,
         soft_limit_percent=record.soft_limit_percent,
+        max_cost_per_job_micro_usd=record.team_max_cost_per_job_micro_usd,
+        project=record.project(),
+        key_monthly_budget_micro_usd=record.key_monthly_budget_micro_usd,
+        key_max_cost_per_job_micro_usd=record.key_max_cost_per_job_micro_usd,
+        key_role=record.key_role,
     )
     return CheckedKey(principal, touch, rehashed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.core.clock import utcnow
@@ -22,8 +22,27 @@ class Team(Base):
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
     soft_limit_percent: Mapped[int | None] = mapped_column(Integer)
     """Percentage of the budget (1-100) past which an alert is raised; NULL: none."""
+    max_cost_per_job_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    """A request priced above this is refused before anything is held; NULL: no cap."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Project(Base):
+    """A product inside a team: its own optional monthly budget and per-job cap, charged
+    within the team's (a job of a project is held against both)."""
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("team_id", "name", name="uq_projects_team_id_name"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    monthly_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    """Budget per calendar month (UTC), micro-USD; NULL: none of its own (the team's applies)."""
+    max_cost_per_job_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    soft_limit_percent: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiKey(Base):
@@ -41,3 +60,10 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
+    """Bound to this project: its jobs are the project's (a header naming another is refused)."""
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    """``member`` or ``manager`` (may manage the team's keys in the portal)."""
+    monthly_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    """The key's own budget per calendar month (UTC), micro-USD; NULL: none."""
+    max_cost_per_job_micro_usd: Mapped[int | None] = mapped_column(BigInteger)

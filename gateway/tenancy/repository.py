@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.tenancy.models import ApiKey, Team
+from gateway.tenancy.models import ApiKey, Project, Team
 
 
 async def get_team_by_id(session: AsyncSession, team_id: int) -> Team | None:
@@ -36,16 +36,37 @@ async def list_teams(
     return (await session.execute(stmt)).scalars().all()
 
 
-async def add(session: AsyncSession, row: Team | ApiKey) -> None:
+async def add(session: AsyncSession, row: Team | ApiKey | Project) -> None:
     session.add(row)
     await session.flush()
 
 
-async def get_key_with_team(session: AsyncSession, key_id: str) -> tuple[ApiKey, Team] | None:
-    """The key row and its team in one round trip (the authentication hot path)."""
-    stmt = select(ApiKey, Team).join(Team, Team.id == ApiKey.team_id).where(ApiKey.id == key_id)
+async def get_key_with_team(
+    session: AsyncSession, key_id: str
+) -> tuple[ApiKey, Team, Project | None] | None:
+    """The key row, its team and its project (if bound) in one round trip."""
+    stmt = (
+        select(ApiKey, Team, Project)
+        .join(Team, Team.id == ApiKey.team_id)
+        .outerjoin(Project, Project.id == ApiKey.project_id)
+        .where(ApiKey.id == key_id)
+    )
     row = (await session.execute(stmt)).one_or_none()
-    return (row[0], row[1]) if row is not None else None
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+async def get_project(session: AsyncSession, team_id: int, name: str) -> Project | None:
+    stmt = select(Project).where(Project.team_id == team_id, Project.name == name)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_project_by_id(session: AsyncSession, project_id: int) -> Project | None:
+    return await session.get(Project, project_id)
+
+
+async def list_projects(session: AsyncSession, team_id: int) -> Sequence[Project]:
+    stmt = select(Project).where(Project.team_id == team_id).order_by(Project.name)
+    return (await session.execute(stmt)).scalars().all()
 
 
 async def get_key(session: AsyncSession, key_id: str) -> ApiKey | None:

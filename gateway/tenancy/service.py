@@ -28,9 +28,11 @@ from gateway.errors import (
 )
 from gateway.tenancy import repository
 from gateway.tenancy.keys import generate_key, hash_key
-from gateway.tenancy.models import ApiKey, Team
+from gateway.tenancy.models import ApiKey, Project, Team
 
 _TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PROJECT_NAME = _TEAM_NAME
+"""A project's name: as a team's (it is sent in the ``X-Gateway-Project`` header)."""
 TEAM_FIELDS = frozenset(
     {
         "monthly_budget_micro_usd",
@@ -43,8 +45,31 @@ TEAM_FIELDS = frozenset(
 
 
 @dataclass(frozen=True)
+class ProjectRef:
+    """A project as the budget rules need it."""
+
+    id: int
+    name: str
+    monthly_budget_micro_usd: int | None = None
+    max_cost_per_job_micro_usd: int | None = None
+    soft_limit_percent: int | None = None
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectRef:
+        return cls(
+            project.id,
+            project.name,
+            project.monthly_budget_micro_usd,
+            project.max_cost_per_job_micro_usd,
+            project.soft_limit_percent,
+        )
+
+
+@dataclass(frozen=True)
 class Principal:
-    """Who is calling: the team a request is billed to, through which key or token subject."""
+    """Who is calling: the team a request is billed to, through which key or token subject,
+    with the budget rules of each level that applies (the team's, the key's and the
+    project the key is bound to)."""
 
     team_id: int
     team_name: str
@@ -53,6 +78,13 @@ class Principal:
     max_concurrent_jobs: int | None = None
     soft_limit_percent: int | None = None
     subject: str | None = None
+    max_cost_per_job_micro_usd: int | None = None
+    """The team's per-job cap."""
+    project: ProjectRef | None = None
+    """The project the key is bound to (its jobs are that project's)."""
+    key_monthly_budget_micro_usd: int | None = None
+    key_max_cost_per_job_micro_usd: int | None = None
+    key_role: str = "member"
 
     @classmethod
     def of(cls, team: Team, *, key_id: str | None = None, subject: str | None = None) -> Principal:
@@ -64,6 +96,7 @@ class Principal:
             max_concurrent_jobs=team.max_concurrent_jobs,
             soft_limit_percent=team.soft_limit_percent,
             subject=subject,
+            max_cost_per_job_micro_usd=team.max_cost_per_job_micro_usd,
         )
 
 

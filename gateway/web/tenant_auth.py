@@ -119,6 +119,11 @@ async def submitter_of(request: Request, runtime: Runtime) -> Submitter:
                 monthly_budget_micro_usd=principal.monthly_budget_micro_usd,
                 soft_limit_percent=principal.soft_limit_percent,
                 stale_before=utcnow() - resolution,
+                team_max_cost_per_job_micro_usd=principal.max_cost_per_job_micro_usd,
+                key_max_cost_per_job_micro_usd=principal.key_max_cost_per_job_micro_usd,
+                project_max_cost_per_job_micro_usd=(
+                    principal.project.max_cost_per_job_micro_usd if principal.project else None
+                ),
             )
             return Submitter(principal, confirm, check)
     return Submitter(await confirm(), confirm)
