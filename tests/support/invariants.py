@@ -5,7 +5,8 @@ Used by every test that ends a run of faults (and by ``benchmarks/soak.py``): fi
 ``check_books`` asserts, over the whole database:
 
 1. every job has exactly one hold and exactly one settlement; nothing is left open;
-2. each balance row equals the sums of its entries (nothing held), within its budget;
+2. each balance row, at every level (team, project, key), equals the sums of its jobs'
+   entries (nothing held), within its budget plus grants;
 3. per upstream job, the ledger's capture (+ corrections) equals what the simulator billed,
    every job the simulator billed is in the ledger, and nothing is billed that it did not run;
 4. the finance reconciliation against the simulator's usage export finds zero differences.
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.core.clock import utcnow
 from gateway.core.usd import parse_usd
 from gateway.jobs.models import OPEN_STATES, Job
-from gateway.ledger.models import LedgerEntry, TeamBalance
+from gateway.ledger.models import KeyBalance, LedgerEntry, ProjectBalance, TeamBalance
 from gateway.reports import reconciliation
 from gateway.runtime import open_runtime
 from gateway.services.reconciler import ReconcileReport
@@ -96,13 +97,28 @@ def settle_everything(
     reconcile_pass(database_url, simulator_url, ahead=ahead, **timing)
 
 
-def _read_ledger(url: str) -> tuple[list[Job], list[LedgerEntry], list[TeamBalance]]:
+Balance = TeamBalance | ProjectBalance | KeyBalance
+
+
+def _read_ledger(
+    url: str,
+) -> tuple[list[Job], list[LedgerEntry], list[tuple[str, object, Balance]]]:
     async def _read(
         session: AsyncSession,
-    ) -> tuple[list[Job], list[LedgerEntry], list[TeamBalance]]:
+    ) -> tuple[list[Job], list[LedgerEntry], list[tuple[str, object, Balance]]]:
         jobs = list((await session.execute(select(Job))).scalars())
         entries = list((await session.execute(select(LedgerEntry))).scalars())
-        balances = list((await session.execute(select(TeamBalance))).scalars())
+        balances: list[tuple[str, object, Balance]] = []
+        balances += [
+            ("team", b.team_id, b) for b in (await session.execute(select(TeamBalance))).scalars()
+        ]
+        balances += [
+            ("project", b.project_id, b)
+            for b in (await session.execute(select(ProjectBalance))).scalars()
+        ]
+        balances += [
+            ("key", b.api_key_id, b) for b in (await session.execute(select(KeyBalance))).scalars()
+        ]
         return jobs, entries, balances
 
     return in_session(url, _read)
@@ -122,17 +138,28 @@ def check_books(database_url: str, simulator_url: str, context: str = "") -> Boo
     open_jobs = [j.id for j in jobs if j.state in {s.value for s in OPEN_STATES}]
     assert not open_jobs, (open_jobs, context)
 
-    # 2. balances equal the sums of their entries, within budget
-    captured_by_period: Counter[tuple[int, str]] = Counter()
+    # 2. balances equal the sums of their entries, within budget, at every level
+    by_job = {j.id: j for j in jobs}
+    captured_by_level: Counter[tuple[str, object, str]] = Counter()
     for entry in entries:
         if entry.kind == "capture":
-            captured_by_period[(entry.team_id, entry.period)] += entry.amount_micro_usd
-    for balance in balances:
-        assert balance.held_micro_usd == 0, (balance.team_id, balance.period, context)
-        expected = captured_by_period[(balance.team_id, balance.period)]
-        assert balance.captured_micro_usd == expected, (balance.team_id, context)
+            job = by_job[entry.job_id]
+            captured_by_level[("team", entry.team_id, entry.period)] += entry.amount_micro_usd
+            if job.project_id is not None:
+                captured_by_level[("project", job.project_id, entry.period)] += (
+                    entry.amount_micro_usd
+                )
+            if job.key_held:
+                captured_by_level[("key", job.api_key_id, entry.period)] += entry.amount_micro_usd
+    for level, owner, balance in balances:
+        where = (level, owner, balance.period, context)
+        assert balance.held_micro_usd == 0, where
+        assert balance.captured_micro_usd == captured_by_level[(level, owner, balance.period)], (
+            where
+        )
         if balance.budget_micro_usd is not None:
-            assert balance.held_micro_usd + balance.captured_micro_usd <= balance.budget_micro_usd
+            limit = balance.budget_micro_usd + balance.granted_micro_usd
+            assert balance.held_micro_usd + balance.captured_micro_usd <= limit, where
 
     # 3. the ledger agrees with what the upstream billed, job by job
     usage = httpx.get(simulator_url + "/_simulator/usage", timeout=30).json()
