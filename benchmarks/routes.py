@@ -94,6 +94,7 @@ from ledger_fill import fill_ledger, vacuum_analyze
 
 SCENARIOS = (
     "submit-hot",
+    "submit-levels",
     "submit-50-teams",
     "poll-running",
     "poll-finished",
@@ -449,6 +450,21 @@ def create_rotated_teams(ctx: Context) -> None:
     log(f"created {len(keys)} teams and keys in {time.monotonic() - started:.1f} s")
 
 
+def create_levels_key(ctx: Context) -> str:
+    """A team, a project and a key bound to it, each with a monthly budget (too large to run
+    out in the windows): every submit reserves at all three levels (issue 15)."""
+    env, cwd, team = ctx.gateway_env, ctx.work_dir, "bench-levels"
+    budget = ["--monthly-budget-usd", "100000000"]
+    gateway_cli(env, cwd, "teams", "create", team, *budget)
+    gateway_cli(env, cwd, "projects", "create", "--team", team, "launch", *budget)
+    issued = json.loads(
+        gateway_cli(
+            env, cwd, "keys", "create", "--team", team, "--project", "launch", *budget, "--json"
+        )
+    )
+    return f"Bearer {issued['key']}"
+
+
 def prepare_jobs(ctx: Context) -> None:
     """A running job and a settled one, both recorded by the gateway, for the poll scenarios."""
     assert ctx.gateway is not None
@@ -561,12 +577,14 @@ def run_benchmark(
     scenarios = [s for s in SCENARIOS if s in args.scenarios]
     if "submit-50-teams" in scenarios or args.scale:
         create_rotated_teams(ctx)
+    levels_key = create_levels_key(ctx) if "submit-levels" in scenarios else ""
 
     rows = results.rows
     start_proxies(ctx, stack, workers=1)
     prepare_jobs(ctx)
     hot = ctx.hot_key
     submit = Load("POST", SUBMIT_PATH, REQUEST_BODY, authorization=hot)
+    levels = Load("POST", SUBMIT_PATH, REQUEST_BODY, authorization=levels_key)
     rotated = Load("POST", SUBMIT_PATH, REQUEST_BODY, authorizations=ctx.rotated_keys)
     running = Load("GET", poll_path(ctx.running_job), authorization=hot)
     finished = Load("GET", poll_path(ctx.finished_job), authorization=hot)
@@ -574,6 +592,7 @@ def run_benchmark(
     # The baseline gets the same requests (it ignores the keys); for usage, a poll.
     pairs = {
         "submit-hot": (submit, submit),
+        "submit-levels": (levels, levels),
         "submit-50-teams": (rotated, rotated),
         "poll-running": (running, running),
         "poll-finished": (finished, finished),
@@ -725,6 +744,13 @@ def summaries(ctx: Context, rows: list[Row]) -> dict[str, Any]:
     }
     if added:
         result["added_p50_ms_at_1_connection"] = added
+    if "submit-levels" in by_name and "submit-hot" in by_name:
+        result["levels"] = {
+            "submit_levels_req_s": rps("submit-levels"),
+            "submit_hot_req_s": rps("submit-hot"),
+            "levels_vs_team_only": ratio(rps("submit-levels"), rps("submit-hot")),
+            "cpu_per_request_vs_team_only": ratio(cpu("submit-levels"), cpu("submit-hot")),
+        }
     if ctx.ledger:
         result["big_ledger"] = {
             **ctx.ledger,
@@ -774,6 +800,13 @@ def format_summaries(derived: dict[str, Any]) -> list[str]:
                 f"{name} {value:+.2f} ms" if value is not None else f"{name} n/a"
                 for name, value in added.items()
             )
+        )
+    if levels := derived.get("levels"):
+        lines.append(
+            f"submit with team, project and key budgets: {levels['submit_levels_req_s'] or 0:.0f}"
+            f" req/s, {x(levels['levels_vs_team_only'])} of the team-only submit "
+            f"({levels['submit_hot_req_s'] or 0:.0f} req/s); CPU/req "
+            f"{x(levels['cpu_per_request_vs_team_only'])}"
         )
     if big := derived.get("big_ledger"):
         gw, base = big["gateway_vs_empty_ledger"], big["baseline_vs_empty_ledger_run"]

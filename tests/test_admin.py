@@ -62,6 +62,13 @@ ROUTES = [
     ("POST", "/admin/teams/some-team/keys", {}),
     ("POST", "/admin/keys/abcdefghijklmnop/revoke", None),
     ("POST", "/admin/keys/abcdefghijklmnop/rotate", {}),
+    ("PATCH", "/admin/keys/abcdefghijklmnop", {"role": "member"}),
+    ("GET", "/admin/teams/some-team/projects", None),
+    ("POST", "/admin/teams/some-team/projects", {"name": "authz-probe"}),
+    ("GET", "/admin/teams/some-team/projects/authz-probe", None),
+    ("PATCH", "/admin/teams/some-team/projects/authz-probe", {"soft_limit_percent": 50}),
+    ("GET", "/admin/teams/some-team/grants", None),
+    ("POST", "/admin/teams/some-team/grants", {"amount_usd": 1, "reason": "authz probe"}),
     ("GET", "/admin/rate-cards", None),
     # Scheduled far ahead: the test database is shared, and a version in force now would
     # re-price every later test's jobs.

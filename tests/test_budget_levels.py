@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.core.usd import parse_usd
+from gateway.core.usd import format_usd, parse_usd
 from gateway.tenancy import service
 from gateway.tenancy.models import ApiKey, Project
 from tests.support.api import SUBMIT_PATH, submit_async
@@ -232,6 +232,8 @@ def test_a_submit_over_a_lower_level_holds_nothing_anywhere(
         timeout=30,
     )
     assert second.status_code == 429
+    # the quota header is the team's, whichever level refused
+    assert second.headers["x-quota-remaining-usd"] == format_usd(ROOMY - PRICE)
     error = second.json()["error"]
     assert (error["scope"], error["scope_name"], error["budget_usd"], error["used_usd"]) == (
         "key",

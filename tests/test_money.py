@@ -63,6 +63,7 @@ def test_hold_at_submit_capture_at_completion(
     assert polled.json()["status"] == "completed"
     assert polled.headers["x-quota-remaining-usd"] == "8.270000"
     usage = gateway.get("/v1/usage", headers=tenant.headers).json()
+    scopes = usage.pop("scopes")
     assert usage == {
         "team": tenant.team,
         "period": usage["period"],
@@ -71,6 +72,11 @@ def test_hold_at_submit_capture_at_completion(
         "held_usd": "0.000000",
         "remaining_usd": "8.270000",
     }
+    # the team's level and the key's (every key's jobs are held on its own row too)
+    assert [(s["scope"], s["captured_usd"], s["held_usd"], s["remaining_usd"]) for s in scopes] == [
+        ("team", "1.730000", "0.000000", "8.270000"),
+        ("key", "1.730000", "0.000000", None),
+    ]
     ledger = team_ledger(postgres_url, tenant.team)
     assert ledger.entries_of(ledger.jobs[0].id) == [("hold", 1_730_000), ("capture", 1_730_000)]
     assert simulator_cost(simulator, job_id) == 1_730_000

@@ -16,8 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.observability.logging import build_handler
 from tests.support.api import MODEL, SUBMIT_PATH, submit
@@ -25,6 +23,7 @@ from tests.support.processes import GatewayProcess, replica_env
 from tests.support.servers import StartGateway, serving
 from tests.support.simulator import UPSTREAM_KEY, SimulatorProbe
 from tests.support.tenants import PEPPER, make_tenant
+from tests.support.webhooks import WebhookReceiver
 
 POLL_ROUTE = "/v1/jobs/{job_id}"
 
@@ -159,27 +158,6 @@ def test_one_json_access_line_per_request_with_its_fields(
     assert submit_line["duration_ms"] > 0 and submit_line["upstream_ms"] > 0
     assert poll_line["route"] == POLL_ROUTE and poll_line["captured_usd"] == "1.680000"
     assert poll_line["job_id"] == job_id
-
-
-class WebhookReceiver:
-    """A real HTTP endpoint that refuses its first ``fail_first`` deliveries."""
-
-    def __init__(self, fail_first: int) -> None:
-        self.fail_first = fail_first
-        self.received: list[tuple[dict[str, str], bytes, int]] = []
-
-    async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        status = 500 if len(self.received) < self.fail_first else 204
-        self.received.append((dict(request.headers), body, status))
-        return Response(status_code=status)
-
-    def for_team(self, team: str) -> list[tuple[dict[str, str], bytes, int]]:
-        """Alerts form one queue for all teams: other tests' teams may be delivered too."""
-        return [r for r in self.received if json.loads(r[1])["team"] == team]
-
-    def delivered(self, team: str) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body, status in self.for_team(team) if status == 204]
 
 
 @pytest.fixture

@@ -219,13 +219,30 @@ def test_the_answers_of_submit_poll_and_usage_are_documented(document: dict[str,
         "captured_usd",
         "held_usd",
         "remaining_usd",
+        "scopes",
     }
+    scope = schemas["UsageScopeOut"]
+    assert schemas["UsageOut"]["properties"]["scopes"]["items"] == {
+        "$ref": "#/components/schemas/UsageScopeOut"
+    }
+    assert set(scope["required"]) == {
+        "scope",
+        "name",
+        "period",
+        "budget_usd",
+        "granted_usd",
+        "captured_usd",
+        "held_usd",
+        "remaining_usd",
+        "forecast_usd",
+    }
+    assert scope["properties"]["scope"]["enum"] == ["team", "project", "key"]
     poll_parameters = ops[("get", POLL_PATH)]["parameters"]
     assert [(p["name"], p["in"], p["required"]) for p in poll_parameters] == [
         ("job_id", "path", True)
     ]
     submit_headers = {p["name"] for p in ops[("post", SUBMIT_PATH)]["parameters"]}
-    assert submit_headers == {"Idempotency-Key", "X-Gateway-Tags"}
+    assert submit_headers == {"Idempotency-Key", "X-Gateway-Tags", "X-Gateway-Project"}
 
 
 def test_errors_are_documented_in_the_gateway_envelope(document: dict[str, Any]) -> None:

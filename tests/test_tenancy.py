@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from gateway.tenancy import authentication, service
 from gateway.tenancy.keys import hash_key
-from gateway.tenancy.models import ApiKey
+from gateway.tenancy.models import ApiKey, Project
 from tests.support.api import SUBMIT_PATH, submit, submit_body
 from tests.support.savepoint import Database, SavepointDatabase
 from tests.support.servers import StartGateway
@@ -214,6 +214,61 @@ def test_team_rules_on_each_database(db: SavepointDatabase) -> None:
         )
     with pytest.raises(NotFound):
         in_session(db, lambda s: service.revoke_key(s, "nosuchkey0000000", actor=TEST_ACTOR))
+
+
+@pytest.mark.fast
+def test_project_and_key_rules_on_each_database(db: SavepointDatabase) -> None:
+    """Project names are unique within a team only, follow the team-name rule, and a key can
+    be bound only to a project of its own team; caps are positive, roles known."""
+    tenant = make_tenant(db)
+    other = make_tenant(db)
+
+    def create_project(team: str, name: str, **options: int) -> Project:
+        return in_session(
+            db, lambda s: service.create_project(s, team, name, actor=TEST_ACTOR, **options)
+        )
+
+    created = create_project(tenant.team, "launch", monthly_budget_micro_usd=5_000_000)
+    assert (created.name, created.monthly_budget_micro_usd) == ("launch", 5_000_000)
+    assert create_project(other.team, "launch").team_id != created.team_id
+    with pytest.raises(Conflict) as duplicate:
+        create_project(tenant.team, "launch")
+    assert duplicate.value.code == "project_exists"
+    for bad_name in ("", "has space", "-leading-dash", "x" * 65):
+        with pytest.raises(InvalidRequest):
+            create_project(tenant.team, bad_name)
+    with pytest.raises(InvalidRequest) as zero_cap:
+        create_project(tenant.team, "zero", max_cost_per_job_micro_usd=0)
+    assert zero_cap.value.param == "max_cost_per_job_usd"
+    with pytest.raises(NotFound):
+        create_project("no-such-team", "launch")
+
+    def create_key(team: str, **options: str) -> service.IssuedKey:
+        return in_session(
+            db,
+            lambda s: service.create_key(s, team, pepper=PEPPER, actor=TEST_ACTOR, **options),
+        )
+
+    bound = create_key(tenant.team, project="launch", role="manager")
+    assert (bound.key.project_id, bound.key.role) == (created.id, "manager")
+    with pytest.raises(InvalidRequest):
+        create_key(tenant.team, role="owner")
+    with pytest.raises(NotFound) as unknown:
+        create_key(tenant.team, project="nope")
+    assert unknown.value.code == "project_not_found"
+
+    def update_key(changes: dict[str, object]) -> service.KeyDetails:
+        return in_session(
+            db, lambda s: service.update_key(s, bound.key.id, changes, actor=TEST_ACTOR)
+        )
+
+    other_project = create_project(other.team, "elsewhere")
+    with pytest.raises(NotFound):  # a project of another team is not found from this key
+        update_key({"project": other_project.name})
+    unbound = update_key({"project": None, "role": "member"})
+    assert (unbound.key.project_id, unbound.key.role, unbound.project) == (None, "member", None)
+    with pytest.raises(InvalidRequest):
+        update_key({"team_id": other_project.team_id})
 
 
 @pytest.mark.fast

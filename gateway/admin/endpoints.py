@@ -15,6 +15,9 @@ from gateway.admin.auth import AdminActor
 from gateway.admin.schemas import (
     ERROR_RESPONSES,
     AuditOut,
+    GrantedOut,
+    GrantIn,
+    GrantOut,
     IssuedKeyOut,
     JobDetailOut,
     JobOut,
@@ -22,28 +25,35 @@ from gateway.admin.schemas import (
     KeyCreate,
     KeyOut,
     KeyRotate,
+    KeyUpdate,
+    LevelBalanceOut,
     Page,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
     RateCardIn,
     RateCardOut,
     TeamCreate,
     TeamOut,
     TeamUpdate,
-    TeamUsageOut,
 )
+from gateway.admin.usage import TeamUsageOut, usage_view
 from gateway.audit import service as audit
 from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
+from gateway.core.usd import format_usd
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs import repository as jobs
 from gateway.kit.strict_route import StrictJSONRoute
 from gateway.ledger import manual, rates
 from gateway.ledger import repository as ledger
-from gateway.ledger.snapshot import ledger_snapshot
-from gateway.services import teams
+from gateway.ledger.quotas import PeriodBalance
+from gateway.services import projects, teams
 from gateway.services.settling import count_settlement
-from gateway.tenancy import repository as tenancy_repository
+from gateway.services.teams import LevelGrant
 from gateway.tenancy import service as tenancy
-from gateway.tenancy.service import IssuedKey
+from gateway.tenancy.models import Project, Team
+from gateway.tenancy.service import IssuedKey, KeyDetails
 from gateway.web.deps import RuntimeDep, UnitOfWorkDep
 
 router = APIRouter(
@@ -67,14 +77,94 @@ def _decode(cursor: str) -> str:
         raise InvalidRequest("cursor is not valid", code="invalid_cursor", param="cursor") from None
 
 
+def _usd(micro_usd: int | None) -> str | None:
+    return format_usd(micro_usd) if micro_usd is not None else None
+
+
 def _issued(issued: IssuedKey) -> IssuedKeyOut:
+    key = issued.key
     return IssuedKeyOut(
-        id=issued.key.id,
+        id=key.id,
         key=issued.token,
         team=issued.team.name,
-        name=issued.key.name,
-        expires_at=issued.key.expires_at,
+        name=key.name,
+        expires_at=key.expires_at,
+        project=issued.project.name if issued.project is not None else None,
+        role=key.role,
+        monthly_budget_usd=_usd(key.monthly_budget_micro_usd),
+        max_cost_per_job_usd=_usd(key.max_cost_per_job_micro_usd),
     )
+
+
+# Budget levels (issue 15): the fields ``views`` does not know yet.
+
+
+def _team_out(team: Team) -> TeamOut:
+    out = views.team_out(team)
+    out.max_cost_per_job_usd = _usd(team.max_cost_per_job_micro_usd)
+    return out
+
+
+def _key_out(details: KeyDetails, now: datetime) -> KeyOut:
+    key = details.key
+    out = views.key_out(key, details.team.name, now)
+    out.project = details.project.name if details.project is not None else None
+    out.role = key.role
+    out.monthly_budget_usd = _usd(key.monthly_budget_micro_usd)
+    out.max_cost_per_job_usd = _usd(key.max_cost_per_job_micro_usd)
+    return out
+
+
+def _project_out(project: Project, team: str) -> ProjectOut:
+    return ProjectOut(
+        id=project.id,
+        team=team,
+        name=project.name,
+        monthly_budget_usd=_usd(project.monthly_budget_micro_usd),
+        max_cost_per_job_usd=_usd(project.max_cost_per_job_micro_usd),
+        soft_limit_percent=project.soft_limit_percent,
+        created_at=project.created_at,
+    )
+
+
+def _grant_out(level: LevelGrant) -> GrantOut:
+    row = level.grant
+    return GrantOut(
+        id=row.id,
+        team=level.team,
+        scope=level.scope,
+        project=level.project,
+        key_id=row.api_key_id,
+        period=row.period,
+        amount_usd=format_usd(row.amount_micro_usd),
+        reason=row.reason,
+        granted_by=row.granted_by,
+        created_at=row.created_at,
+    )
+
+
+def _balance_out(level: LevelGrant, balance: PeriodBalance) -> LevelBalanceOut:
+    return LevelBalanceOut(
+        scope=level.scope,
+        name=level.name,
+        period=balance.period,
+        budget_usd=_usd(balance.budget),
+        granted_usd=format_usd(balance.granted),
+        captured_usd=format_usd(balance.captured),
+        held_usd=format_usd(balance.held),
+        remaining_usd=_usd(balance.remaining),
+    )
+
+
+def _usd_changes(changes: dict[str, object], *fields: str) -> dict[str, object]:
+    """A PATCH body's ``*_usd`` fields under the services' ``*_micro_usd`` names (the values
+    are micro-USD already: ``UsdAmount``)."""
+    for field in fields:
+        if field in changes:
+            changes[field.removesuffix("_usd") + "_micro_usd"] = changes.pop(field)
+    if not changes:
+        raise InvalidRequest("nothing to change", code="missing_parameter")
+    return changes
 
 
 # Teams
@@ -92,7 +182,7 @@ async def list_teams(
     teams = await tenancy.list_teams(session, limit=limit + 1, after=after)
     page = list(teams[:limit])
     next_cursor = _encode(page[-1].name) if len(teams) > limit else None
-    return Page[TeamOut](data=[views.team_out(t) for t in page], next_cursor=next_cursor)
+    return Page[TeamOut](data=[_team_out(t) for t in page], next_cursor=next_cursor)
 
 
 @router.post("/teams", status_code=201, summary="Create a team", response_model=TeamOut)
@@ -106,30 +196,118 @@ async def create_team(body: TeamCreate, admin: AdminActor, work: UnitOfWorkDep) 
         monthly_budget_micro_usd=body.monthly_budget_usd,
         max_concurrent_jobs=body.max_concurrent_jobs,
         soft_limit_percent=body.soft_limit_percent,
+        max_cost_per_job_micro_usd=body.max_cost_per_job_usd,
     )
-    return views.team_out(team)
+    return _team_out(team)
 
 
 @router.get("/teams/{name}", summary="Get a team", response_model=TeamOut)
 async def get_team(name: str, admin: AdminActor, work: UnitOfWorkDep) -> TeamOut:
     session = work.session
-    return views.team_out(await tenancy.require_team(session, name))
+    return _team_out(await tenancy.require_team(session, name))
 
 
 @router.patch("/teams/{name}", summary="Change a team (budget, limits, disable)")
 async def update_team(
     name: str, body: TeamUpdate, admin: AdminActor, runtime: RuntimeDep, work: UnitOfWorkDep
 ) -> TeamOut:
-    changes = body.model_dump(exclude_unset=True)
-    if "monthly_budget_usd" in changes:
-        changes["monthly_budget_micro_usd"] = changes.pop("monthly_budget_usd")
-    if not changes:
-        raise InvalidRequest("nothing to change", code="missing_parameter")
+    changes = _usd_changes(
+        body.model_dump(exclude_unset=True), "monthly_budget_usd", "max_cost_per_job_usd"
+    )
     session = work.session
     team = await teams.update_team(
         session, name, changes, actor=admin, policy=runtime.settings.default_budget_policy
     )
-    return views.team_out(team)
+    return _team_out(team)
+
+
+# Projects
+
+
+@router.get("/teams/{name}/projects", summary="List a team's projects")
+async def list_projects(name: str, admin: AdminActor, work: UnitOfWorkDep) -> list[ProjectOut]:
+    session = work.session
+    return [_project_out(p, name) for p in await tenancy.list_projects(session, name)]
+
+
+@router.post(
+    "/teams/{name}/projects",
+    status_code=201,
+    summary="Create a project (409 if the team has one of that name)",
+)
+async def create_project(
+    name: str, body: ProjectCreate, admin: AdminActor, work: UnitOfWorkDep
+) -> ProjectOut:
+    session = work.session
+    project = await tenancy.create_project(
+        session,
+        name,
+        body.name,
+        actor=admin,
+        monthly_budget_micro_usd=body.monthly_budget_usd,
+        max_cost_per_job_micro_usd=body.max_cost_per_job_usd,
+        soft_limit_percent=body.soft_limit_percent,
+    )
+    return _project_out(project, name)
+
+
+@router.get("/teams/{name}/projects/{project}", summary="Get a project")
+async def get_project(
+    name: str, project: str, admin: AdminActor, work: UnitOfWorkDep
+) -> ProjectOut:
+    session = work.session
+    team = await tenancy.require_team(session, name)
+    return _project_out(await tenancy.require_project(session, team, project), name)
+
+
+@router.patch(
+    "/teams/{name}/projects/{project}",
+    summary="Change a project's budget (applies to the month under way), cap or alert",
+)
+async def update_project(
+    name: str, project: str, body: ProjectUpdate, admin: AdminActor, work: UnitOfWorkDep
+) -> ProjectOut:
+    changes = _usd_changes(
+        body.model_dump(exclude_unset=True), "monthly_budget_usd", "max_cost_per_job_usd"
+    )
+    session = work.session
+    row = await projects.update_project(session, name, project, changes, actor=admin)
+    return _project_out(row, name)
+
+
+# Grants
+
+
+@router.post(
+    "/teams/{name}/grants",
+    status_code=201,
+    summary="Grant the team, one of its projects or one of its keys more budget for a month",
+)
+async def grant_budget(
+    name: str, body: GrantIn, admin: AdminActor, runtime: RuntimeDep, work: UnitOfWorkDep
+) -> GrantedOut:
+    session = work.session
+    level, balance = await teams.grant_budget(
+        session,
+        name,
+        amount_micro_usd=body.amount_usd,
+        reason=body.reason,
+        actor=admin,
+        policy=runtime.settings.default_budget_policy,
+        period=body.period,
+        project=body.project,
+        key_id=body.key_id,
+    )
+    return GrantedOut(**_grant_out(level).model_dump(), balance=_balance_out(level, balance))
+
+
+@router.get("/teams/{name}/grants", summary="A team's grants for a month, oldest first")
+async def list_grants(
+    name: str, admin: AdminActor, work: UnitOfWorkDep, period: Period = None
+) -> list[GrantOut]:
+    session = work.session
+    found = await teams.list_grants(session, name, period or period_of(utcnow()))
+    return [_grant_out(g) for g in found]
 
 
 # Keys
@@ -138,9 +316,9 @@ async def update_team(
 @router.get("/teams/{name}/keys", summary="List a team's keys (never the keys themselves)")
 async def list_keys(name: str, admin: AdminActor, work: UnitOfWorkDep) -> list[KeyOut]:
     session = work.session
-    keys = await tenancy.list_keys(session, name)
+    keys = await tenancy.list_key_details(session, name)
     now = utcnow()
-    return [views.key_out(k, name, now) for k in keys]
+    return [_key_out(k, now) for k in keys]
 
 
 @router.post("/teams/{name}/keys", status_code=201, summary="Create a key (shown once)")
@@ -157,18 +335,40 @@ async def create_key(
     )
     session = work.session
     issued = await tenancy.create_key(
-        session, name, pepper=runtime.pepper, actor=admin, name=body.name, expires_at=expires_at
+        session,
+        name,
+        pepper=runtime.pepper,
+        actor=admin,
+        name=body.name,
+        expires_at=expires_at,
+        project=body.project,
+        role=body.role,
+        monthly_budget_micro_usd=body.monthly_budget_usd,
+        max_cost_per_job_micro_usd=body.max_cost_per_job_usd,
     )
     return _issued(issued)
+
+
+@router.patch(
+    "/keys/{key_id}",
+    summary="Change a key's project, role, budget (applies to the month under way) or cap",
+)
+async def update_key(
+    key_id: str, body: KeyUpdate, admin: AdminActor, work: UnitOfWorkDep
+) -> KeyOut:
+    changes = _usd_changes(
+        body.model_dump(exclude_unset=True), "monthly_budget_usd", "max_cost_per_job_usd"
+    )
+    session = work.session
+    details = await projects.update_key(session, key_id, changes, actor=admin)
+    return _key_out(details, utcnow())
 
 
 @router.post("/keys/{key_id}/revoke", summary="Revoke a key (at once, on every replica)")
 async def revoke_key(key_id: str, admin: AdminActor, work: UnitOfWorkDep) -> KeyOut:
     session = work.session
     key = await tenancy.revoke_key(session, key_id, actor=admin)
-    team = await tenancy_repository.get_team_by_id(session, key.team_id)
-    assert team is not None
-    return views.key_out(key, team.name, utcnow())
+    return _key_out(await tenancy.describe_key(session, key), utcnow())
 
 
 @router.post(
@@ -302,16 +502,9 @@ async def usage(
     period: Period = None,
     team: str | None = None,
 ) -> list[TeamUsageOut]:
-    now = utcnow()
-    period = period or period_of(now)
-    session = work.session
-    snapshot = await ledger_snapshot(
-        session, period=period, now=now, policy=runtime.settings.default_budget_policy
+    return await usage_view(
+        work.session, period=period, team=team, policy=runtime.settings.default_budget_policy
     )
-    figures = [f for f in snapshot.teams if team is None or f.team == team]
-    if team is not None and not figures:
-        raise NotFound(f"no team named {team!r}", code="team_not_found", param="team")
-    return [views.usage_out(f, period) for f in figures]
 
 
 # Audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -44,6 +44,12 @@ UsdAmount = Annotated[
     ),
 ]
 """Input: USD as number or string. The validated value is micro-USD (int)."""
+
+MonthText = Annotated[
+    str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-11"], description="YYYY-MM")
+]
+PER_JOB_CAP = "A request priced above this is refused (400 cost_cap_exceeded); null: no cap"
+Role = Literal["member", "manager"]
 
 
 class _In(BaseModel):
@@ -91,12 +97,14 @@ class TeamCreate(_In):
     cost_center: str | None = Field(default=None, max_length=64, examples=["CC-1234"])
     max_concurrent_jobs: StrictInt | None = Field(default=None, ge=1)
     soft_limit_percent: StrictInt | None = Field(default=None, ge=1, le=100, examples=[80])
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
 
 
 class TeamUpdate(_In):
     """Only the fields present are changed; ``null`` clears an optional setting."""
 
     monthly_budget_usd: UsdAmount | None = None
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
     cost_center: str | None = Field(default=None, max_length=64)
     max_concurrent_jobs: StrictInt | None = Field(default=None, ge=1)
     soft_limit_percent: StrictInt | None = Field(default=None, ge=1, le=100)
@@ -114,11 +122,61 @@ class TeamOut(BaseModel):
     soft_limit_percent: int | None
     disabled: bool
     created_at: datetime
+    max_cost_per_job_usd: str | None = Field(default=None, examples=["5.000000"])
+
+
+class ProjectCreate(_In):
+    name: str = Field(min_length=1, max_length=64, examples=["launch-video"])
+    monthly_budget_usd: UsdAmount | None = Field(
+        default=None, description="Per calendar month (UTC); null: only the team's applies"
+    )
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
+    soft_limit_percent: StrictInt | None = Field(default=None, ge=1, le=100, examples=[80])
+
+
+class ProjectUpdate(_In):
+    """Only the fields present are changed; ``null`` clears a setting. A budget change applies
+    to the month under way (409 ``budget_below_usage`` below what the project used)."""
+
+    monthly_budget_usd: UsdAmount | None = None
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
+    soft_limit_percent: StrictInt | None = Field(default=None, ge=1, le=100)
+
+
+class ProjectOut(BaseModel):
+    id: int
+    team: str
+    name: str
+    monthly_budget_usd: str | None = Field(examples=["100.000000"])
+    max_cost_per_job_usd: str | None
+    soft_limit_percent: int | None
+    created_at: datetime
 
 
 class KeyCreate(_In):
     name: str | None = Field(default=None, max_length=128, examples=["render-farm"])
     expires_in_days: StrictInt | None = Field(default=None, ge=1, le=3650)
+    project: str | None = Field(
+        default=None,
+        max_length=64,
+        examples=["launch-video"],
+        description="A project of the team: the key's jobs are that project's",
+    )
+    role: Role = Field(default="member", description="manager: may manage the team's keys")
+    monthly_budget_usd: UsdAmount | None = Field(
+        default=None, description="The key's own budget per calendar month (UTC); null: none"
+    )
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
+
+
+class KeyUpdate(_In):
+    """Only the fields present are changed; ``null`` clears a budget or cap, or unbinds the
+    project. A budget change applies to the month under way."""
+
+    project: str | None = Field(default=None, max_length=64)
+    role: Role | None = None
+    monthly_budget_usd: UsdAmount | None = None
+    max_cost_per_job_usd: UsdAmount | None = Field(default=None, description=PER_JOB_CAP)
 
 
 class KeyRotate(_In):
@@ -142,6 +200,10 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     last_used_at: datetime | None
     active: bool
+    project: str | None = None
+    role: str = "member"
+    monthly_budget_usd: str | None = None
+    max_cost_per_job_usd: str | None = None
 
 
 class IssuedKeyOut(BaseModel):
@@ -150,6 +212,50 @@ class IssuedKeyOut(BaseModel):
     team: str
     name: str | None
     expires_at: datetime | None
+    project: str | None = None
+    role: str = "member"
+    monthly_budget_usd: str | None = None
+    max_cost_per_job_usd: str | None = None
+
+
+class GrantIn(_In):
+    """Give no ``project`` and no ``key_id`` for the team itself; at most one of them."""
+
+    amount_usd: UsdAmount = Field(description="Added to the level's budget for the period only")
+    period: MonthText | None = Field(default=None, description="YYYY-MM; default: this month")
+    reason: str = Field(min_length=1, max_length=255, examples=["launch week"])
+    project: str | None = Field(default=None, max_length=64)
+    key_id: str | None = Field(default=None, max_length=64)
+
+
+class GrantOut(BaseModel):
+    id: int
+    team: str
+    scope: str = Field(description="team, project or key")
+    project: str | None
+    key_id: str | None
+    period: str
+    amount_usd: str
+    reason: str
+    granted_by: str
+    created_at: datetime
+
+
+class LevelBalanceOut(BaseModel):
+    """One level's money for a period; ``remaining_usd`` counts the grants."""
+
+    scope: str
+    name: str
+    period: str
+    budget_usd: str | None
+    granted_usd: str
+    captured_usd: str
+    held_usd: str
+    remaining_usd: str | None
+
+
+class GrantedOut(GrantOut):
+    balance: LevelBalanceOut = Field(description="The level's balance after the grant")
 
 
 class RateCardIn(_In):
@@ -203,16 +309,6 @@ class JobOut(BaseModel):
 
 class JobDetailOut(JobOut):
     entries: list[LedgerEntryOut]
-
-
-class TeamUsageOut(BaseModel):
-    team: str
-    period: str
-    budget_usd: str | None
-    captured_usd: str
-    held_usd: str
-    remaining_usd: str | None
-    jobs_in_flight: int
 
 
 class AuditOut(BaseModel):

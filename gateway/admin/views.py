@@ -13,13 +13,11 @@ from gateway.admin.schemas import (
     LedgerEntryOut,
     RateCardOut,
     TeamOut,
-    TeamUsageOut,
 )
 from gateway.audit.models import AuditEntry
 from gateway.core.usd import format_usd
 from gateway.jobs.models import Job
 from gateway.ledger.models import LedgerEntry, RateCardRow
-from gateway.ledger.snapshot import TeamFigures
 from gateway.tenancy.models import ApiKey, Team
 
 
@@ -105,20 +103,6 @@ def entry_out(entry: LedgerEntry) -> LedgerEntryOut:
 
 def job_detail_out(job: Job, team: str, entries: list[LedgerEntry]) -> JobDetailOut:
     return JobDetailOut(**job_out(job, team).model_dump(), entries=[entry_out(e) for e in entries])
-
-
-def usage_out(figures: TeamFigures, period: str) -> TeamUsageOut:
-    budget = figures.budget_micro_usd
-    used = figures.captured_micro_usd + figures.held_micro_usd
-    return TeamUsageOut(
-        team=figures.team,
-        period=period,
-        budget_usd=_usd(budget),
-        captured_usd=format_usd(figures.captured_micro_usd),
-        held_usd=format_usd(figures.held_micro_usd),
-        remaining_usd=_usd(max(budget - used, 0)) if budget is not None else None,
-        jobs_in_flight=figures.jobs_in_flight,
-    )
 
 
 def audit_out(entry: AuditEntry) -> AuditOut:

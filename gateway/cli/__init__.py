@@ -6,10 +6,12 @@ import click
 
 from gateway.cli import (
     audit,
+    budgets,
     config,
     db,
     demo,
     keys,
+    projects,
     rates,
     reconcile,
     report,
@@ -31,6 +33,8 @@ main.add_command(demo.demo)
 main.add_command(db.db)
 main.add_command(teams.teams)
 main.add_command(keys.keys)
+main.add_command(projects.projects)
+main.add_command(budgets.budgets_group)
 main.add_command(rates.rates_group)
 main.add_command(reconcile.reconcile)
 main.add_command(audit.audit_group)

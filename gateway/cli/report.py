@@ -42,7 +42,7 @@ def _group_by(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         return parse_group_by("cost_center" if value == "cost-center" else value)
     except GatewayError:
         raise click.BadParameter(
-            f"{value!r}: group by team, cost_center or tag:KEY (e.g. tag:project)"
+            f"{value!r}: group by team, cost_center, project or tag:KEY (e.g. tag:user)"
         ) from None
 
 
@@ -76,7 +76,8 @@ def _tag(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tup
     default="team",
     show_default=True,
     callback=_group_by,
-    help="team, cost_center or tag:KEY (per tag value within each team).",
+    help="team, cost_center, project (per project within each team; jobs of no project as "
+    "(none)), or tag:KEY (per tag value within each team).",
 )
 @click.option("--team", help="Only this team (it must exist).")
 @click.option("--tag", callback=_tag, help="Only jobs tagged KEY=VALUE.")
@@ -90,8 +91,8 @@ def chargeback(
     tag: tuple[str, str] | None,
     daily: bool,
 ) -> None:
-    """The monthly chargeback per team, cost center or tag. A progress bar is shown on stderr
-    when it is a terminal (the FOCUS export of a big month takes a while)."""
+    """The monthly chargeback per team, cost center, project or tag. A progress bar is shown
+    on stderr when it is a terminal (the FOCUS export of a big month takes a while)."""
     query = ReportQuery(
         month=month, group_by=group_by, team=team, tag=tag, daily=daily or fmt == "html"
     )

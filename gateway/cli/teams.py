@@ -1,4 +1,5 @@
-"""``gateway teams create|list``."""
+"""``gateway teams create|list|update``, and the ``--...-usd`` options every family of
+commands parses the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +17,53 @@ from gateway.tenancy import service
 from gateway.tenancy.models import Team
 
 
+def usd_or_none(micro_usd: int | None) -> str | None:
+    return format_usd(micro_usd) if micro_usd is not None else None
+
+
+def parse_usd_param(value: str, option: str, *, positive: bool = False) -> int:
+    """A ``--...-usd`` value in micro-USD; an amount that cannot work is a usage error (exit 2),
+    as is 0 where only a positive amount makes sense (a per-job cap, a grant)."""
+    try:
+        amount = parse_usd(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    if positive and amount == 0:
+        raise click.BadParameter("must be more than 0", param_hint=f"'{option}'")
+    return amount
+
+
+def usd_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Click callback: a ``--...-usd`` amount (a budget: 0 or more); None when not given."""
+    return None if value is None else parse_usd_param(value, param.opts[0])
+
+
+def positive_usd_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> int | None:
+    """Click callback: a ``--...-usd`` amount that must be more than 0 (a cap, a grant)."""
+    return None if value is None else parse_usd_param(value, param.opts[0], positive=True)
+
+
+def usd_change(
+    changes: dict[str, object],
+    field: str,
+    value: str | None,
+    option: str,
+    *,
+    positive: bool = False,
+) -> None:
+    """An ``update`` command's ``--...-usd`` option into ``changes[field]``: ``none`` clears
+    the setting, absent leaves it alone."""
+    if value is None:
+        return
+    cleared = value.strip().lower() == "none"
+    changes[field] = None if cleared else parse_usd_param(value, option, positive=positive)
+
+
+CAP_HELP = "Refuse any single request priced above this (USD)."
+
+
 def team_to_dict(team: Team) -> dict[str, object]:
     budget = team.monthly_budget_micro_usd
     return {
@@ -23,6 +71,7 @@ def team_to_dict(team: Team) -> dict[str, object]:
         "name": team.name,
         "cost_center": team.cost_center,
         "monthly_budget_usd": format_usd(budget) if budget is not None else None,
+        "max_cost_per_job_usd": usd_or_none(team.max_cost_per_job_micro_usd),
         "max_concurrent_jobs": team.max_concurrent_jobs,
         "soft_limit_percent": team.soft_limit_percent,
         "created_at": team.created_at.isoformat(),
@@ -37,7 +86,12 @@ def teams() -> None:
 
 @teams.command("create")
 @click.argument("name")
-@click.option("--monthly-budget-usd", help="Budget per calendar month (UTC), e.g. 250 or 99.50.")
+@click.option(
+    "--monthly-budget-usd",
+    callback=usd_option,
+    help="Budget per calendar month (UTC), e.g. 250 or 99.50.",
+)
+@click.option("--max-cost-per-job-usd", callback=positive_usd_option, help=CAP_HELP)
 @click.option("--cost-center", help="Cost center that finance charges this team's spend to.")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1), help="Cap on jobs in flight.")
 @click.option(
@@ -48,19 +102,14 @@ def teams() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the team as JSON.")
 def create(
     name: str,
-    monthly_budget_usd: str | None,
+    monthly_budget_usd: int | None,
+    max_cost_per_job_usd: int | None,
     cost_center: str | None,
     max_concurrent_jobs: int | None,
     soft_limit_percent: int | None,
     as_json: bool,
 ) -> None:
     """Create team NAME."""
-    budget: int | None = None
-    if monthly_budget_usd is not None:
-        try:
-            budget = parse_usd(monthly_budget_usd)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--monthly-budget-usd'") from None
     settings = load_settings()
 
     async def _create(session: AsyncSession) -> Team:
@@ -69,9 +118,10 @@ def create(
             name,
             actor=Actor.cli(),
             cost_center=cost_center,
-            monthly_budget_micro_usd=budget,
+            monthly_budget_micro_usd=monthly_budget_usd,
             max_concurrent_jobs=max_concurrent_jobs,
             soft_limit_percent=soft_limit_percent,
+            max_cost_per_job_micro_usd=max_cost_per_job_usd,
         )
 
     team = run_in_session(settings, _create)
@@ -96,6 +146,7 @@ def list_teams(as_json: bool) -> None:
             Column("NAME"),
             Column("COST CENTER"),
             Column("BUDGET/MONTH USD", "right"),
+            Column("MAX/JOB USD", "right"),
             Column("SOFT LIMIT %", "right"),
             Column("MAX JOBS", "right"),
             Column("STATUS"),
@@ -105,6 +156,7 @@ def list_teams(as_json: bool) -> None:
                 row["name"],
                 row["cost_center"],
                 row["monthly_budget_usd"] or "default",
+                row["max_cost_per_job_usd"],
                 row["soft_limit_percent"],
                 row["max_concurrent_jobs"],
                 "disabled" if row["disabled"] else "enabled",
@@ -117,6 +169,7 @@ def list_teams(as_json: bool) -> None:
 @teams.command("update")
 @click.argument("name")
 @click.option("--monthly-budget-usd", help="New budget per month (USD), or 'none' to clear it.")
+@click.option("--max-cost-per-job-usd", help="New per-job cap (USD), or 'none' to clear it.")
 @click.option("--cost-center")
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=1))
 @click.option("--soft-limit-percent", type=click.IntRange(1, 100))
@@ -125,6 +178,7 @@ def list_teams(as_json: bool) -> None:
 def update(
     name: str,
     monthly_budget_usd: str | None,
+    max_cost_per_job_usd: str | None,
     cost_center: str | None,
     max_concurrent_jobs: int | None,
     soft_limit_percent: int | None,
@@ -133,13 +187,14 @@ def update(
 ) -> None:
     """Change team NAME's budget, limits or cost center; disable or enable it."""
     changes: dict[str, object] = {}
-    if monthly_budget_usd is not None:
-        try:
-            changes["monthly_budget_micro_usd"] = (
-                None if monthly_budget_usd.lower() == "none" else parse_usd(monthly_budget_usd)
-            )
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--monthly-budget-usd'") from None
+    usd_change(changes, "monthly_budget_micro_usd", monthly_budget_usd, "--monthly-budget-usd")
+    usd_change(
+        changes,
+        "max_cost_per_job_micro_usd",
+        max_cost_per_job_usd,
+        "--max-cost-per-job-usd",
+        positive=True,
+    )
     for field, value in (
         ("cost_center", cost_center),
         ("max_concurrent_jobs", max_concurrent_jobs),

@@ -210,20 +210,34 @@ class LedgerEntry(Base):
 
 
 class BudgetAlert(Base):
-    """A team crossed a threshold in a period: raised once (the unique key), delivered to the
+    """A level (the team, one of its projects, one of its keys) crossed a threshold in a
+    period: raised once per level, period and threshold (the unique key), delivered to the
     webhook with retries. ``threshold`` is ``soft_limit`` or ``hard_limit``."""
 
     __tablename__ = "budget_alerts"
     __table_args__ = (
-        UniqueConstraint("team_id", "period", "threshold", name="uq_budget_alerts_once"),
+        UniqueConstraint(
+            "team_id", "scope", "owner", "period", "threshold", name="uq_budget_alerts_once"
+        ),
+        CheckConstraint("scope IN ('team', 'project', 'key')", name="scope_known"),
         Index("ix_budget_alerts_pending", "delivered_at", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    """The team the level belongs to (or is)."""
+    scope: Mapped[str] = mapped_column(String(8), default="team")
+    """``team``, ``project`` or ``key``."""
+    owner: Mapped[str] = mapped_column(String(32), default="")
+    """Which level of the team: the project's id or the key's id; empty for the team itself
+    (``team_id`` names it), so the unique key needs no NULL."""
+    scope_name: Mapped[str | None] = mapped_column(String(64))
+    """The project's name or the key's id when raised; NULL for the team (its name is the
+    team's)."""
     period: Mapped[str] = mapped_column(String(7))
     threshold: Mapped[str] = mapped_column(String(16))
     budget_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    """What the level could spend in the period when raised (its budget plus grants)."""
     used_micro_usd: Mapped[int] = mapped_column(BigInteger)
     """Held + captured when the threshold was crossed, micro-USD."""
     limit_micro_usd: Mapped[int] = mapped_column(BigInteger)

@@ -193,6 +193,7 @@ async def set_period_budget(
     try:
         async with session.begin_nested():
             await repository.set_budget(session, account, period, budget, now)
+            await repository.set_later_budgets(session, account, period, budget, now)
     except IntegrityError:
         current = await repository.get_balance(session, account, period)
         used = (current.held_micro_usd + current.captured_micro_usd) if current else 0

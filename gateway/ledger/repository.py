@@ -60,10 +60,12 @@ class Account:
     def table(self) -> _Balance:
         return _TABLES[self.scope]
 
+    def owned(self) -> ColumnElement[bool]:
+        owner_column: InstrumentedAttribute[Any] = getattr(self.table, _OWNER_COLUMNS[self.scope])
+        return owner_column == self.owner
+
     def matches(self, period: str) -> ColumnElement[bool]:
-        table = self.table
-        owner_column: InstrumentedAttribute[Any] = getattr(table, _OWNER_COLUMNS[self.scope])
-        return and_(owner_column == self.owner, table.period == period)
+        return and_(self.owned(), self.table.period == period)
 
     def returned(self) -> tuple[InstrumentedAttribute[Any], ...]:
         table = self.table
@@ -116,6 +118,19 @@ async def set_budget(
     await session.execute(
         update(account.table)
         .where(account.matches(period))
+        .values(budget_micro_usd=budget, updated_at=now)
+    )
+
+
+async def set_later_budgets(
+    session: AsyncSession, account: Account, period: str, budget: int | None, now: datetime
+) -> None:
+    """The budget of the rows of periods after ``period`` that already exist (opened early by
+    a grant for a later month): a budget change applies to them too."""
+    table = account.table
+    await session.execute(
+        update(table)
+        .where(account.owned(), table.period > period)
         .values(budget_micro_usd=budget, updated_at=now)
     )
 

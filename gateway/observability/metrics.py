@@ -5,9 +5,11 @@ Two kinds, and dashboards must treat them differently:
 - **Per-process counters and histograms** (requests, latencies, upstream errors, settlements,
   billed dollars, rejections, ...): each process counts what it did. Sum them across
   processes and replicas: ``sum by (team) (rate(gateway_billed_usd_total[5m]))``.
-- **Ledger gauges** (budgets, spend, holds, jobs in flight, oldest hold, reconciler lag): read
-  from the shared database on a schedule, so every replica reports the same truth. Take the
-  ``max`` across replicas, never the sum: ``max by (team) (gateway_team_spend_usd)``.
+- **Ledger gauges** (budgets, spend, holds, jobs in flight, oldest hold, reconciler lag; per
+  team and per project): read from the shared database on a schedule, so every replica
+  reports the same truth. Take the ``max`` across replicas, never the sum:
+  ``max by (team) (gateway_team_spend_usd)``. A budget gauge is what may be spent this
+  period (the budget plus its one-off grants) and is absent for an unlimited level.
 
 With ``gateway serve --workers N`` the workers share ``PROMETHEUS_MULTIPROC_DIR`` and
 ``/metrics`` aggregates them (prometheus-client's multiprocess mode): counters are summed,
@@ -156,7 +158,10 @@ class Metrics:
         )
         # Ledger gauges (read from the database; the same on every replica).
         self.team_budget = self._ledger_gauge(
-            "gateway_team_budget_usd", "The team's budget for the current period.", ["team"]
+            "gateway_team_budget_usd",
+            "What the team may spend in the current period: its budget plus one-off grants "
+            "(absent when unlimited).",
+            ["team"],
         )
         self.team_soft_limit = self._ledger_gauge(
             "gateway_team_soft_limit_usd",
@@ -168,6 +173,17 @@ class Metrics:
         )
         self.team_held = self._ledger_gauge(
             "gateway_team_held_usd", "USD held for the team's unsettled jobs this period.", ["team"]
+        )
+        self.project_budget = self._ledger_gauge(
+            "gateway_project_budget_usd",
+            "What the project may spend in the current period: its budget plus one-off grants "
+            "(absent when it has no budget of its own).",
+            ["team", "project"],
+        )
+        self.project_spend = self._ledger_gauge(
+            "gateway_project_spend_usd",
+            "USD captured for the project in the current period.",
+            ["team", "project"],
         )
         self.jobs_in_flight = self._ledger_gauge(
             "gateway_jobs_in_flight", "The team's jobs not yet settled.", ["team"]
@@ -235,7 +251,8 @@ class Metrics:
         held_micro_usd: int,
         jobs_in_flight: int,
     ) -> None:
-        """One team's ledger gauges, as read from the database."""
+        """One team's ledger gauges, as read from the database. ``budget_micro_usd``: what it
+        may spend (budget plus grants), None when unlimited."""
         if budget_micro_usd is not None:
             self.team_budget.labels(team).set(_usd(budget_micro_usd))
         if soft_limit_micro_usd is not None:
@@ -243,6 +260,15 @@ class Metrics:
         self.team_spend.labels(team).set(_usd(captured_micro_usd))
         self.team_held.labels(team).set(_usd(held_micro_usd))
         self.jobs_in_flight.labels(team).set(jobs_in_flight)
+
+    def set_project_figures(
+        self, team: str, project: str, *, budget_micro_usd: int | None, captured_micro_usd: int
+    ) -> None:
+        """One project's ledger gauges, as read from the database. ``budget_micro_usd``: what
+        it may spend (budget plus grants), None when it has no budget of its own."""
+        if budget_micro_usd is not None:
+            self.project_budget.labels(team, project).set(_usd(budget_micro_usd))
+        self.project_spend.labels(team, project).set(_usd(captured_micro_usd))
 
     def set_ledger_totals(
         self,

@@ -5,9 +5,12 @@ catalog the app serves (``gateway.proxy.openapi``), once, never per request."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from fastapi import APIRouter, Request, Response
 
 from gateway.catalog.spec import Catalog
+from gateway.core.clock import utcnow
 from gateway.core.pricing import ESTIMATE_HEADER
 from gateway.core.usd import format_usd
 from gateway.errors import GatewayError, InvalidRequest
@@ -15,13 +18,19 @@ from gateway.kit.http import read_body_capped
 from gateway.proxy.openapi import (
     POLL_OPENAPI,
     POLL_RESPONSES,
+    QUOTE_RESPONSES,
     SUBMIT_RESPONSES,
     USAGE_OPENAPI,
     USAGE_RESPONSES,
+    QuoteLineOut,
+    QuoteOut,
+    QuoteRefusal,
+    QuoteScopeOut,
+    quote_openapi,
     submit_openapi,
 )
-from gateway.proxy.schemas import UsageOut
-from gateway.services import poll, submit
+from gateway.proxy.schemas import UsageOut, UsageScopeOut
+from gateway.services import poll, quote, submit
 from gateway.services.callers import Reads
 from gateway.services.proxy import ProxiedResponse
 from gateway.web.deps import runtime_of
@@ -37,6 +46,7 @@ _SINGLE_HEADERS = (
     ("X-Gateway-Tags", "invalid_tags"),
     ("X-Gateway-Project", "unknown_project"),
 )
+_QUOTE_SINGLE_HEADERS = tuple(h for h in _SINGLE_HEADERS if h[0] != "Idempotency-Key")
 
 
 def _to_response(request: Request, result: ProxiedResponse) -> Response:
@@ -94,6 +104,19 @@ def tenant_router(catalog: Catalog) -> APIRouter:
         responses=USAGE_RESPONSES,
         openapi_extra=USAGE_OPENAPI,
     )
+    router.add_api_route(
+        "/v1/quote",
+        create_quote,
+        methods=["POST"],
+        summary="Price a submit without submitting it",
+        description="The submit's body and headers, validated as the submit validates them: "
+        "the price line by line, the budget levels it would be held on, and whether the "
+        "submit would be accepted now (if not, the error it would get). Nothing is held, "
+        "forwarded, billed or recorded.",
+        operation_id="createQuote",
+        responses=QUOTE_RESPONSES,
+        openapi_extra=quote_openapi(catalog),
+    )
     return router
 
 
@@ -147,11 +170,14 @@ async def get_job(request: Request) -> Response:
 
 
 async def get_usage(request: Request) -> Response:
-    caller = await authenticated(request, runtime_of(request), Reads(balance=True))
-    principal, balance = caller.principal, caller.balance
+    # The caller and every level's balance (team, the key's project, the key) in one round trip.
+    caller = await authenticated(request, runtime_of(request), Reads(balance=True, scopes=True))
+    principal, balance, scopes = caller.principal, caller.balance, caller.scopes
     assert balance is not None  # read for every caller
+    assert scopes is not None
     remember_balance(request, balance)
     remaining = balance.remaining
+    now = utcnow()
     usage = UsageOut(
         team=principal.team_name,
         period=balance.period,
@@ -159,6 +185,63 @@ async def get_usage(request: Request) -> Response:
         captured_usd=format_usd(balance.captured),
         held_usd=format_usd(balance.held),
         remaining_usd=format_usd(remaining) if remaining is not None else None,
+        scopes=[UsageScopeOut.of(level, now) for level in scopes],
     )
     # Serialised here, by pydantic's own encoder: FastAPI would validate it again first.
     return Response(usage.model_dump_json(), media_type="application/json")
+
+
+async def create_quote(request: Request) -> Response:
+    runtime = runtime_of(request)
+    principal = (await authenticated(request, runtime)).principal
+    headers = request.headers
+    try:
+        for name, code in _QUOTE_SINGLE_HEADERS:
+            if len(headers.getlist(name)) > 1:
+                runtime.metrics.validation_rejections.labels(code).inc()
+                raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
+        raw = await read_body_capped(request, runtime.settings.max_request_body_bytes)
+        result = await quote.quote_submission(
+            runtime.proxy,
+            principal,
+            raw,
+            tags_header=headers.get("x-gateway-tags"),
+            project_header=headers.get("x-gateway-project"),
+        )
+    except GatewayError:
+        await remember_balance_if_unknown(request, runtime, principal)
+        raise
+    remember_balance(request, result.team_balance)
+    return Response(_quote_out(result).model_dump_json(), media_type="application/json")
+
+
+def _quote_out(result: quote.Quote) -> QuoteOut:
+    now = utcnow()
+    refusal = result.refusal
+    return QuoteOut(
+        model=result.model,
+        rate_card_version=result.rate_card_version,
+        lines=[
+            QuoteLineOut(
+                item=line.item,
+                quantity=format(Decimal(line.quantity).normalize(), "f"),
+                unit_price_usd=format_usd(line.unit_price_micro_usd),
+                amount_usd=format_usd(line.amount_micro_usd),
+            )
+            for line in result.lines
+        ],
+        total_usd=format_usd(result.total_micro_usd),
+        accepted=result.accepted,
+        refusal=QuoteRefusal.model_validate(refusal.to_body()["error"]) if refusal else None,
+        scopes=[
+            QuoteScopeOut(
+                **UsageScopeOut.of(scope.level, now).model_dump(),
+                remaining_after_usd=_usd_or_none(scope.remaining_after_micro_usd),
+            )
+            for scope in result.scopes
+        ],
+    )
+
+
+def _usd_or_none(micro_usd: int | None) -> str | None:
+    return format_usd(micro_usd) if micro_usd is not None else None

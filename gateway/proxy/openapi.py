@@ -16,9 +16,11 @@ from gateway.catalog.openapi import submit_body_schema, submit_examples
 from gateway.catalog.spec import Catalog
 from gateway.core.pricing import ESTIMATE_HEADER
 from gateway.errors import CONCURRENCY_RETRY_AFTER_SECONDS
+from gateway.proxy.schemas import UsageScopeOut
 from gateway.web.openapi import (
     REQUEST_ID_HEADER,
     TENANT_SECURITY,
+    ErrorObject,
     QuotaErrorEnvelope,
     error_doc,
     header_doc,
@@ -203,7 +205,11 @@ POLL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 USAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The team's money for the current period", "headers": _TENANT_HEADERS},
+    200: {
+        "description": "The team's money for the current period, and each budget level's that "
+        "applies to the caller (team, the key's project, the key) with its month-end forecast",
+        "headers": _TENANT_HEADERS,
+    },
     **_AUTH,
     503: error_doc(_LEDGER_UNAVAILABLE, headers=_RETRY_AFTER),
 }
@@ -268,3 +274,114 @@ POLL_OPENAPI: dict[str, Any] = {
     "security": TENANT_SECURITY,
 }
 USAGE_OPENAPI: dict[str, Any] = {"security": TENANT_SECURITY}
+
+
+# The quote (POST /v1/quote). Unlike the upstream's bodies above, the gateway writes this
+# answer itself, and these models also serialise it (``gateway.proxy.endpoints.create_quote``).
+
+
+class QuoteLineOut(BaseModel):
+    """One line of the price. The lines add up to ``total_usd`` exactly."""
+
+    item: str = Field(
+        description="image (the image fee), or video_seconds_<resolution>",
+        examples=["video_seconds_720p"],
+    )
+    quantity: str = Field(
+        description="How many: images, or seconds (a decimal string, as sent)", examples=["10"]
+    )
+    unit_price_usd: str = Field(
+        description="Per image, or per second (USD decimal string)", examples=["0.168000"]
+    )
+    amount_usd: str = Field(
+        description="The line's amount (USD decimal string); the seconds' line is rounded "
+        "half-up to the micro-dollar, once, as the submit's price is",
+        examples=["1.680000"],
+    )
+
+
+class QuoteRefusal(ErrorObject):
+    """The ``error`` object the submit would answer with now, exactly (its details beside
+    ``code``): cost_cap_exceeded (400; scope, scope_name, cap_usd, requested_usd),
+    quota_exceeded (429; scope, scope_name, period, budget_usd, granted_usd, used_usd,
+    requested_usd, resets_at: the first level without room, team then project then key) or
+    concurrency_limit (429; jobs_in_flight, max_concurrent_jobs)."""
+
+
+class QuoteScopeOut(UsageScopeOut):
+    """A budget level the job would be held on, as ``GET /v1/usage`` shows it, and what this
+    job would leave of it."""
+
+    remaining_after_usd: str | None = Field(
+        description="remaining_usd minus this job's price; negative when the job does not fit "
+        "this level (by that much); null when the level has no budget of its own",
+        examples=["484.250000"],
+    )
+
+
+class QuoteOut(BaseModel):
+    """What a submit of the same body and headers would cost, and whether it would be
+    accepted now. Nothing is held, forwarded, billed or recorded; a quote reserves nothing,
+    so another submit may take the room it saw."""
+
+    model: str = Field(examples=["grok-imagine-video-1-5"])
+    rate_card_version: str = Field(
+        description="The rate card in force, which the submit would be priced by",
+        examples=["seed-2026-11"],
+    )
+    lines: list[QuoteLineOut]
+    total_usd: str = Field(
+        description="The price: what the submit would hold (its X-Gateway-Cost-Estimate-USD)",
+        examples=["1.680000"],
+    )
+    accepted: bool = Field(description="Whether the submit would be accepted now")
+    refusal: QuoteRefusal | None = Field(
+        description="null when accepted; else the error object the submit would answer with"
+    )
+    scopes: list[QuoteScopeOut] = Field(
+        description="Every level the job would be held on: the team, its project (the key's, "
+        "or the one X-Gateway-Project names), its key"
+    )
+
+
+QUOTE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": QuoteOut,
+        "description": "The price, line by line, and whether the submit would be accepted now "
+        "(a per-job cap, a budget or the concurrency cap that would refuse it is an answer "
+        "here, not an error). Never forwarded, held or billed.",
+        "headers": _TENANT_HEADERS,
+    },
+    400: error_doc(
+        "invalid_request_error: the submit's own validation errors, for the body (the same "
+        "codes) and the headers (invalid_tags, unknown_project); never forwarded, never billed"
+    ),
+    401: _AUTH[401],
+    403: error_doc(
+        "permission_error: team_disabled; project_not_allowed (the key is bound to another "
+        "project than X-Gateway-Project names); with company JWTs team_not_found, "
+        "team_claim_missing"
+    ),
+    413: error_doc("invalid_request_error / request_too_large: the body is over the cap"),
+    503: error_doc(
+        f"{_LEDGER_UNAVAILABLE}; rate_card_missing: no rate card in force for the model",
+        headers=_RETRY_AFTER,
+    ),
+}
+
+_QUOTE_HEADERS = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "Accepted and ignored (a quote claims and replays nothing), so a quote "
+        "can be sent with the submit's very headers.",
+    },
+    *(header for header in _SUBMIT_HEADERS if header["name"] != "Idempotency-Key"),
+]
+
+
+def quote_openapi(catalog: Catalog) -> dict[str, Any]:
+    """``openapi_extra`` of the quote: the submit's body and headers."""
+    return {**submit_openapi(catalog), "parameters": _QUOTE_HEADERS}

@@ -1,11 +1,14 @@
-"""The monthly chargeback: what each team (or cost center, or tag value) owes for a month.
+"""The monthly chargeback: what each team (or cost center, project, or tag value) owes for a
+month.
 
 Computed by aggregation in the database, never by loading rows into Python, so it stays fast on
 large ledgers. A job belongs to the month it was submitted in (UTC). Per group:
 
 - jobs submitted, billed (completed), billed though blocked by moderation, released, still open;
 - video seconds billed per resolution, images billed, rate card versions used;
-- captured USD (the bill) and still-held USD (open jobs: shown, excluded from the total).
+- captured USD (the bill) and still-held USD (open jobs: shown, excluded from the total);
+- per team (grouped by team): the one-off budget grants of the month, at every level (the
+  team, its projects, its keys): context for the budgets, never part of the bill.
 
 A closed month (``ledger.closing``) is frozen: only entries recorded up to its closing count.
 Entries for its jobs recorded later appear as correction lines in the report of the month in
@@ -28,12 +31,15 @@ from gateway.core.periods import month_bounds
 from gateway.db.session import dialect_name
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jobs.models import Job
-from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry
+from gateway.ledger.models import BudgetGrant, ClosedPeriod, EntryKind, LedgerEntry
 from gateway.reports.corrections import SETTLEMENTS, CorrectionLine, corrections
-from gateway.tenancy.models import Team
+from gateway.tenancy.models import Project, Team
 
-GROUPINGS = ("team", "cost_center")
+GROUPINGS = ("team", "cost_center", "project")
 UNTAGGED = "(untagged)"
+NO_PROJECT = "(none)"
+"""The project column of a team's jobs charged to no project (no project name can start
+with a parenthesis)."""
 JOB_COUNTS = (
     "jobs_submitted",
     "jobs_billed",
@@ -51,7 +57,8 @@ GroupKey = tuple[Any, ...]
 class ReportQuery:
     month: str
     group_by: str = "team"
-    """``team``, ``cost_center`` or ``tag:<key>`` (per tag value within each team)."""
+    """``team``, ``cost_center``, ``project`` (per project within each team) or ``tag:<key>``
+    (per tag value within each team)."""
     team: str | None = None
     tag: tuple[str, str] | None = None
     daily: bool = False
@@ -76,6 +83,11 @@ class ChargebackRow:
     captured_micro_usd: int = 0
     held_micro_usd: int = 0
     rate_card_versions: list[str] = field(default_factory=list)
+    project: str | None = None
+    """The project's name when grouped by project (``NO_PROJECT`` for jobs of none)."""
+    granted_micro_usd: int | None = None
+    """Grouped by team: the month's one-off budget grants of the team at every level (its
+    own, its projects', its keys'); None for other groupings. Not part of any bill."""
 
     def job_counts(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in JOB_COUNTS}
@@ -83,6 +95,8 @@ class ChargebackRow:
     def add(self, other: ChargebackRow) -> None:
         for name in (*JOB_COUNTS, "images", "captured_micro_usd", "held_micro_usd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.granted_micro_usd is not None:
+            self.granted_micro_usd = (self.granted_micro_usd or 0) + other.granted_micro_usd
         for resolution, ms in other.video_ms.items():
             self.video_ms[resolution] = self.video_ms.get(resolution, 0) + ms
         self.rate_card_versions = sorted(
@@ -122,7 +136,9 @@ def parse_group_by(value: str) -> str:
     if value in GROUPINGS or (value.startswith("tag:") and len(value) > 4):
         return value
     raise InvalidRequest(
-        "group_by must be team, cost_center or tag:<key>", code="invalid_value", param="group_by"
+        "group_by must be team, cost_center, project or tag:<key>",
+        code="invalid_value",
+        param="group_by",
     )
 
 
@@ -150,10 +166,12 @@ async def chargeback(
     filters = _filters(query)
     stmt = _figures_statement(query, groups, filters, mark=mark, closed_at=closed_at)
     records = (await session.execute(stmt)).all()
-    rows, resolutions = _rows_by_group(query, len(groups), records)
+    rows, resolutions = _rows_by_group(query, len(groups), records, grants=_grants_per_team(query))
     await _attach_rate_card_versions(session, query, groups, filters, rows)
     ordered = [rows[key] for key in sorted(rows, key=_sort_key)]
     totals = _totals(ordered)
+    if _grants_per_team(query) and totals.granted_micro_usd is None:
+        totals.granted_micro_usd = 0  # no team had a job this month
     for row in [*ordered, totals]:
         for resolution in resolutions:
             row.video_ms.setdefault(resolution, 0)
@@ -175,7 +193,13 @@ def _group_columns(query: ReportQuery) -> list[ColumnElement[Any]]:
     columns: list[ColumnElement[Any]] = [Team.__table__.c.name, Team.__table__.c.cost_center]
     if query.tag_key is not None:
         columns.append(_tag_value(query.tag_key))
+    if query.group_by == "project":
+        columns.append(Project.__table__.c.name)
     return columns
+
+
+def _grants_per_team(query: ReportQuery) -> bool:
+    return query.group_by == "team"
 
 
 def _tag_value(key: str) -> ColumnElement[Any]:
@@ -196,13 +220,17 @@ def _filters(query: ReportQuery) -> list[ColumnElement[bool]]:
 def _jobs_of_month(
     query: ReportQuery, filters: list[ColumnElement[bool]], *columns: Any
 ) -> Select[*tuple[Any, ...]]:
-    """``columns`` of the jobs submitted in the month (with their team) that ``filters`` keep."""
-    return (
+    """``columns`` of the jobs submitted in the month (with their team, and their project when
+    grouped by project) that ``filters`` keep."""
+    stmt = (
         select(*columns)
         .select_from(Job)
         .join(Team, Team.id == Job.team_id)
         .where(Job.period == query.month, *filters)
     )
+    if query.group_by == "project":
+        stmt = stmt.outerjoin(Project, Project.id == Job.project_id)
+    return stmt
 
 
 def _settlement(
@@ -226,16 +254,34 @@ def _figures_statement(
     closed_at: datetime | None,
 ) -> Select[*tuple[Any, ...]]:
     """Per group and resolution, the figures ``_figures`` lists (of a closed month: the jobs
-    submitted before ``closed_at``, with the settlements recorded up to ``mark``)."""
+    submitted before ``closed_at``, with the settlements recorded up to ``mark``); grouped by
+    team, then the team's grants for the month (``_grants``), in the same statement."""
     settlement, settled = _settlement(SETTLEMENTS, mark)
+    figures = _figures(settlement)
+    grants = _grants(query.month, closed_at) if _grants_per_team(query) else None
+    if grants is not None:
+        figures.append(func.max(grants.c.granted))  # one value per team
     stmt = (
-        _jobs_of_month(query, filters, *groups, Job.resolution, *_figures(settlement))
+        _jobs_of_month(query, filters, *groups, Job.resolution, *figures)
         .outerjoin(settlement, settled)
         .group_by(*groups, Job.resolution)
     )
+    if grants is not None:
+        stmt = stmt.outerjoin(grants, grants.c.team_id == Job.team_id)
     if closed_at is not None:
         stmt = stmt.where(Job.created_at <= closed_at)
     return stmt
+
+
+def _grants(month: str, closed_at: datetime | None) -> Any:
+    """Per team, the sum of its budget grants for ``month`` at every level (of a closed month:
+    those made before it closed, so its report stays as it was)."""
+    stmt = select(
+        BudgetGrant.team_id, func.sum(BudgetGrant.amount_micro_usd).label("granted")
+    ).where(BudgetGrant.period == month)
+    if closed_at is not None:
+        stmt = stmt.where(BudgetGrant.created_at <= closed_at)
+    return stmt.group_by(BudgetGrant.team_id).subquery("grants")
 
 
 def _figures(settlement: type[LedgerEntry]) -> list[ColumnElement[Any]]:
@@ -268,19 +314,27 @@ def _count_of(condition: ColumnElement[bool]) -> ColumnElement[Any]:
 
 
 def _rows_by_group(
-    query: ReportQuery, width: int, records: Iterable[Sequence[Any]]
+    query: ReportQuery, width: int, records: Iterable[Sequence[Any]], *, grants: bool
 ) -> tuple[dict[GroupKey, ChargebackRow], set[str]]:
     """The rows of ``_figures_statement`` (``width`` grouping columns, then the resolution and
-    its figures) summed per group; and the resolutions seen."""
+    its figures, then with ``grants`` the group's grants) summed per group; and the
+    resolutions seen."""
     rows: dict[GroupKey, ChargebackRow] = {}
     resolutions: set[str] = set()
+    figures_end = width + 1 + _FIGURES
     for record in records:
         key = tuple(record[:width])
         resolution = record[width]
         row = rows.setdefault(key, _row_for(query, key))
         resolutions.add(resolution)
-        row.add(_figures_row(resolution, record[width + 1 :]))
+        row.add(_figures_row(resolution, record[width + 1 : figures_end]))
+        if grants:  # the team's, repeated on each of its resolutions' records: taken once
+            row.granted_micro_usd = int(record[figures_end] or 0)
     return rows, resolutions
+
+
+_FIGURES = 9
+"""How many columns ``_figures`` has."""
 
 
 def _figures_row(resolution: str, figures: Sequence[Any]) -> ChargebackRow:
@@ -304,6 +358,7 @@ def _figures_row(resolution: str, figures: Sequence[Any]) -> ChargebackRow:
 
 
 def _totals(rows: list[ChargebackRow]) -> ChargebackRow:
+    """The rows summed (grants too, when the rows have them)."""
     totals = ChargebackRow(team=None, cost_center=None)
     for row in rows:
         totals.add(row)
@@ -313,6 +368,9 @@ def _totals(rows: list[ChargebackRow]) -> ChargebackRow:
 def _row_for(query: ReportQuery, key: GroupKey) -> ChargebackRow:
     if query.group_by == "cost_center":
         return ChargebackRow(team=None, cost_center=key[0])
+    if query.group_by == "project":
+        project = key[2] if key[2] is not None else NO_PROJECT
+        return ChargebackRow(team=key[0], cost_center=key[1], project=project)
     tag = (key[2] if key[2] is not None else UNTAGGED) if query.tag_key is not None else None
     return ChargebackRow(team=key[0], cost_center=key[1], tag=tag)
 
@@ -370,6 +428,8 @@ def _group_label(query: ReportQuery, key: GroupKey) -> str:
 def group_label(row: ChargebackRow) -> str:
     if row.team is None:
         return row.cost_center or "(no cost center)"
+    if row.project is not None:
+        return f"{row.team} / {row.project}"
     return f"{row.team} / {row.tag}" if row.tag is not None else row.team
 
 

@@ -7,7 +7,9 @@ micro-dollar: each capture is split exactly into image fee and seconds (the rema
 
 Columns: every FOCUS 1.2 mandatory column, the conditional ones that apply (consumed
 quantity/unit, list and contracted unit prices, SKU ids, the team as sub-account, tags), and
-``x_`` columns for gateway specifics (job ids, resolution, duration, rate card version, ...).
+``x_`` columns for gateway specifics (job ids, resolution, duration, rate card version, ...,
+the job's project last). The project is also a tag, ``gateway-project``, in ``Tags`` (where
+FinOps tools group by tag); it takes the place of a cost-allocation tag of that key.
 Corrections to closed months recorded this month carry ``ChargeClass`` ``Correction``.
 """
 
@@ -30,7 +32,7 @@ from gateway.kit.spreadsheet import safe_cell
 from gateway.ledger.models import ClosedPeriod, EntryKind, LedgerEntry, RateCardRow
 from gateway.reports.chargeback import require_team
 from gateway.reports.corrections import recorded_late
-from gateway.tenancy.models import Team
+from gateway.tenancy.models import Project, Team
 
 MANDATORY = [
     "BilledCost",
@@ -76,7 +78,10 @@ CUSTOM = [
     "x_CostCenter",
     "x_Outcome",
     "x_OriginalPeriod",
+    "x_Project",
 ]
+PROJECT_TAG = "gateway-project"
+"""The ``Tags`` key of the job's project (jobs of no project have none)."""
 COLUMNS = MANDATORY + CONDITIONAL + CUSTOM
 
 
@@ -137,12 +142,15 @@ def _price_lines(card: RateCardRow, resolution: str) -> _PriceLines:
 
 
 class _TagsJson(dict[tuple[tuple[str, str], ...], str]):
-    """Tags as canonical JSON, each distinct set encoded once: a month repeats a few sets.
-    Bounded, so tags unique per job (``user=...``) cost a little time, never memory."""
+    """Tags (with the job's project as ``PROJECT_TAG``) as canonical JSON, each distinct set
+    encoded once: a month repeats a few sets. Bounded, so tags unique per job (``user=...``)
+    cost a little time, never memory."""
 
     LIMIT = 4096
 
-    def encode(self, tags: dict[str, str] | None) -> str:
+    def encode(self, tags: dict[str, str] | None, project: str | None = None) -> str:
+        if project is not None:
+            tags = {**(tags or {}), PROJECT_TAG: project}
         key = tuple(sorted(tags.items())) if tags else ()
         text = self.get(key)
         if text is None:
@@ -223,10 +231,12 @@ def _captures(month: str, mark: int | None, team: str | None) -> Select[*tuple[A
             Job.created_at,
             Team.name.label("team_name"),
             Team.cost_center,
+            Project.name.label("project_name"),
         )
         .select_from(LedgerEntry)
         .join(Job, Job.id == LedgerEntry.job_id)
         .join(Team, Team.id == Job.team_id)
+        .outerjoin(Project, Project.id == Job.project_id)
         .outerjoin(ClosedPeriod, ClosedPeriod.period == LedgerEntry.period)
         .where(LedgerEntry.kind == EntryKind.CAPTURE, or_(in_month, recorded_late(month, mark)))
         .order_by(LedgerEntry.id)
@@ -271,7 +281,7 @@ def _job_columns(
         "ChargePeriodEnd": _iso(max(capture.settled_at, capture.created_at)),
         "SubAccountId": str(capture.team_id),
         "SubAccountName": safe_cell(capture.team_name),
-        "Tags": tags_json.encode(capture.tags),
+        "Tags": tags_json.encode(capture.tags, capture.project_name),
         "x_JobId": capture.job_id,
         "x_UpstreamJobId": safe_cell(capture.upstream_job_id or ""),
         "x_Model": capture.model,
@@ -281,6 +291,7 @@ def _job_columns(
         "x_CostCenter": safe_cell(capture.cost_center or ""),
         "x_Outcome": safe_cell(capture.reason or "completed"),
         "x_OriginalPeriod": capture.period,
+        "x_Project": safe_cell(capture.project_name or ""),
     }
 
 

@@ -1,6 +1,7 @@
 """Rendering a chargeback for machines: JSON (shape in ``chargeback.schema.json``) and CSV for
 spreadsheets (one table; amounts as decimal strings with 6 places, the exact micro-dollars). The
-page for people is ``reports.html``."""
+page for people is ``reports.html``. ``granted_usd`` (grants, grouped by team) is context for
+the budgets, never part of a bill or of the total due; it is empty (null) in other groupings."""
 
 from __future__ import annotations
 
@@ -23,16 +24,22 @@ def _video_seconds(row: ChargebackRow, resolutions: list[str]) -> dict[str, str]
     return {r: _seconds(row.video_ms.get(r, 0)) for r in resolutions}
 
 
+def _optional_usd(micro_usd: int | None) -> str | None:
+    return format_usd(micro_usd) if micro_usd is not None else None
+
+
 def _row_json(row: ChargebackRow, resolutions: list[str]) -> dict[str, Any]:
     return {
         "team": row.team,
         "cost_center": row.cost_center,
         "tag": row.tag,
+        "project": row.project,
         **row.job_counts(),
         "video_seconds": _video_seconds(row, resolutions),
         "images": row.images,
         "captured_usd": format_usd(row.captured_micro_usd),
         "held_usd": format_usd(row.held_micro_usd),
+        "granted_usd": _optional_usd(row.granted_micro_usd),
         "rate_card_versions": row.rate_card_versions,
     }
 
@@ -40,7 +47,7 @@ def _row_json(row: ChargebackRow, resolutions: list[str]) -> dict[str, Any]:
 def to_json(report: ChargebackReport) -> dict[str, Any]:
     query = report.query
     totals = _row_json(report.totals, report.resolutions)
-    for name in ("team", "cost_center", "tag", "rate_card_versions"):
+    for name in ("team", "cost_center", "tag", "project", "rate_card_versions"):
         totals.pop(name)
     totals["corrections_usd"] = format_usd(report.corrections_micro_usd)
     totals["total_due_usd"] = format_usd(report.total_due_micro_usd)
@@ -92,12 +99,14 @@ def _csv_header(resolutions: list[str]) -> list[str]:
         "team",
         "cost_center",
         "tag",
+        "project",
         "original_period",
         *JOB_COUNTS,
         *[f"video_seconds_{r}" for r in resolutions],
         "images",
         "captured_usd",
         "held_usd",
+        "granted_usd",
         "rate_card_versions",
     ]
 
@@ -117,10 +126,12 @@ def _charge_line(report: ChargebackReport, row: ChargebackRow) -> list[Any]:
         safe_cell(row.team or ""),
         safe_cell(row.cost_center or ""),
         safe_cell(row.tag or ""),
+        safe_cell(row.project or ""),
         report.query.month,
         *_csv_counts(report, row),
         format_usd(row.captured_micro_usd),
         format_usd(row.held_micro_usd),
+        _optional_usd(row.granted_micro_usd) or "",
         safe_cell(" ".join(row.rate_card_versions)),
     ]
 
@@ -133,9 +144,11 @@ def _correction_line(report: ChargebackReport, c: CorrectionLine) -> list[Any]:
         safe_cell(c.team),
         safe_cell(c.cost_center or ""),
         "",
+        "",
         c.original_period,
         *no_counts,
         format_usd(c.billed_micro_usd),
+        "",
         "",
         safe_cell(c.kind),
     ]
@@ -149,9 +162,11 @@ def _total_line(report: ChargebackReport) -> list[Any]:
         "",
         "",
         "",
+        "",
         report.query.month,
         *_csv_counts(report, totals),
         format_usd(report.total_due_micro_usd),
         format_usd(totals.held_micro_usd),
+        _optional_usd(totals.granted_micro_usd) or "",
         safe_cell(" ".join(totals.rate_card_versions)),
     ]

@@ -99,6 +99,12 @@ def rounding_notes(report: ChargebackReport) -> dict[str, RoundingNote]:
             report.total_due_micro_usd,
         ),
     }
+    if totals.granted_micro_usd is not None:
+        notes["granted"] = _rounding_note(
+            "Budget grants",
+            [row.granted_micro_usd or 0 for row in rows],
+            totals.granted_micro_usd,
+        )
     return {key: note for key, note in notes.items() if note is not None}
 
 
@@ -121,4 +127,6 @@ def _group_heading(query: ReportQuery) -> str:
     """What a row of the report is: its column's heading."""
     if query.group_by == "cost_center":
         return "Cost center"
+    if query.group_by == "project":
+        return "Team / project"
     return f"Team / {query.tag_key}" if query.tag_key is not None else "Team"

@@ -1,19 +1,31 @@
-"""Budget alerts: a team crossing its soft limit, or hitting its hard limit (a submit refused
-for budget), raises one alert per team, period and threshold (a unique key makes "once" hold
-across replicas). Alerts are always recorded; with ``GATEWAY_ALERT_WEBHOOK_URL`` set they are
-also POSTed as JSON, retried with backoff until delivered or ``GATEWAY_ALERT_WEBHOOK_MAX_ATTEMPTS``
-is reached. For teams without Prometheus alerting.
+"""Budget alerts: a budget level (the team, one of its projects, one of its keys) crossing its
+soft limit, or hitting its hard limit (a submit refused for that level's budget), raises one
+alert per level, period and threshold (a unique key makes "once" hold across replicas).
+Soft limits are the team's and the projects' (``soft_limit_percent``); keys have none, so a
+key raises its hard limit only. Alerts are always recorded; with ``GATEWAY_ALERT_WEBHOOK_URL``
+set they are also POSTed as JSON, retried with backoff until delivered or
+``GATEWAY_ALERT_WEBHOOK_MAX_ATTEMPTS`` is reached. For teams without Prometheus alerting.
 
-Webhook body::
+Webhook body (``scope`` is ``team``, ``project`` or ``key``; ``scope_name`` the team's name,
+the project's, or the key's id; ``team`` and ``cost_center`` are always the team's)::
 
     {"type": "gateway.budget_alert", "alert_id": 7, "threshold": "soft_limit",
+     "scope": "project", "scope_name": "launch-video",
      "team": "video-lab", "cost_center": "CC-1", "period": "2026-11",
      "budget_usd": "500.000000", "limit_usd": "400.000000", "used_usd": "401.680000",
      "raised_at": "2026-11-24T09:30:00+00:00"}
 
+``budget_usd`` is what the level may spend in the period (its budget plus one-off grants),
+``limit_usd`` the threshold's own figure (that times the soft-limit percentage, or the
+budget), ``used_usd`` captured + held when it was crossed.
+
 Headers: ``Idempotency-Key: budget-alert-<id>`` (the same on every retry, so receivers can
 drop duplicates) and, when ``GATEWAY_ALERT_WEBHOOK_SECRET`` is set,
 ``X-Gateway-Signature: sha256=<hex HMAC of the body>``.
+
+On the hot path: the team's figures after a hold come with the hold; a project's are read
+only when that project has both a budget and a soft limit, and only until this process has
+raised its alert for the period. A submit with no such project costs no extra statement.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,9 +46,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.core.usd import format_usd
-from gateway.db.session import dialect_name, transaction
+from gateway.db.session import autocommit, dialect_name, transaction
+from gateway.errors import BudgetExhausted
+from gateway.ledger import repository
 from gateway.ledger.models import BudgetAlert
-from gateway.ledger.quotas import PeriodBalance, TeamQuota
+from gateway.ledger.quotas import Level, PeriodBalance, TeamQuota
+from gateway.tenancy import repository as tenancy
 from gateway.tenancy.models import Team
 
 logger = logging.getLogger(__name__)
@@ -43,6 +59,8 @@ logger = logging.getLogger(__name__)
 SOFT_LIMIT = "soft_limit"
 HARD_LIMIT = "hard_limit"
 _MAX_BACKOFF = timedelta(hours=1)
+_TEAM_OWNER = ""
+"""``BudgetAlert.owner`` of the team's own alerts (``team_id`` names the team)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,33 @@ class DeliveryOutcome:
     delivered: int = 0
     failed: int = 0
     gave_up: int = 0
+
+
+@dataclass(frozen=True)
+class _Crossed:
+    """A threshold one level crossed in a period: the alert to raise (micro-USD)."""
+
+    team_id: int
+    scope: str
+    owner: str
+    scope_name: str | None
+    period: str
+    threshold: str
+    budget: int
+    used: int
+    limit: int
+
+    @property
+    def once(self) -> tuple[int, str, str, str, str]:
+        """The alert's unique key."""
+        return (self.team_id, self.scope, self.owner, self.period, self.threshold)
+
+
+def _soft_limit(limit: int | None, percent: int | None) -> int | None:
+    """The soft limit of a level that may spend ``limit``: None without one."""
+    if limit is None or percent is None:
+        return None
+    return limit * percent // 100
 
 
 class BudgetAlerts:
@@ -62,28 +107,109 @@ class BudgetAlerts:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.http = http
-        # Thresholds this process already raised: skip the insert on every later submit.
-        self._raised: set[tuple[int, str, str]] = set()
+        # Alerts this process already raised: skip the insert (and a project's balance read)
+        # on every later submit.
+        self._raised: set[tuple[int, str, str, str, str]] = set()
 
-    async def after_hold(self, team: TeamQuota, balance: PeriodBalance) -> None:
-        """Raise the soft-limit alert if this hold took the team past it."""
-        if team.soft_limit_percent is None or balance.budget is None:
-            return
-        limit = balance.budget * team.soft_limit_percent // 100
-        used = balance.held + balance.captured
-        if used >= limit:
-            await self._raise(team.team_id, balance, SOFT_LIMIT, limit)
-
-    async def after_budget_refusal(self, team: TeamQuota, balance: PeriodBalance) -> None:
-        """A submit did not fit the budget: the team is at its hard limit."""
-        if balance.budget is not None:
-            await self._raise(team.team_id, balance, HARD_LIMIT, balance.budget)
-
-    async def _raise(
-        self, team_id: int, balance: PeriodBalance, threshold: str, limit: int
+    async def after_hold(
+        self, team: TeamQuota, balance: PeriodBalance, levels: Sequence[Level] = ()
     ) -> None:
-        key = (team_id, balance.period, threshold)
-        if key in self._raised:
+        """Raise the soft-limit alert of each level this hold took past it: the team (its
+        ``balance`` after the hold) and the job's project (``levels``: the levels below the
+        team the job is held on; a key has no soft limit)."""
+        soft = _soft_limit(balance.limit, team.soft_limit_percent)
+        if soft is not None and balance.held + balance.captured >= soft:
+            assert balance.limit is not None
+            await self._raise(
+                _Crossed(
+                    team.team_id,
+                    "team",
+                    _TEAM_OWNER,
+                    None,
+                    balance.period,
+                    SOFT_LIMIT,
+                    balance.limit,
+                    balance.held + balance.captured,
+                    soft,
+                )
+            )
+        for level in levels:
+            if level.soft_limit_percent is not None and level.monthly_budget_micro_usd is not None:
+                await self._after_level_hold(team, level, balance.period)
+
+    async def _after_level_hold(self, team: TeamQuota, level: Level, period: str) -> None:
+        owner = str(level.account.owner)
+        if (team.team_id, level.scope, owner, period, SOFT_LIMIT) in self._raised:
+            return
+        try:
+            async with autocommit(self.sessionmaker) as session:
+                row = await repository.get_balance(session, level.account, period)
+        except Exception:
+            # An alert must never fail the request that crossed the threshold.
+            logger.exception("could not read a level's balance for its soft-limit alert")
+            return
+        if row is None:
+            return
+        soft = _soft_limit(row.limit_micro_usd, level.soft_limit_percent)
+        used = row.held_micro_usd + row.captured_micro_usd
+        if soft is None or used < soft:
+            return
+        assert row.limit_micro_usd is not None
+        await self._raise(
+            _Crossed(
+                team.team_id,
+                level.scope,
+                owner,
+                level.name,
+                period,
+                SOFT_LIMIT,
+                row.limit_micro_usd,
+                used,
+                soft,
+            )
+        )
+
+    async def after_budget_refusal(self, team: TeamQuota, refused: BudgetExhausted) -> None:
+        """A submit did not fit a level's budget: that level (``refused.scope``, the team, its
+        project or its key) is at its hard limit."""
+        scope = refused.scope
+        named = refused.details.get("scope_name")
+        name = named if isinstance(named, str) else None
+        owner: str | None = _TEAM_OWNER
+        if scope == "key":
+            owner = name
+        elif scope == "project":
+            owner = await self._project_owner(team.team_id, name)
+        if owner is None:
+            return
+        await self._raise(
+            _Crossed(
+                team.team_id,
+                scope,
+                owner,
+                None if scope == "team" else name,
+                refused.period,
+                HARD_LIMIT,
+                refused.budget,
+                refused.held + refused.captured,
+                refused.budget,
+            )
+        )
+
+    async def _project_owner(self, team_id: int, name: str | None) -> str | None:
+        """The id of the team's project called ``name`` (a refusal names a level by name)."""
+        if name is None:
+            return None
+        try:
+            async with autocommit(self.sessionmaker) as session:
+                project = await tenancy.get_project(session, team_id, name)
+        except Exception:
+            logger.exception("could not find the project of a hard-limit alert")
+            return None
+        return str(project.id) if project is not None else None
+
+    async def _raise(self, crossed: _Crossed) -> None:
+        if crossed.once in self._raised:
             return
         now = utcnow()
         try:
@@ -94,23 +220,31 @@ class BudgetAlerts:
                 await session.execute(
                     insert(BudgetAlert)
                     .values(
-                        team_id=team_id,
-                        period=balance.period,
-                        threshold=threshold,
-                        budget_micro_usd=balance.budget or 0,
-                        used_micro_usd=balance.held + balance.captured,
-                        limit_micro_usd=limit,
+                        team_id=crossed.team_id,
+                        scope=crossed.scope,
+                        owner=crossed.owner,
+                        scope_name=crossed.scope_name,
+                        period=crossed.period,
+                        threshold=crossed.threshold,
+                        budget_micro_usd=crossed.budget,
+                        used_micro_usd=crossed.used,
+                        limit_micro_usd=crossed.limit,
                         created_at=now,
                         attempts=0,
                         next_attempt_at=now,
                     )
-                    .on_conflict_do_nothing(index_elements=["team_id", "period", "threshold"])
+                    .on_conflict_do_nothing(
+                        index_elements=["team_id", "scope", "owner", "period", "threshold"]
+                    )
                 )
         except Exception:
             # An alert must never fail the request that crossed the threshold.
-            logger.exception("could not record a budget alert", extra={"threshold": threshold})
+            logger.exception(
+                "could not record a budget alert",
+                extra={"threshold": crossed.threshold, "scope": crossed.scope},
+            )
             return
-        self._raised.add(key)
+        self._raised.add(crossed.once)
 
     async def deliver_due(self) -> DeliveryOutcome:
         """POST every alert whose next attempt is due; safe in several replicas at once."""
@@ -172,6 +306,8 @@ class BudgetAlerts:
                 "type": "gateway.budget_alert",
                 "alert_id": alert.id,
                 "threshold": alert.threshold,
+                "scope": alert.scope,
+                "scope_name": alert.scope_name if alert.scope != "team" else team,
                 "team": team,
                 "cost_center": cost_center,
                 "period": alert.period,

@@ -21,18 +21,26 @@ logger = logging.getLogger(__name__)
 async def refresh_ledger_gauges(
     sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics, policy: BudgetPolicy
 ) -> None:
-    """Re-read budgets, spend, holds and lags from the shared database."""
+    """Re-read budgets (plus grants), spend, holds and lags from the shared database, per team
+    and per project."""
     now = utcnow()
     async with autocommit(sessionmaker) as session:
         snapshot = await ledger_snapshot(session, period=period_of(now), now=now, policy=policy)
     for figures in snapshot.teams:
         metrics.set_team_figures(
             figures.team,
-            budget_micro_usd=figures.budget_micro_usd,
+            budget_micro_usd=figures.limit_micro_usd,
             soft_limit_micro_usd=figures.soft_limit_micro_usd,
             captured_micro_usd=figures.captured_micro_usd,
             held_micro_usd=figures.held_micro_usd,
             jobs_in_flight=figures.jobs_in_flight,
+        )
+    for project in snapshot.projects:
+        metrics.set_project_figures(
+            project.team,
+            project.project,
+            budget_micro_usd=project.limit_micro_usd,
+            captured_micro_usd=project.captured_micro_usd,
         )
     metrics.set_ledger_totals(
         holds_outstanding_micro_usd=snapshot.holds_outstanding_micro_usd,

@@ -20,6 +20,7 @@ from gateway.db.health import DatabaseHealth
 from gateway.ledger import quotas, settlement
 from gateway.ledger.holds import RateCardsSeen
 from gateway.ledger.quotas import PeriodBalance, TeamQuota
+from gateway.ledger.repository import Account, PeriodAmounts, Scope
 from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox
@@ -88,6 +89,53 @@ async def usage(session: AsyncSession, deps: ProxyDeps, principal: Principal) ->
     return await quotas.balance_view(
         session, team_quota(principal), period_of(utcnow()), deps.settings.default_budget_policy
     )
+
+
+@dataclass(frozen=True)
+class ScopeBalance:
+    """One budget level that applies to the caller, with its balance for the period."""
+
+    scope: Scope
+    name: str
+    """The team's or the project's name, or the key's id (as a refusal names it)."""
+    balance: PeriodBalance
+
+
+def level_accounts(principal: Principal) -> tuple[Account | None, Account | None]:
+    """The caller's levels below the team: the project its key is bound to, and its key
+    (None where the caller has none: a JWT caller has neither)."""
+    project = principal.project
+    return (
+        Account("project", project.id) if project is not None else None,
+        Account("key", principal.key_id) if principal.key_id is not None else None,
+    )
+
+
+def scope_balances(
+    principal: Principal,
+    team: PeriodBalance,
+    project: PeriodAmounts | None,
+    key: PeriodAmounts | None,
+) -> tuple[ScopeBalance, ...]:
+    """Every level that applies to the caller, widest first: its team; the project its key
+    is bound to; its key (a gateway key). ``project``/``key``: that level's row for the
+    period, None when it has none yet (nothing used: the level's own budget, if any)."""
+    period = team.period
+    scopes = [ScopeBalance("team", principal.team_name, team)]
+    if principal.project is not None:
+        budget = principal.project.monthly_budget_micro_usd
+        scopes.append(
+            ScopeBalance("project", principal.project.name, _level_view(period, budget, project))
+        )
+    if principal.key_id is not None:
+        budget = principal.key_monthly_budget_micro_usd
+        scopes.append(ScopeBalance("key", principal.key_id, _level_view(period, budget, key)))
+    return tuple(scopes)
+
+
+def _level_view(period: str, budget: int | None, row: PeriodAmounts | None) -> PeriodBalance:
+    # A level below the team has no default policy: no budget of its own is no limit of its own.
+    return PeriodBalance(period, budget, 0, 0) if row is None else PeriodBalance.of(period, row)
 
 
 def pass_through(

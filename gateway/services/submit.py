@@ -26,6 +26,7 @@ from gateway.core.usd import format_usd
 from gateway.db.session import transaction
 from gateway.errors import (
     BudgetExhausted,
+    CostCapExceeded,
     GatewayError,
     InvalidRequest,
     OutcomeUnknown,
@@ -243,9 +244,9 @@ async def _hold(
         opened = await _open_job_in_session(deps, submission)
     except BudgetExhausted as exc:
         metrics.quota_rejections.labels(team).inc()
-        refused_at = PeriodBalance(exc.period, exc.budget, exc.held, exc.captured)
-        on_balance(refused_at)
-        await deps.alerts.after_budget_refusal(submission.quota, refused_at)
+        if exc.scope == "team":  # the quota header is the team's, whichever level refused
+            on_balance(PeriodBalance(exc.period, exc.budget, exc.held, exc.captured))
+        await deps.alerts.after_budget_refusal(submission.quota, exc)
         raise
     except QuotaExceeded:
         metrics.concurrency_rejections.labels(team).inc()
@@ -267,7 +268,7 @@ async def _check_before_forwarding(
     (nothing was sent), so the job is never forwarded later."""
     try:
         on_balance(opened.balance)
-        await deps.alerts.after_hold(quota, opened.balance)
+        await deps.alerts.after_hold(quota, opened.balance, opened.levels)
     except Exception:
         await after.refused("not_forwarded")
         raise
@@ -319,6 +320,8 @@ async def _forward(
 class _Opened:
     job: Job
     balance: PeriodBalance
+    levels: tuple[Level, ...] = ()
+    """The levels below the team the job is held on (for their soft-limit alerts)."""
 
 
 async def _open_job_direct(
@@ -343,12 +346,16 @@ async def _open_job_direct(
     now = utcnow()
     project = submission.project
     job = _new_job(deps.settings, submission, card, now, project)
-    check_cost_caps(
-        submission.quota, levels_of(submission.principal, project), job.estimate_micro_usd
-    )
+    levels = tuple(levels_of(submission.principal, project))
+    try:
+        check_cost_caps(submission.quota, levels, job.estimate_micro_usd)
+    except CostCapExceeded:
+        if key is None:
+            raise  # the caps as this request's own lookup read them
+        return None  # the caps as the key was last seen: decided again on what they are now
     keep = submission.raw_body if deps.settings.upstream_honors_idempotency_key else None
     balance = await place_hold_direct(direct, job, keep_request=keep, key=key, now=now)
-    return _Opened(job, balance) if balance is not None else None
+    return _Opened(job, balance, levels) if balance is not None else None
 
 
 async def _open_job_in_session(
@@ -396,7 +403,7 @@ async def _open_job_in_session(
         )
         if _forward_window_passed(settings, now):
             raise _not_forwarded()  # held up by database waits: rolled back, nothing recorded
-    return _Opened(job, balance)
+    return _Opened(job, balance, tuple(levels))
 
 
 def _new_job(

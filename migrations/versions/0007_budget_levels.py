@@ -169,9 +169,31 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budget_grants")),
     )
     op.create_index("ix_budget_grants_team_id_period", "budget_grants", ["team_id", "period"])
+    # Budget alerts per level: once per level (the team, a project, a key), period and
+    # threshold. Existing alerts are the teams' (owner '' stands for the team itself).
+    with op.batch_alter_table("budget_alerts") as batch:
+        batch.add_column(sa.Column("scope", sa.String(8), nullable=False, server_default="team"))
+        batch.add_column(sa.Column("owner", sa.String(32), nullable=False, server_default=""))
+        batch.add_column(sa.Column("scope_name", sa.String(64), nullable=True))
+        batch.drop_constraint("uq_budget_alerts_once", type_="unique")
+        batch.create_unique_constraint(
+            "uq_budget_alerts_once", ["team_id", "scope", "owner", "period", "threshold"]
+        )
+        batch.create_check_constraint(
+            op.f("ck_budget_alerts_scope_known"), "scope IN ('team', 'project', 'key')"
+        )
 
 
 def downgrade() -> None:
+    # The projects' and keys' alerts have no place in the old unique key (once per team).
+    op.execute("DELETE FROM budget_alerts WHERE scope <> 'team'")
+    with op.batch_alter_table("budget_alerts") as batch:
+        batch.drop_constraint(op.f("ck_budget_alerts_scope_known"), type_="check")
+        batch.drop_constraint("uq_budget_alerts_once", type_="unique")
+        batch.create_unique_constraint("uq_budget_alerts_once", ["team_id", "period", "threshold"])
+        batch.drop_column("scope_name")
+        batch.drop_column("owner")
+        batch.drop_column("scope")
     op.drop_index("ix_budget_grants_team_id_period", table_name="budget_grants")
     op.drop_table("budget_grants")
     op.drop_table("key_balances")
