@@ -442,9 +442,21 @@ def test_a_header_sent_twice_and_a_body_over_the_cap_are_refused_alike(
         ]
         assert [a.status_code for a in answers] == [400, 400]
         assert answers[0].json() == answers[1].json()
-        # The Idempotency-Key is ignored: sent twice, or in a form the submit refuses.
-        ignored = [("Idempotency-Key", "a"), ("Idempotency-Key", "b"), *tenant.headers.items()]
-        assert client.post(QUOTE_PATH, json=submit_body(), headers=ignored).status_code == 200
+        # An Idempotency-Key is checked as the submit checks it (sent once, its form) ...
+        for bad in (
+            [("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+            [("Idempotency-Key", "x" * 300)],
+        ):
+            answers = [
+                client.post(path, json=submit_body(), headers=[*bad, *tenant.headers.items()])
+                for path in (QUOTE_PATH, SUBMIT_PATH)
+            ]
+            assert [a.status_code for a in answers] == [400, 400]
+            assert answers[0].json() == answers[1].json()
+        # ... and otherwise claims nothing: the same key quoted twice is two quotes.
+        same = [("Idempotency-Key", "quote-twice"), *tenant.headers.items()]
+        for _ in range(2):
+            assert client.post(QUOTE_PATH, json=submit_body(), headers=same).status_code == 200
     assert simulator.submits() == []
 
 

@@ -46,7 +46,6 @@ _SINGLE_HEADERS = (
     ("X-Gateway-Tags", "invalid_tags"),
     ("X-Gateway-Project", "unknown_project"),
 )
-_QUOTE_SINGLE_HEADERS = tuple(h for h in _SINGLE_HEADERS if h[0] != "Idempotency-Key")
 
 
 def _to_response(request: Request, result: ProxiedResponse) -> Response:
@@ -196,7 +195,7 @@ async def create_quote(request: Request) -> Response:
     principal = (await authenticated(request, runtime)).principal
     headers = request.headers
     try:
-        for name, code in _QUOTE_SINGLE_HEADERS:
+        for name, code in _SINGLE_HEADERS:  # the submit's rules, so the same 400s
             if len(headers.getlist(name)) > 1:
                 runtime.metrics.validation_rejections.labels(code).inc()
                 raise InvalidRequest(f"{name} may be sent only once", code=code, param=name)
@@ -207,6 +206,7 @@ async def create_quote(request: Request) -> Response:
             raw,
             tags_header=headers.get("x-gateway-tags"),
             project_header=headers.get("x-gateway-project"),
+            idempotency_key=headers.get("idempotency-key"),
         )
     except GatewayError:
         await remember_balance_if_unknown(request, runtime, principal)

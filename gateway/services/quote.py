@@ -11,8 +11,8 @@ quote but its answer (``refusal``, the error object the submit would answer with
 ``accepted: false``), checked in the submit's order: a per-job cap (400
 ``cost_cap_exceeded``), then each level's budget in the lock order team, project, key (429
 ``quota_exceeded`` naming the first without room), then the team's concurrency cap (429
-``concurrency_limit``). The ``Idempotency-Key`` header is accepted and ignored: a quote claims
-nothing and replays nothing.
+``concurrency_limit``). An ``Idempotency-Key`` is checked as the submit checks it (its form,
+sent once) and otherwise ignored: a quote claims nothing and replays nothing.
 
 A quote is a forecast, not a reservation: another submit may take the room it saw before
 this caller's own submit arrives.
@@ -97,11 +97,12 @@ async def quote_submission(
     *,
     tags_header: str | None = None,
     project_header: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Quote:
     """Price ``raw_body`` as a submit by ``principal`` with these headers would be priced,
     and say whether it would be accepted now; raises what the submit would raise before
     pricing (400, 403, 503)."""
-    request, _ = await submit._validated(deps, raw_body, tags_header, None)
+    request, _ = await submit._validated(deps, raw_body, tags_header, idempotency_key)
     project = submit.project_of(principal, project_header)
     team = team_quota(principal)
     now = utcnow()
