@@ -44,7 +44,8 @@ unit: $(STAMP) $(TOOLS_STAMP)
 # The money, replica and fault suites once more, every gateway they start talking to Postgres
 # through a real PgBouncer in transaction pooling mode (tests/support/pgbouncer.py).
 PGBOUNCER_SUITE ?= tests/test_money.py tests/test_replicas.py tests/test_hot_path.py \
-	tests/test_fast_path.py tests/test_proxy.py tests/faults/test_database.py \
+	tests/test_fast_path.py tests/test_proxy.py tests/test_budget_levels.py \
+	tests/faults/test_database.py \
 	tests/faults/test_races.py tests/faults/test_boundaries.py \
 	tests/faults/test_rolling_restart.py tests/faults/test_gateway_kills.py
 unit-pgbouncer: $(STAMP)

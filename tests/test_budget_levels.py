@@ -68,13 +68,18 @@ def make_levels(
     team_budget: int,
     projects: dict[str, int | None],
     keys: list[tuple[str, int | None]],
+    max_concurrent_jobs: int | None = None,
 ) -> Setup:
     """A team with ``projects`` (name → budget) and ``keys`` (bound project, key budget)."""
     name = f"levels-{uuid.uuid4().hex[:10]}"
 
     async def _create(session: AsyncSession) -> Setup:
         team = await service.create_team(
-            session, name, actor=TEST_ACTOR, monthly_budget_micro_usd=team_budget
+            session,
+            name,
+            actor=TEST_ACTOR,
+            monthly_budget_micro_usd=team_budget,
+            max_concurrent_jobs=max_concurrent_jobs,
         )
         ids = {}
         for project, budget in projects.items():
@@ -143,30 +148,63 @@ async def _balances(dsn: str, setup: Setup) -> dict[tuple[str, str], tuple[int, 
 
 
 LEVEL_RUNS = {
-    # binding level: (team budget, project budgets, keys as (project, key budget))
-    "key": (ROOMY, {"launch": ROOMY}, [("launch", FITS * PRICE)]),
-    "project": (ROOMY, {"launch": FITS * PRICE, "other": ROOMY}, [("launch", None)] * 2),
-    "team": (FITS * PRICE, {"launch": ROOMY, "other": ROOMY}, [("launch", None), ("other", None)]),
+    # run: (binding level, team budget, project budgets, keys as (project, key budget), cap)
+    "key": ("key", ROOMY, {"launch": ROOMY}, [("launch", FITS * PRICE)], None),
+    "project": (
+        "project",
+        ROOMY,
+        {"launch": FITS * PRICE, "other": ROOMY},
+        [("launch", None)] * 2,
+        None,
+    ),
+    "team": (
+        "team",
+        FITS * PRICE,
+        {"launch": ROOMY, "other": ROOMY},
+        [("launch", None), ("other", None)],
+        None,
+    ),
+    # A concurrency cap sends every submit through the transactional path (the team row
+    # locked first, then team, project and key balances): the lock order under contention,
+    # two projects and their keys in one team. A deadlock would show as 5xx answers.
+    "project, transactional path": (
+        "project",
+        ROOMY,
+        {"launch": FITS * PRICE, "other": ROOMY},
+        [("launch", None), ("other", None), ("launch", ROOMY)],
+        10_000,
+    ),
 }
 
 
-@pytest.mark.parametrize("binding", list(LEVEL_RUNS))
+@pytest.mark.parametrize("run", list(LEVEL_RUNS))
 def test_each_level_binds_exactly_across_two_replicas(
-    binding: str,
+    run: str,
     two_replicas: list[GatewayProcess],
     simulator: SimulatorProbe,
     postgres_url: str,
 ) -> None:
-    team_budget, projects, keys = LEVEL_RUNS[binding]
-    setup = make_levels(postgres_url, team_budget=team_budget, projects=projects, keys=keys)
+    binding, team_budget, projects, keys, cap = LEVEL_RUNS[run]
+    setup = make_levels(
+        postgres_url,
+        team_budget=team_budget,
+        projects=projects,
+        keys=keys,
+        max_concurrent_jobs=cap,
+    )
 
     responses = asyncio.run(_storm(two_replicas, setup))
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {200: FITS, 429: 200 - FITS}, statuses
+    if binding == "project" and len({p for _, p in setup.keys}) > 1:
+        # the other project's keys are not bound by "launch": every one of theirs fits
+        other = sum(1 for i in range(200) if setup.keys[i % len(setup.keys)][1] != "launch")
+        assert statuses == {200: FITS + other, 429: 200 - FITS - other}, statuses
+    else:
+        assert statuses == {200: FITS, 429: 200 - FITS}, statuses
     refusals = [r.json()["error"] for r in responses if r.status_code == 429]
     assert {(e["code"], e["scope"]) for e in refusals} == {("quota_exceeded", binding)}
     assert all(e["resets_at"].endswith("T00:00:00Z") for e in refusals)
-    assert len(simulator.submits()) == FITS  # the refused ones never reached the upstream
+    assert len(simulator.submits()) == statuses[200]  # the refused ones never reached upstream
 
     dsn = asyncpg_dsn(postgres_url)
     held = asyncio.run(_balances(dsn, setup))
@@ -194,7 +232,7 @@ def test_each_level_binds_exactly_across_two_replicas(
         for job in simulator.usage()["jobs"]
         if job["job_id"] in by_job
     }
-    assert len(billed) == FITS
+    assert len(billed) == statuses[200]
     project_of = {tenant.key_id: project for tenant, project in setup.keys}
     expected: Counter[tuple[str, str]] = Counter()
     for job_id, cost in billed.items():
