@@ -31,6 +31,7 @@ from tests.support.simulator import SimulatorProbe
 from tests.support.tenants import PEPPER, TEST_ACTOR, Tenant, in_session
 
 PRICE = 1_680_000  # 10 s at 720p, the defaults
+ADMIN = "levels-admin-token-0123456789"
 FITS = 5
 ROOMY = 1_000 * PRICE
 
@@ -41,7 +42,7 @@ def two_replicas(
     simulator_server: ServerThread,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[GatewayProcess]]:
-    env = replica_env(postgres_url, simulator_server.url)
+    env = replica_env(postgres_url, simulator_server.url, GATEWAY_ADMIN_TOKEN=ADMIN)
     logs = tmp_path_factory.mktemp("levels")
     processes = [GatewayProcess(env, logs, f"replica-{n}") for n in range(2)]
     try:
@@ -285,3 +286,92 @@ def test_a_submit_over_a_lower_level_holds_nothing_anywhere(
         ("project", "launch"): (PRICE, 0),
         ("key", tenant.key_id): (PRICE, 0),
     }
+
+
+@pytest.mark.parametrize("level", ["project", "key"])
+def test_a_level_budget_changed_while_submits_race_it_is_never_overspent(
+    level: str, two_replicas: list[GatewayProcess], simulator: SimulatorProbe, postgres_url: str
+) -> None:
+    """Budget changes at a project or a key through both replicas while 150 submits race them:
+    every sample of that level's row stays within its budget, every change is applied or
+    refused (409 below usage), nothing else fails."""
+    key_budget = 20 * PRICE if level == "key" else None
+    project_budget = 20 * PRICE if level == "project" else None
+    setup = make_levels(
+        postgres_url,
+        team_budget=ROOMY,
+        projects={"launch": project_budget},
+        keys=[("launch", key_budget)],
+    )
+    tenant = setup.keys[0][0]
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    path = (
+        f"/admin/teams/{setup.team}/projects/launch"
+        if level == "project"
+        else f"/admin/keys/{tenant.key_id}"
+    )
+    table, owner_column, owner = (
+        ("project_balances", "project_id", setup.projects["launch"])
+        if level == "project"
+        else ("key_balances", "api_key_id", tenant.key_id)
+    )
+    samples: list[tuple[int, int]] = []
+
+    async def race() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        stop = asyncio.Event()
+        connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
+
+        async def sample() -> None:
+            while not stop.is_set():
+                row = await connection.fetchrow(
+                    "SELECT budget_micro_usd + granted_micro_usd AS lim, "
+                    f"held_micro_usd + captured_micro_usd AS used FROM {table} "
+                    f"WHERE {owner_column} = $1",
+                    owner,
+                )
+                if row is not None:
+                    samples.append((row["lim"], row["used"]))
+                await asyncio.sleep(0.002)
+
+        async def change_budget(client: httpx.AsyncClient) -> list[httpx.Response]:
+            changes = []
+            for budget in [6, 30, 8, 12, 4, 25, 9, 40, 15] * 2:
+                changes.append(
+                    await client.patch(
+                        two_replicas[len(changes) % 2].url + path,
+                        json={"monthly_budget_usd": f"{budget * PRICE / 1_000_000:.6f}"},
+                        headers=admin,
+                    )
+                )
+                await asyncio.sleep(0.01)
+            return changes
+
+        async def submits(client: httpx.AsyncClient) -> list[httpx.Response]:
+            async def one(i: int) -> httpx.Response:
+                await asyncio.sleep(i * 0.002)
+                return await submit_async(client, tenant, f"race {i}", url=two_replicas[i % 2].url)
+
+            return list(await asyncio.gather(*(one(i) for i in range(150))))
+
+        sampler = asyncio.create_task(sample())
+        try:
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+            async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+                answered, changes = await asyncio.gather(submits(client), change_budget(client))
+        finally:
+            stop.set()
+            await sampler
+            await connection.close()
+        return answered, changes
+
+    answered, changes = asyncio.run(race())
+    assert {r.status_code for r in answered} <= {200, 429}, Counter(r.status_code for r in answered)
+    assert {r.status_code for r in changes} <= {200, 409}, [r.text for r in changes][:3]
+    assert {r.json()["error"]["code"] for r in changes if r.status_code == 409} <= {
+        "budget_below_usage"
+    }
+    assert {(r.json()["error"]["scope"]) for r in answered if r.status_code == 429} <= {level}
+    assert len(samples) > 50
+    assert all(used <= limit for limit, used in samples), max(samples, key=lambda s: s[1] - s[0])
+    accepted = sum(1 for r in answered if r.status_code == 200)
+    assert 4 <= accepted <= 40, accepted
