@@ -3,7 +3,7 @@ line, and whether it would be accepted now, without doing any of it. Nothing is 
 forwarded, billed or recorded: the quote is one short read-only session.
 
 It goes through the submit's own steps, in the submit's order, so it answers as the submit
-would: the same validation (``submit._validated``: a 400 there is a 400 here), the same
+would: the same validation (``submit.validated``: a 400 there is a 400 here), the same
 project (``submit.project_of``: 403 ``project_not_allowed``, 400 ``unknown_project``), the
 rate card in force (503 ``rate_card_missing``), the same price (``price_request``), the same
 levels (``submit.levels_of``). What would refuse the submit after that is not an error of the
@@ -39,15 +39,13 @@ from gateway.errors import (
     ConcurrencyLimited,
     CostCapExceeded,
     GatewayError,
-    InvalidRequest,
 )
 from gateway.ledger import quotas, repository
 from gateway.ledger.quotas import Level, PeriodBalance, TeamQuota, check_cost_caps
 from gateway.ledger.rates import rate_card_in_force
 from gateway.services import submit
 from gateway.services.proxy import ProxyDeps, ScopeBalance, team_quota
-from gateway.tenancy import repository as tenancy
-from gateway.tenancy.service import Principal, ProjectRef
+from gateway.tenancy.service import Principal
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ async def quote_submission(
     """Price ``raw_body`` as a submit by ``principal`` with these headers would be priced,
     and say whether it would be accepted now; raises what the submit would raise before
     pricing (400, 403, 503)."""
-    request, _ = await submit._validated(deps, raw_body, tags_header, idempotency_key)
+    request, _ = await submit.validated(deps, raw_body, tags_header, idempotency_key)
     project = submit.project_of(principal, project_header)
     team = team_quota(principal)
     now = utcnow()
@@ -110,7 +108,7 @@ async def quote_submission(
     policy = deps.settings.default_budget_policy
     async with autocommit(deps.sessionmaker) as session:
         card = await rate_card_in_force(session, request.model.id, now)
-        resolved = await _resolved_project(session, principal, project)
+        resolved = await submit.resolved_project(session, principal.team_id, project)
         units = request.billable_units()
         total = price_request(units, card)
         levels = submit.levels_of(principal, resolved)
@@ -131,22 +129,6 @@ async def quote_submission(
         refusal=_refusal(team, levels, scopes, total, in_flight),
         scopes=scopes,
     )
-
-
-async def _resolved_project(
-    session: AsyncSession, principal: Principal, project: ProjectRef | str | None
-) -> ProjectRef | None:
-    """The project a header names, looked up as the submit looks it up (400 if unknown)."""
-    if not isinstance(project, str):
-        return project
-    found = await tenancy.get_project(session, principal.team_id, project)
-    if found is None:
-        raise InvalidRequest(
-            f"the team has no project named {project!r}",
-            code="unknown_project",
-            param="X-Gateway-Project",
-        )
-    return ProjectRef.of(found)
 
 
 async def _level_balance(session: AsyncSession, level: Level, period: str) -> PeriodBalance:

@@ -85,7 +85,7 @@ async def submit_generation(
     """Submit through the ledger. ``on_balance`` hears each change of the team's balance, so
     the response's quota header is right even when an error is raised after the hold."""
     try:
-        request, tags = await _validated(deps, raw_body, tags_header, idempotency_key)
+        request, tags = await validated(deps, raw_body, tags_header, idempotency_key)
     except InvalidRequest:
         if submitter.key is not None:
             await submitter.confirm()  # a 401 for a revoked key, not the 400
@@ -199,11 +199,14 @@ def levels_of(principal: Principal, project: ProjectRef | None) -> list[Level]:
     return levels
 
 
-async def _resolved_project(session: AsyncSession, submission: _Submission) -> ProjectRef | None:
-    project = submission.project
+async def resolved_project(
+    session: AsyncSession, team_id: int, project: ProjectRef | str | None
+) -> ProjectRef | None:
+    """``project_of``'s answer made definite: a name (from the header) looked up in the team
+    (400 ``unknown_project`` if it has none of that name). The quote resolves it the same way."""
     if not isinstance(project, str):
         return project
-    found = await tenancy.get_project(session, submission.principal.team_id, project)
+    found = await tenancy.get_project(session, team_id, project)
     if found is None:
         raise InvalidRequest(
             f"the team has no project named {project!r}",
@@ -213,7 +216,7 @@ async def _resolved_project(session: AsyncSession, submission: _Submission) -> P
     return ProjectRef.of(found)
 
 
-async def _validated(
+async def validated(
     deps: ProxyDeps, raw_body: bytes, tags_header: str | None, idempotency_key: str | None
 ) -> tuple[ValidatedRequest, dict[str, str] | None]:
     """The request checked against the model's rules, its tags and its key: a 400 here is
@@ -386,7 +389,7 @@ async def _open_job_in_session(
                 )
         card = await rate_card_in_force(session, submission.request.model.id, now)
         deps.rate_cards.saw(submission.request.model.id, card)
-        project = await _resolved_project(session, submission)
+        project = await resolved_project(session, submission.principal.team_id, submission.project)
         job = _new_job(settings, submission, card, now, project)
         levels = levels_of(submission.principal, project)
         check_cost_caps(submission.quota, levels, job.estimate_micro_usd)  # before any hold
