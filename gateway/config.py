@@ -222,6 +222,31 @@ class Settings(BaseSettings):
     alert_webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     """First retry delay; each further retry waits twice as long (at most an hour)."""
 
+    # Team webhooks (signed job and budget events; README "Webhooks").
+    webhook_allow_private_networks: bool = False
+    """Allow webhook destinations that resolve to loopback, private, link-local or other
+    non-public addresses (refused otherwise, when a subscription is created and again before
+    every delivery)."""
+    webhook_delivery_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often each replica looks for webhook deliveries that are due."""
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    """First retry delay of a failed delivery; each further one waits twice as long (at most
+    an hour), with jitter."""
+    webhook_retry_for_hours: float = Field(default=24.0, gt=0)
+    """A delivery is retried until this long after its event was written, then given up."""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long one delivery attempt may take (connect to last byte of the answer)."""
+    webhook_batch_size: int = Field(default=50, ge=1)
+    """Deliveries one replica claims per pass."""
+    webhook_concurrency: int = Field(default=8, ge=1)
+    """Deliveries in flight per replica."""
+
+    # Portal (the team self-service pages under /portal/).
+    portal_session_idle_minutes: float = Field(default=30.0, gt=0)
+    """A portal session unused this long is signed out."""
+    portal_session_max_hours: float = Field(default=12.0, gt=0)
+    """A portal session ends this long after sign-in, however active."""
+
     # Finance exports (FOCUS 1.2): who bills, who is billed.
     focus_billing_account_id: str = "video-gateway"
     """FOCUS ``BillingAccountId`` of every exported row."""

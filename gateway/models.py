@@ -10,3 +10,4 @@ def import_all_models() -> None:
     from gateway.jobs import models as _jobs  # noqa: F401
     from gateway.ledger import models as _ledger  # noqa: F401
     from gateway.tenancy import models as _tenancy  # noqa: F401
+    from gateway.webhooks import models as _webhooks  # noqa: F401

@@ -3,7 +3,8 @@
 A client's poll, the reconciler in any replica, or the submit path itself (an upstream refusal)
 may all try to settle the same job at once. Only one wins: the job's state moves from open to
 settled with a conditional update, and the ledger's unique index on (job, settlement) backs it.
-The winner writes the entry and moves the amounts on the balance row in the same transaction.
+The winner writes the entry, moves the amounts on the balance rows and writes the team's
+webhook event (``gateway.webhooks.events``) in the same transaction.
 
 What is billed: a success, and a failure whose code means "produced, then blocked
 by moderation". The capture is the price of the seconds the upstream reports producing, priced
@@ -32,6 +33,7 @@ from gateway.ledger import repository
 from gateway.ledger.models import EntryKind, LedgerEntry
 from gateway.ledger.rates import rate_card_version
 from gateway.ledger.repository import Account, PeriodAmounts
+from gateway.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +230,8 @@ async def apply_settlement(
     ):
         return None
     await repository.add_entries(session, *_entries(job, plan, now=now))
+    # The team's webhook event, in this transaction: sent if and only if this commits.
+    await webhook_events.job_settled(session, job, plan, now=now)
     _compare_with_upstream_cost(job, plan)
     team = await repository.move_settled_amounts(
         session,

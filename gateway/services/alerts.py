@@ -53,6 +53,7 @@ from gateway.ledger.models import BudgetAlert
 from gateway.ledger.quotas import Level, PeriodBalance, TeamQuota
 from gateway.tenancy import repository as tenancy
 from gateway.tenancy.models import Team
+from gateway.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class BudgetAlerts:
                 insert = (
                     postgresql.insert if dialect_name(session) == "postgresql" else sqlite.insert
                 )
-                await session.execute(
+                raised = await session.execute(
                     insert(BudgetAlert)
                     .values(
                         team_id=crossed.team_id,
@@ -236,7 +237,25 @@ class BudgetAlerts:
                     .on_conflict_do_nothing(
                         index_elements=["team_id", "scope", "owner", "period", "threshold"]
                     )
+                    .returning(BudgetAlert.id)
                 )
+                alert_id = raised.scalar_one_or_none()
+                if alert_id is not None:  # first raised here: the team's webhook event too
+                    await webhook_events.budget_alert_raised(
+                        session,
+                        webhook_events.RaisedAlert(
+                            alert_id=alert_id,
+                            team_id=crossed.team_id,
+                            threshold=crossed.threshold,
+                            scope=crossed.scope,
+                            scope_name=crossed.scope_name,
+                            period=crossed.period,
+                            budget=crossed.budget,
+                            limit=crossed.limit,
+                            used=crossed.used,
+                        ),
+                        now=now,
+                    )
         except Exception:
             # An alert must never fail the request that crossed the threshold.
             logger.exception(

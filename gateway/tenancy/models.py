@@ -67,3 +67,26 @@ class ApiKey(Base):
     monthly_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     """The key's own budget per calendar month (UTC), micro-USD; NULL: none."""
     max_cost_per_job_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class PortalSession(Base):
+    """A signed-in portal browser: the cookie ``gw_session`` carries a random token, this row
+    its SHA-256 (a database leak gives no usable cookie). Kept in the database so every
+    replica knows it. ``api_key_id`` is set for a key's session (its team's pages only);
+    ``kind == "admin"`` for the admin token's."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 hex of the cookie's token."""
+    kind: Mapped[str] = mapped_column(String(8))
+    """``key`` or ``admin``."""
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    """Absolute end: sign-in + ``GATEWAY_PORTAL_SESSION_MAX_HOURS``."""
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Signed out (or the key revoked)."""
