@@ -9,6 +9,8 @@ says "the upstream may have acted on it".
     GatewayError ............................ 500 api_error / internal_error
     ├── FrameworkRefusal .................... the framework's own status / http_error
     ├── InvalidRequest ...................... 400 invalid_request_error (code names the rule)
+    │   ├── WebhookDestinationNotAllowed .... 400 invalid_request_error /
+    │   │                                     webhook_destination_not_allowed
     │   ├── RequestTimeout .................. 408 invalid_request_error / request_timeout
     │   ├── PayloadTooLarge ................. 413 invalid_request_error / request_too_large
     │   └── HeadersTooLarge ................. 431 invalid_request_error / request_headers_too_large
@@ -113,6 +115,14 @@ class InvalidRequest(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
     default_code = "invalid_request"
+
+
+class WebhookDestinationNotAllowed(InvalidRequest):
+    """A webhook URL whose host is, or resolves to, an address that is not publicly routable
+    (loopback, private, link-local, ...) while ``GATEWAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` is
+    off: the gateway would otherwise POST into its own network on a team's behalf."""
+
+    default_code = "webhook_destination_not_allowed"
 
 
 class RequestTimeout(InvalidRequest):

@@ -29,6 +29,7 @@ from gateway.services.alerts import BudgetAlerts
 from gateway.services.outbox import AnswerOutbox, database_id, default_directory
 from gateway.services.proxy import ProxyDeps
 from gateway.services.reconciler import Reconciler
+from gateway.services.webhooks import WebhookDeliverer
 from gateway.tenancy.jwt_auth import JwtVerifier
 from gateway.upstream.client import HttpUpstreamClient, UpstreamClient
 
@@ -46,6 +47,9 @@ class Runtime:
     jwt: JwtVerifier
     outbox: AnswerOutbox
     db_health: DatabaseHealth
+    webhooks: WebhookDeliverer
+    """Team webhooks' deliverer (its own HTTP client: no proxy from the environment, no
+    redirects followed)."""
 
     @cached_property
     def proxy(self) -> ProxyDeps:
@@ -108,6 +112,12 @@ async def open_runtime(
         if settings.alert_webhook_url
         else None
     )
+    team_webhooks = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.webhook_timeout_seconds),
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=settings.webhook_concurrency),
+    )
     try:
         yield Runtime(
             settings=settings,
@@ -121,8 +131,10 @@ async def open_runtime(
             jwt=JwtVerifier(settings),
             outbox=outbox,
             db_health=db_health,
+            webhooks=WebhookDeliverer(sessionmaker, settings, team_webhooks),
         )
     finally:
+        await team_webhooks.aclose()
         if webhook is not None:
             await webhook.aclose()
         await upstream.aclose()

@@ -321,3 +321,64 @@ class AuditOut(BaseModel):
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     request_id: str | None
+
+
+# Team webhooks
+
+
+class WebhookCreate(_In):
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        examples=["https://hooks.example.com/video-gateway"],
+        description="http or https, no user or password, no fragment; must resolve to public "
+        "addresses only (unless GATEWAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS)",
+    )
+    events: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        examples=[["job.succeeded", "job.failed", "job.moderated"]],
+        description="job.succeeded, job.failed, job.moderated, budget.soft_limit, "
+        "budget.exhausted (job.* and budget.* name a family); default: all five",
+    )
+
+
+class WebhookOut(BaseModel):
+    id: str = Field(examples=["wh_3f2a9c1d5e7b8a60"])
+    team: str
+    url: str
+    events: list[str]
+    created_by: str
+    created_at: datetime
+    deleted_at: datetime | None
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(
+        description="whsec_ + base64 of 32 bytes: verifies each delivery's webhook-signature "
+        "(Standard Webhooks). Shown only in this answer."
+    )
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    event_id: str = Field(description="Also the webhook-id header of every attempt")
+    type: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None = Field(
+        description="The last failed attempt's reason (kept once delivered)"
+    )
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+class WebhookDeliveryPage(BaseModel):
+    data: list[WebhookDeliveryOut]
+    next_before: int | None = Field(
+        description="Pass as ?before= for the next (older) page; null on the last page."
+    )

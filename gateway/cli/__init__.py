@@ -23,6 +23,7 @@ _COMMANDS = {
     "reconcile": "gateway.cli.reconcile:reconcile",
     "report": "gateway.cli.report:report_group",
     "audit": "gateway.cli.audit:audit_group",
+    "webhooks": "gateway.cli.webhooks:webhooks_group",
 }
 
 

@@ -149,6 +149,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries_total",
+            "Team webhook delivery attempts by this process, by outcome (delivered, failed: "
+            "to be retried, gave_up).",
+            ["outcome"],
+            registry=registry,
+        )
         self.outbox_pending = Gauge(
             "gateway_outbox_pending",
             "Upstream answers this process keeps until the ledger can record them (should be "

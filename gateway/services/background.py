@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.core.clock import utcnow
@@ -12,8 +13,9 @@ from gateway.db.session import autocommit
 from gateway.ledger.quotas import BudgetPolicy
 from gateway.ledger.snapshot import ledger_snapshot
 from gateway.observability.metrics import Metrics
-from gateway.services.alerts import BudgetAlerts
+from gateway.services.alerts import BudgetAlerts, DeliveryOutcome
 from gateway.services.reconciler import Reconciler
+from gateway.services.webhooks import WebhookDeliverer
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,15 @@ async def reconcile_and_count(reconciler: Reconciler, metrics: Metrics) -> None:
 
 
 async def deliver_alerts(alerts: BudgetAlerts, metrics: Metrics) -> None:
-    outcome = await alerts.deliver_due()
-    counter = metrics.alerts_sent
+    _count_deliveries(metrics.alerts_sent, await alerts.deliver_due())
+
+
+async def deliver_webhooks(deliverer: WebhookDeliverer, metrics: Metrics) -> None:
+    """One pass of the team webhooks' deliverer, its attempts counted by outcome."""
+    _count_deliveries(metrics.webhook_deliveries, await deliverer.deliver_due())
+
+
+def _count_deliveries(counter: Counter, outcome: DeliveryOutcome) -> None:
     for result, count in (
         ("delivered", outcome.delivered),
         ("failed", outcome.failed),
