@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from gateway.admin import endpoints as admin
 from gateway.admin import reports as finance
+from gateway.admin import webhooks as admin_webhooks
 from gateway.catalog.spec import load_catalog
 from gateway.config import Settings
 from gateway.db.session import transaction
@@ -24,10 +25,13 @@ from gateway.kit.periodic import run_periodically
 from gateway.ledger.rates import register_catalog_rate_cards
 from gateway.observability.metrics import Metrics
 from gateway.observability.requests import RequestContextMiddleware
+from gateway.portal import routes as portal
+from gateway.portal.web import PortalSecurityHeaders, static_files
 from gateway.proxy import endpoints as proxy
 from gateway.runtime import Runtime, open_runtime
 from gateway.services.background import (
     deliver_alerts,
+    deliver_webhooks,
     reconcile_and_count,
     refresh_ledger_gauges,
 )
@@ -84,8 +88,12 @@ def create_app(
     install_error_handlers(app)
     app.include_router(proxy.tenant_router(catalog))
     app.include_router(admin.router)
+    app.include_router(admin_webhooks.router)
     app.include_router(finance.router)
     app.include_router(health.router)
+    app.include_router(portal.router)
+    app.mount("/portal/static", static_files(), name="portal-static")
+    app.add_middleware(PortalSecurityHeaders)
     install_docs(app)
     install_openapi(app, operator_routes_elsewhere=settings.admin_port is not None)
     if settings.admin_port is not None:
@@ -106,8 +114,9 @@ def _metrics_of(app: FastAPI) -> Metrics | None:
 
 @asynccontextmanager
 async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
-    """Each replica refreshes its ledger gauges, runs a reconciler and delivers budget alerts;
-    on shutdown each loop finishes the pass in progress (all of them are transactional)."""
+    """Each replica refreshes its ledger gauges, runs a reconciler, delivers team webhooks and
+    budget alerts; on shutdown each loop finishes the pass in progress (all of them are
+    transactional)."""
     settings = runtime.settings
     if not settings.upstream_api_key.get_secret_value():
         logger.warning("GATEWAY_UPSTREAM_API_KEY is empty: the upstream will refuse calls")
@@ -142,6 +151,14 @@ async def _background_work(app: FastAPI, runtime: Runtime) -> AsyncIterator[None
                 stop,
             )
         )
+    loops.append(
+        run_periodically(
+            "team webhooks",
+            settings.webhook_delivery_interval_seconds,
+            lambda: _observed(runtime, deliver_webhooks(runtime.webhooks, runtime.metrics)),
+            stop,
+        )
+    )
     if settings.alert_webhook_url:
         loops.append(
             run_periodically(

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, bindparam, delete, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from gateway.core.clock import utcnow
 from gateway.db.direct import DirectStatements
-from gateway.jobs.models import Job, JobRequest, JobState
+from gateway.db.session import dialect_name
+from gateway.jobs.models import OPEN_STATES, Job, JobRequest, JobState
 from gateway.tenancy.models import Team
 
 
@@ -321,3 +337,69 @@ async def accept_pending_direct(
         _ACCEPT, job_id, upstream_http_status, upstream_job_id, next_check_at, now, drop_request
     )
     return row is not None and row[0] == 1
+
+
+async def list_team_jobs(
+    session: AsyncSession,
+    team_id: int,
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+    state: str | None = None,
+    project_id: int | None = None,
+    tag: tuple[str, str] | None = None,
+    created_from: datetime | None = None,
+    created_before: datetime | None = None,
+) -> Sequence[Job]:
+    """One team's jobs newest first on ``(created_at, id)``; ``before`` is that pair of the
+    last job of the previous page (keyset pagination: a deep page costs what the first does).
+    ``tag`` is a ``(key, value)`` the job's tags must hold; ``created_from`` and
+    ``created_before`` bound the submit time (a UTC day, say)."""
+    stmt = (
+        select(Job)
+        .where(Job.team_id == team_id)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if project_id is not None:
+        stmt = stmt.where(Job.project_id == project_id)
+    if tag is not None:
+        stmt = stmt.where(_has_tag(session, *tag))
+    if created_from is not None:
+        stmt = stmt.where(Job.created_at >= created_from)
+    if created_before is not None:
+        stmt = stmt.where(Job.created_at < created_before)
+    return (await session.execute(stmt)).scalars().all()
+
+
+def _has_tag(session: AsyncSession, key: str, value: str) -> ColumnElement[bool]:
+    """On Postgres, containment on the tags as ``jsonb``: what the partial GIN index
+    ``ix_jobs_tags`` (migration 0009) answers, so a tag no job has costs an index lookup."""
+    if dialect_name(session) == "postgresql":
+        wanted = cast(literal(json.dumps({key: value})), JSONB)
+        return and_(Job.tags.is_not(None), cast(Job.tags, JSONB).op("@>")(wanted))
+    matches: ColumnElement[bool] = Job.tags[key].as_string() == value
+    return matches
+
+
+async def get_team_job(session: AsyncSession, job_id: str, team_id: int) -> Job | None:
+    """The team's job by the gateway's own id; None for unknown ids and other teams' jobs."""
+    stmt = select(Job).where(Job.id == job_id, Job.team_id == team_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def open_needing_review(session: AsyncSession, *, limit: int) -> Sequence[tuple[Job, str]]:
+    """Open jobs flagged for review (a hold too old, a late acceptance...), oldest first, with
+    their team's name."""
+    stmt = (
+        select(Job, Team.name)
+        .join(Team, Team.id == Job.team_id)
+        .where(Job.needs_review.is_(True), Job.state.in_(OPEN_STATES))
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return [(job, name) for job, name in (await session.execute(stmt)).all()]

@@ -1,8 +1,9 @@
 """Two listeners, one application: with ``GATEWAY_ADMIN_PORT`` (``gateway serve --admin-port``)
 the operator's routes (``/admin/*``, ``/metrics``) answer only on that port, so a load balancer
 or a NetworkPolicy can expose the tenant port alone. The tenant port answers them 404, as it
-answers any route it does not have; the admin port answers 404 to everything but them and the
-health probes (a probe of either port checks the same process)."""
+answers any route it does not have; the admin port answers 404 to everything but them, the
+health probes (a probe of either port checks the same process) and the portal (where the admin
+signs in on the admin port only)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def is_operator_path(path: str) -> bool:
     return path == "/metrics" or path == "/admin" or path.startswith("/admin/")
 
 
+def _on_both_ports(path: str) -> bool:
+    """The probes, and the portal: teams use it on the tenant port, the admin on the admin
+    port (the portal itself refuses the admin elsewhere)."""
+    return path in _PROBES or path == "/portal" or path.startswith("/portal/")
+
+
 class SplitListeners:
     """Routes each request by the local port it arrived on (``scope["server"]``)."""
 
@@ -35,7 +42,7 @@ class SplitListeners:
             on_admin_port = server is not None and server[1] == self.admin_port
             path: str = scope.get("path", "")
             operator = is_operator_path(path)
-            if (operator != on_admin_port) and path not in _PROBES:
+            if (operator != on_admin_port) and not _on_both_ports(path):
                 await _not_found(send)
                 return
         await self.app(scope, receive, send)

@@ -1,0 +1,1 @@
+"""The team self-service portal under ``/portal/`` (server-rendered pages, no JavaScript)."""
