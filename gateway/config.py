@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     """Deliveries one replica claims per pass."""
     webhook_concurrency: int = Field(default=8, ge=1)
     """Deliveries in flight per replica."""
+    webhook_log_retention_days: float = Field(default=30.0, gt=1)
+    """Events whose deliveries are all done (delivered or given up) are deleted, with their
+    delivery log, this long after they were written (by the reconciler's pass)."""
 
     # Portal (the team self-service pages under /portal/).
     portal_session_idle_minutes: float = Field(default=30.0, gt=0)

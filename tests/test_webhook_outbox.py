@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
+from gateway.db.health import DatabaseHealth
 from gateway.errors import BudgetExhausted
 from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.ledger.models import LedgerEntry
 from gateway.ledger.quotas import PeriodBalance, TeamQuota
+from gateway.observability.metrics import Metrics
 from gateway.services.alerts import BudgetAlerts
+from gateway.services.reconciler import Reconciler
+from gateway.tenancy import portal_sessions
+from gateway.tenancy.models import PortalSession
+from gateway.upstream.client import UpstreamClient
 from gateway.webhooks.models import (
     ALL_EVENT_TYPES,
     WebhookDelivery,
@@ -226,3 +233,86 @@ def test_a_budget_alert_raised_writes_its_event_once(db: SavepointDatabase) -> N
     }
     assert (exhausted["threshold"], exhausted["used_usd"]) == ("hard_limit", "9.680000")
     assert all(body["id"].startswith("evt_alert_") for _, body, _ in events)
+
+
+def test_the_reconciler_pass_purges_done_events_and_finished_sessions_only(
+    db: SavepointDatabase,
+) -> None:
+    """The outbox and the sessions do not grow for ever: the reconciler's pass deletes events
+    whose deliveries are all done once ``GATEWAY_WEBHOOK_LOG_RETENTION_DAYS`` old (with their
+    log), and portal sessions a day after they ended; nothing still pending, recent or live."""
+    tenant = make_tenant(db)
+    team_id = team_quota(db, tenant.team).team_id
+    subscription = subscribe(db, team_id)
+    now = NOW + timedelta(days=40)
+    ages = {"old-done": 35, "old-gave-up": 31, "old-pending": 35, "recent-done": 5}
+
+    async def _fill(session: AsyncSession) -> list[str]:
+        for name, days in ages.items():
+            written = now - timedelta(days=days)
+            session.add(
+                WebhookEvent(
+                    id=f"evt_{name}_{subscription}",
+                    team_id=team_id,
+                    type="job.succeeded",
+                    payload="{}",
+                    created_at=written,
+                )
+            )
+            await session.flush()
+            state = {"old-pending": "pending", "old-gave-up": "failed"}.get(name, "delivered")
+            session.add(
+                WebhookDelivery(
+                    event_id=f"evt_{name}_{subscription}",
+                    subscription_id=subscription,
+                    state=state,
+                    attempts=1,
+                    next_attempt_at=now if state == "pending" else None,
+                    created_at=written,
+                )
+            )
+        tokens = []
+        for started, ended in ((now - timedelta(days=3), True), (now, False)):
+            token = await portal_sessions.start_session(
+                session,
+                kind="key",
+                now=started,
+                lifetime=timedelta(hours=12),
+                csrf_token="x" * 32,
+                team_id=team_id,
+                api_key_id=tenant.key_id,
+            )
+            if ended:
+                await portal_sessions.end_session(
+                    session, portal_sessions.session_id_of(token), started
+                )
+            tokens.append(portal_sessions.session_id_of(token))
+        return tokens
+
+    finished, live = in_session(db, _fill)
+    reconciler = Reconciler(
+        settings=Settings(),
+        sessionmaker=db.sessionmaker,
+        upstream=cast(UpstreamClient, None),  # no job is due: nothing is polled
+        metrics=Metrics(),
+        db_health=DatabaseHealth(),
+        clock=lambda: now,
+    )
+    report = db.run(reconciler.run_once())
+    assert (report.purged_webhook_events, report.purged_portal_sessions) == (2, 1)
+
+    async def _left(session: AsyncSession) -> tuple[set[str], set[str], set[str]]:
+        events = await session.execute(
+            select(WebhookEvent.id).where(WebhookEvent.team_id == team_id)
+        )
+        deliveries = await session.execute(
+            select(WebhookDelivery.event_id).where(WebhookDelivery.subscription_id == subscription)
+        )
+        sessions = await session.execute(
+            select(PortalSession.id).where(PortalSession.id.in_([finished, live]))
+        )
+        return set(events.scalars()), set(deliveries.scalars()), set(sessions.scalars())
+
+    events, deliveries, sessions = in_session(db, _left)
+    kept = {f"evt_{name}_{subscription}" for name in ("old-pending", "recent-done")}
+    assert (events, deliveries, sessions) == (kept, kept, {live})

@@ -14,7 +14,8 @@ Each pass:
 2. polls submitted jobs whose next check is due, with exponential backoff per job, and pauses
    for the upstream's ``Retry-After`` when it answers 429;
 3. flags jobs held longer than ``GATEWAY_HOLD_MAX_AGE_SECONDS`` (they keep being polled);
-4. purges expired idempotency keys.
+4. purges expired idempotency keys, portal sessions a day after they ended, and webhook
+   events whose deliveries are all done once ``GATEWAY_WEBHOOK_LOG_RETENTION_DAYS`` old.
 
 Shutdown waits for the pass in progress; each settlement is one transaction, so a cancelled
 pass leaves nothing half-written.
@@ -43,14 +44,18 @@ from gateway.jobs.models import Job, JobState
 from gateway.ledger import settlement
 from gateway.observability.metrics import Metrics
 from gateway.services import settling
+from gateway.tenancy import portal_sessions
 from gateway.tenancy.repository import team_names
 from gateway.upstream.client import UpstreamClient, UpstreamResponse
+from gateway.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
 UNANSWERED = (JobState.PENDING, JobState.UNKNOWN)
 """A re-sent submit's job may be released only while no acceptance of it is recorded."""
 _DEFAULT_PAUSE_SECONDS = 30.0
+_KEEP_FINISHED_SESSIONS = timedelta(days=1)
+"""A portal session that ended (or expired) is deleted a day later."""
 
 
 @dataclass
@@ -64,6 +69,8 @@ class ReconcileReport:
     upstream_errors: int = 0
     rate_limited: bool = False
     purged_idempotency_keys: int = 0
+    purged_portal_sessions: int = 0
+    purged_webhook_events: int = 0
 
 
 class Reconciler:
@@ -120,6 +127,15 @@ class Reconciler:
         report.flagged = await self._flag_old_holds(now)
         async with transaction(self.sessionmaker) as session:
             report.purged_idempotency_keys = await idempotency.purge_expired(session, now)
+            report.purged_portal_sessions = await portal_sessions.purge_finished(
+                session,
+                now=now,
+                idle=timedelta(minutes=self.settings.portal_session_idle_minutes),
+                keep=_KEEP_FINISHED_SESSIONS,
+            )
+            report.purged_webhook_events = await webhook_events.purge_delivered(
+                session, before=now - timedelta(days=self.settings.webhook_log_retention_days)
+            )
         self.last_run_at = now
         return report
 

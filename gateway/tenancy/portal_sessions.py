@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.tenancy.models import ApiKey, PortalSession, Project, Team
@@ -133,3 +133,20 @@ async def end_session(session: AsyncSession, session_id: str, now: datetime) -> 
         .values(ended_at=now)
         .execution_options(synchronize_session=False)
     )
+
+
+async def purge_finished(
+    session: AsyncSession, *, now: datetime, idle: timedelta, keep: timedelta
+) -> int:
+    """Delete sessions that ended (signed out, past their absolute or idle expiry) more than
+    ``keep`` ago; returns how many."""
+    cutoff = now - keep
+    finished = (
+        (PortalSession.ended_at < cutoff)
+        | (PortalSession.expires_at < cutoff)
+        | (PortalSession.last_seen_at < cutoff - idle)
+    )
+    result = await session.execute(
+        delete(PortalSession).where(finished).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.core.usd import format_usd
@@ -70,6 +70,33 @@ class SettlementPlan(Protocol):
     def upstream_error_code(self) -> str | None: ...
     @property
     def terminal_body(self) -> bytes | None: ...
+
+
+async def purge_delivered(session: AsyncSession, *, before: datetime, limit: int = 1000) -> int:
+    """Delete up to ``limit`` events written before ``before`` whose every delivery is done
+    (delivered or given up), with those deliveries; returns how many events. The delivery log
+    keeps ``GATEWAY_WEBHOOK_LOG_RETENTION_DAYS``, not the outbox for ever."""
+    pending = exists().where(
+        WebhookDelivery.event_id == WebhookEvent.id,
+        WebhookDelivery.state == DeliveryState.PENDING,
+    )
+    ids = (
+        (
+            await session.execute(
+                select(WebhookEvent.id)
+                .where(WebhookEvent.created_at < before, ~pending)
+                .order_by(WebhookEvent.created_at)
+                .limit(limit)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not ids:
+        return 0
+    await session.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(ids)))
+    await session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(ids)))
+    return len(ids)
 
 
 def job_event_id(job_id: str) -> str:

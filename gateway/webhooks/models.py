@@ -60,7 +60,10 @@ class WebhookSubscription(Base):
 
 class WebhookEvent(Base):
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_team_id_created_at", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_webhook_events_team_id_created_at", "team_id", "created_at"),
+        Index("ix_webhook_events_created_at", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))

@@ -74,6 +74,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_events_team_id_created_at", "webhook_events", ["team_id", "created_at"]
     )
+    op.create_index("ix_webhook_events_created_at", "webhook_events", ["created_at"])
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", BigIntPK, autoincrement=True, nullable=False),
