@@ -16,7 +16,14 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from gateway.db.session import dialect_name
 from gateway.jobs.models import OPEN_STATES, Job
-from gateway.ledger.models import KeyBalance, LedgerEntry, ProjectBalance, TeamBalance
+from gateway.ledger.models import (
+    BudgetAlert,
+    EntryKind,
+    KeyBalance,
+    LedgerEntry,
+    ProjectBalance,
+    TeamBalance,
+)
 from gateway.tenancy.models import Team
 
 
@@ -222,4 +229,26 @@ async def add_entries(session: AsyncSession, *entries: LedgerEntry) -> None:
 
 async def entries_for_job(session: AsyncSession, job_id: str) -> Sequence[LedgerEntry]:
     stmt = select(LedgerEntry).where(LedgerEntry.job_id == job_id).order_by(LedgerEntry.id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def captured_amounts(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, int]:
+    """The capture of each of these jobs that has one (at most one each), by job id."""
+    if not job_ids:
+        return {}
+    stmt = select(LedgerEntry.job_id, LedgerEntry.amount_micro_usd).where(
+        LedgerEntry.job_id.in_(job_ids), LedgerEntry.kind == EntryKind.CAPTURE
+    )
+    return {job_id: int(amount) for job_id, amount in (await session.execute(stmt)).all()}
+
+
+async def team_periods(session: AsyncSession, team_id: int) -> set[str]:
+    """The periods the team has a balance row for."""
+    stmt = select(TeamBalance.period).where(TeamBalance.team_id == team_id)
+    return {str(period) for period in (await session.execute(stmt)).scalars()}
+
+
+async def latest_alerts(session: AsyncSession, *, limit: int) -> Sequence[BudgetAlert]:
+    """The latest budget alerts of every team, newest first."""
+    stmt = select(BudgetAlert).order_by(BudgetAlert.id.desc()).limit(limit)
     return (await session.execute(stmt)).scalars().all()

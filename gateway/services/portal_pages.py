@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.config import Settings
@@ -29,7 +28,7 @@ from gateway.jobs.tags import parse_tags
 from gateway.ledger import quotas
 from gateway.ledger import repository as ledger
 from gateway.ledger.forecast import month_end_forecast
-from gateway.ledger.models import BudgetAlert, EntryKind, LedgerEntry, TeamBalance
+from gateway.ledger.models import BudgetAlert, LedgerEntry
 from gateway.ledger.snapshot import LedgerSnapshot, ledger_snapshot
 from gateway.reports.chargeback import ChargebackReport, ReportQuery, chargeback
 from gateway.reports.charts import DailyChart, daily_chart, group_colors
@@ -305,7 +304,9 @@ async def _job_rows(
     if projects is None:
         projects = await tenancy_repository.list_projects(session, team.id)
     names = {p.id: p.name for p in projects}
-    captured = await _captured_amounts(session, [job.id for job in found if _is_captured(job)])
+    captured = await ledger.captured_amounts(
+        session, [job.id for job in found if _is_captured(job)]
+    )
     rows = []
     for job in found:
         if _is_captured(job):
@@ -323,16 +324,6 @@ def _is_captured(job: Job) -> bool:
     return job.state == JobState.CAPTURED
 
 
-async def _captured_amounts(session: AsyncSession, job_ids: list[str]) -> dict[str, int]:
-    """The captures of these jobs (at most one each), by job id: one indexed lookup each."""
-    if not job_ids:
-        return {}
-    stmt = select(LedgerEntry.job_id, LedgerEntry.amount_micro_usd).where(
-        LedgerEntry.job_id.in_(job_ids), LedgerEntry.kind == EntryKind.CAPTURE
-    )
-    return {job_id: int(amount) for job_id, amount in (await session.execute(stmt)).all()}
-
-
 # --------------------------------------------------------------------------- reports
 
 
@@ -345,8 +336,7 @@ class ReportsPage:
 
 
 async def team_months(session: AsyncSession, team: Team) -> list[str]:
-    stmt = select(TeamBalance.period).where(TeamBalance.team_id == team.id)
-    months = {str(period) for period in (await session.execute(stmt)).scalars()}
+    months = await ledger.team_periods(session, team.id)
     current = period_of(utcnow())
     months.add(current)
     return sorted((m for m in months if m <= current), reverse=True)
@@ -391,9 +381,8 @@ async def admin_page(session: AsyncSession, settings: Settings, *, limit: int = 
         (JobRow(job, job.estimate_micro_usd, "held", None), team_name) for job, team_name in flagged
     ]
     names = await tenancy_repository.team_names(session)
-    stmt = select(BudgetAlert).order_by(BudgetAlert.id.desc()).limit(limit)
     alerts = [
         AlertRow(alert, names.get(alert.team_id, str(alert.team_id)))
-        for alert in (await session.execute(stmt)).scalars()
+        for alert in await ledger.latest_alerts(session, limit=limit)
     ]
     return AdminPage(period=period, snapshot=snapshot, review=review, alerts=alerts)
