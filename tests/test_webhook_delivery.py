@@ -32,6 +32,7 @@ from gateway.webhooks.models import (
     WebhookSubscription,
 )
 from gateway.webhooks.subscriptions import SUBSCRIPTION_DELETED, new_secret
+from tests.support.processes import free_port
 from tests.support.savepoint import Database, SavepointDatabase
 from tests.support.settings import gateway_settings
 from tests.support.tenants import TEST_ACTOR, in_session, make_tenant
@@ -218,6 +219,28 @@ def test_failures_are_retried_with_backoff_until_delivered(
     assert (row.state, row.attempts, row.last_status_code) == (DeliveryState.DELIVERED, 3, 204)
     assert row.last_error == "HTTP 503"  # what failed before stays readable
     assert receiver.refused_while_down == 2 and len(receiver.received) == 1
+
+
+@fast
+def test_a_receiver_that_was_not_listening_gets_the_delivery_once_it_is_back(
+    db: SavepointDatabase, receiver: SignedReceiver
+) -> None:
+    """Down as in "nothing listens on the port" (connection refused), then back on it."""
+    port = free_port()
+    subscription = subscribe(db, receiver, url=f"http://127.0.0.1:{port}/hook")
+    [event_id] = add_events(db, subscription)
+
+    assert deliver(db) == DeliveryOutcome(failed=1)
+    [row] = deliveries(db, subscription)
+    assert (row.state, row.attempts, row.last_status_code) == (DeliveryState.PENDING, 1, None)
+    assert row.last_error == "ConnectError"
+    make_due(db, subscription)
+    with signed_receiver(port, secrets=receiver.secrets) as back:
+        assert deliver(db) == DeliveryOutcome(delivered=1)
+    assert [got.webhook_id for got in back.received] == [event_id]
+    assert back.bad_signatures == 0
+    [row] = deliveries(db, subscription)
+    assert (row.state, row.attempts, row.last_status_code) == (DeliveryState.DELIVERED, 2, 204)
 
 
 @fast

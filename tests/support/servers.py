@@ -16,10 +16,10 @@ from gateway.kit.servers import EmbeddedServer, bind_socket
 
 
 class ServerThread:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, port: int = 0) -> None:
         self.server = EmbeddedServer.for_app(app)
         self.server.config.timeout_graceful_shutdown = 2
-        self.socket = bind_socket()
+        self.socket = bind_socket(port=port)
         self.port: int = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
@@ -44,8 +44,9 @@ class ServerThread:
 
 
 @contextmanager
-def running(app: ASGIApp) -> Iterator[ServerThread]:
-    server = ServerThread(app).start()
+def running(app: ASGIApp, port: int = 0) -> Iterator[ServerThread]:
+    """``app`` served on ``port`` (0: a free one) until the block ends."""
+    server = ServerThread(app, port).start()
     try:
         yield server
     finally:

@@ -109,14 +109,16 @@ class SignedReceiver:
 
 
 @contextmanager
-def signed_receiver() -> Iterator[SignedReceiver]:
-    receiver = SignedReceiver()
+def signed_receiver(port: int = 0, secrets: Iterable[str] = ()) -> Iterator[SignedReceiver]:
+    """A receiver on ``port`` (0: a free one) that accepts deliveries signed with
+    ``secrets`` (or those added to ``receiver.secrets`` later)."""
+    receiver = SignedReceiver(secrets=list(secrets))
     app = Starlette(
         routes=[
             Route("/hook", receiver.hook, methods=["POST"]),
             Route("/moved", receiver.moved, methods=["POST"]),
         ]
     )
-    with running(app) as server:
+    with running(app, port) as server:
         receiver.url = server.url + "/hook"
         yield receiver
