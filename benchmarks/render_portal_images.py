@@ -8,7 +8,12 @@ then look at every image.
 The data is made here, in a scratch PostgreSQL database (``--admin-url``), through the real
 services and a real gateway in front of the built-in simulator: three teams with projects,
 keys of both roles and budgets at every level; jobs submitted with cost-allocation tags and
-polled to every outcome (completed, failed, moderated and billed), a few left running.
+polled to every outcome (completed, failed, moderated and billed), a few left running; then
+(after the jobs, so no settlement fans out to them) webhook subscriptions and a delivery log
+written as rows, and one subscription created through the form. Their URLs are public-looking
+names that nothing here ever contacts: the gateway runs with
+``GATEWAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` on only so the form's create skips its DNS check,
+and no delivery is ever due (the log's pending row is due in an hour).
 Chromium is Debian's, driven by Selenium, resolving no host but 127.0.0.1.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -25,14 +31,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from harness import scratch_database  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
 from gateway.app import create_app  # noqa: E402
+from gateway.core.clock import utcnow  # noqa: E402
+from gateway.jobs.models import Job  # noqa: E402
 from gateway.tenancy import service  # noqa: E402
 from gateway.upstream.simulator import SimulatorConfig, create_simulator_app  # noqa: E402
 from tests.support.api import submit  # noqa: E402
 from tests.support.database import migrate  # noqa: E402
-from tests.support.portal import ADMIN_TOKEN, selenium_chromium  # noqa: E402
+from tests.support.portal import (  # noqa: E402
+    ADMIN_TOKEN,
+    add_webhook,
+    insert_deliveries,
+    selenium_chromium,
+)
 from tests.support.servers import running  # noqa: E402
 from tests.support.settings import gateway_settings  # noqa: E402
 from tests.support.simulator import UPSTREAM_KEY  # noqa: E402
@@ -114,6 +128,79 @@ def _submit_jobs(url: str, keys: dict[str, Tenant]) -> None:
                         client.get(f"/v1/jobs/{job}", headers=key.headers).raise_for_status()
 
 
+def _seed_webhooks(database: str, keys: dict[str, Tenant]) -> str:
+    """Two subscriptions of brand-studio and the first one's delivery log (delivered, pending
+    after errors, given up); the first one's id."""
+    team, lead = "brand-studio", keys["brand-studio"]
+
+    async def _jobs(session: AsyncSession) -> list[str]:
+        stmt = select(Job.id).order_by(Job.created_at.desc()).limit(9)
+        return list((await session.execute(stmt)).scalars())
+
+    jobs = in_session(database, _jobs)
+    main = add_webhook(
+        database,
+        team,
+        "https://hooks.video-lab.example/gateway?token=not-shown",
+        created_by=f"portal:{lead.key_id}",
+    )
+    add_webhook(
+        database,
+        team,
+        "https://finance.brand-studio.example/alerts/video-budget",
+        events=("budget.soft_limit", "budget.exhausted"),
+    )
+    now = utcnow()
+    ago = [now - timedelta(minutes=m) for m in (212, 180, 151, 95, 64, 40, 22, 9, 2)]
+    ok = {"state": "delivered", "attempts": 1, "last_status_code": 200}
+    specs = [
+        {**ok, "type": "job.succeeded", "last_attempt_at": ago[0]},
+        {**ok, "type": "job.succeeded", "last_attempt_at": ago[1]},
+        {
+            "state": "failed",
+            "type": "job.failed",
+            "attempts": 12,
+            "last_status_code": 410,
+            "last_error": "HTTP 410",
+            "last_attempt_at": ago[2] - timedelta(hours=20),
+            "event_at": ago[2] - timedelta(hours=24),
+        },
+        {**ok, "type": "job.moderated", "last_attempt_at": ago[3]},
+        {
+            **ok,
+            "type": "job.succeeded",
+            "attempts": 3,
+            "last_status_code": 204,
+            "last_error": "timed out after 10 s",
+            "last_attempt_at": ago[4],
+        },
+        {**ok, "type": "job.failed", "last_attempt_at": ago[5]},
+        {
+            "state": "pending",
+            "type": "job.succeeded",
+            "attempts": 4,
+            "last_status_code": 503,
+            "last_error": "HTTP 503",
+            "last_attempt_at": ago[8],
+            "next_attempt_at": now + timedelta(hours=1),
+        },
+        {
+            "state": "pending",
+            "type": "budget.soft_limit",
+            "attempts": 2,
+            "last_error": "ConnectError",
+            "last_attempt_at": ago[8],
+            "next_attempt_at": now + timedelta(minutes=55),
+            "event_id": "evt_alert_3",
+        },
+    ]
+    for spec, job, at in zip(specs, jobs, ago, strict=False):
+        spec.setdefault("event_id", f"evt_job_{job}")
+        spec.setdefault("event_at", at - timedelta(seconds=4))
+    insert_deliveries(database, team, main, specs)
+    return main
+
+
 def _shoot(driver: object, url: str, path: Path) -> None:
     from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -135,7 +222,9 @@ def render(admin_url: str, out: Path) -> None:
     with scratch_database(admin_url) as database, running(simulator) as upstream:
         migrate(database)
         keys = _seed(database)
-        settings = gateway_settings(database, upstream.url, admin_token=ADMIN_TOKEN)
+        settings = gateway_settings(
+            database, upstream.url, admin_token=ADMIN_TOKEN, webhook_allow_private_networks=True
+        )
         with running(create_app(settings)) as gateway, selenium_chromium() as driver:
             _submit_jobs(gateway.url, keys)
             base = gateway.url
@@ -155,6 +244,19 @@ def render(admin_url: str, out: Path) -> None:
             driver.save_screenshot(str(out / "portal-key-created.png"))
             print(f"wrote {out / 'portal-key-created.png'}")
             _shoot(driver, base + "/portal/reports", out / "portal-reports.png")
+            hook = _seed_webhooks(database, keys)
+            _shoot(driver, base + "/portal/webhooks", out / "portal-webhooks.png")
+            _shoot(driver, f"{base}/portal/webhooks/{hook}", out / "portal-webhook-deliveries.png")
+            driver.get(base + "/portal/webhooks")
+            form = driver.find_element(By.ID, "create-webhook")
+            form.find_element(By.NAME, "url").send_keys(
+                "https://render-queue.brand-studio.example/webhooks/video?key=not-shown"
+            )
+            for box in form.find_elements(By.CSS_SELECTOR, "input[value^='budget.']"):
+                box.click()  # job events only
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            driver.save_screenshot(str(out / "portal-webhook-created.png"))
+            print(f"wrote {out / 'portal-webhook-created.png'}")
             driver.delete_all_cookies()
             driver.get(base + "/portal/login")
             driver.find_element(By.ID, "admin_token").send_keys(ADMIN_TOKEN)

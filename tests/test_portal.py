@@ -1,7 +1,8 @@
 """The portal over HTTP (a real gateway on loopback, Postgres and SQLite): sign-in and its
 cookie, CSRF on every form, expiry and sign-out on the server, revoked keys, one team never
 seeing another's data, who may change keys (audited), the admin page, the jobs page's
-filters and keyset pages, the CSV, escaping and the security headers."""
+filters and keyset pages, the CSV, the webhooks pages (who may change them, audited; the
+secret once; the delivery log), escaping and the security headers."""
 
 from __future__ import annotations
 
@@ -19,26 +20,41 @@ from gateway.app import create_app
 from gateway.core.clock import utcnow
 from gateway.portal.web import SECURITY_HEADERS
 from gateway.services.portal_pages import PAGE_SIZE
+from gateway.services.portal_webhooks import DELIVERIES_PER_PAGE
 from tests.support.api import submit
 from tests.support.portal import (
     ADMIN_TOKEN,
     Portal,
     PortalTeam,
+    add_webhook,
     age_session,
+    all_forms,
     audit_entries,
     csrf_of,
+    insert_deliveries,
     insert_jobs,
     key_states,
     make_portal_team,
     post_forms,
     session_row,
+    webhook_states,
 )
 from tests.support.servers import ServerThread, running
 from tests.support.settings import gateway_settings
 from tests.support.tenants import TEST_ACTOR, in_session
 
-PAGES = ("/portal/", "/portal/jobs", "/portal/keys", "/portal/reports", "/portal/admin")
+PAGES = (
+    "/portal/",
+    "/portal/jobs",
+    "/portal/keys",
+    "/portal/webhooks",
+    "/portal/reports",
+    "/portal/admin",
+)
+TEAM_PAGES = PAGES[:5]
 NOW = utcnow()
+LOOPBACK_HOOK = "http://127.0.0.1:9/hooks/gateway?token=query-secret-0123"
+"""A webhook destination of the tests: the discard port on loopback (nothing listens)."""
 BULK_DAY = (
     (NOW - timedelta(days=1)).strftime("%Y-%m-%d") if NOW.day > 1 else NOW.strftime("%Y-%m-%d")
 )
@@ -54,9 +70,11 @@ class World:
     """Team A's jobs, newest first, as the jobs page must list them."""
     b_jobs: list[str]
     settled_job: str
+    """One of A's jobs submitted and settled through the gateway (it has a capture)."""
     submitted_on: str
     """The UTC day of the jobs submitted through the gateway."""
-    """One of A's jobs submitted and settled through the gateway (it has a capture)."""
+    a_webhook: str
+    """A live subscription of team A (to a closed loopback port; nothing is due to it)."""
 
 
 def _bulk_specs() -> list[dict[str, object]]:
@@ -110,6 +128,7 @@ def world(request: pytest.FixtureRequest, simulator_server: ServerThread) -> Ite
             b_jobs=_listed(database, b.team),
             settled_job=_gateway_id(database, settled[0]),
             submitted_on=utcnow().strftime("%Y-%m-%d"),
+            a_webhook=add_webhook(database, a.team, LOOPBACK_HOOK),
         )
         assert bulk and b_bulk
 
@@ -332,14 +351,28 @@ def test_a_forged_cookie_is_no_session(browser: Portal) -> None:
 # --------------------------------------------------------------------------- CSRF on forms
 
 
-def test_every_posting_form_carries_a_csrf_token(manager: Portal, admin: Portal) -> None:
-    seen = 0
+def test_every_form_carries_a_csrf_token(
+    world: World, browser: Portal, manager: Portal, admin: Portal
+) -> None:
+    """Posting or not (the jobs filters, the admin's team picker): PRODUCT.md §11."""
+    pages = {(browser, "/portal/login")}
     for portal in (manager, admin):
-        for path in ("/portal/", "/portal/jobs", "/portal/keys", "/portal/reports"):
-            for form in post_forms(portal.get(path).text):
-                assert 'name="csrf_token"' in form
-                seen += 1
-    assert seen >= 6  # sign-out everywhere; create and revoke on the keys page
+        for path in (
+            *TEAM_PAGES,
+            f"/portal/jobs/{world.settled_job}",
+            f"/portal/webhooks/{world.a_webhook}",
+        ):
+            pages.add((portal, path))
+    pages.add((admin, "/portal/admin"))
+    seen = {"get": 0, "post": 0}
+    for portal, path in pages:
+        answer = portal.get(path, **({"team": world.a.team} if portal is admin else {}))
+        assert answer.status_code == 200, path
+        for form in all_forms(answer.text):
+            assert 'name="csrf_token"' in form, (path, form)
+            seen["post" if 'method="post"' in form else "get"] += 1
+    # The filters and the picker; sign-in, sign-out everywhere, the keys' and webhooks' forms.
+    assert seen["get"] >= 6 and seen["post"] >= 20, seen
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong"])
@@ -351,9 +384,13 @@ def test_signed_in_forms_refuse_a_missing_or_wrong_csrf_token(
     data = {} if token is None else {"csrf_token": token}
     create = manager.post("/portal/keys", {**data, "name": "sneaky", "role": "manager"})
     revoke = manager.post(f"/portal/keys/{world.a.member.key_id}/revoke", data)
+    hook = manager.post("/portal/webhooks", {**data, "url": "http://10.0.0.1/x"})
+    unhook = manager.post(f"/portal/webhooks/{world.a_webhook}/delete", data)
     logout = manager.post("/portal/logout", data)
-    assert [create.status_code, revoke.status_code, logout.status_code] == [403, 403, 403]
+    statuses = [create, revoke, hook, unhook, logout]
+    assert [answer.status_code for answer in statuses] == [403] * 5
     assert key_states(world.database, world.a.team) == before_keys
+    assert webhook_states(world.database, world.a.team)[world.a_webhook] is False
     assert len(audit_entries(world.database)) == before_audit
     assert manager.get("/portal/").status_code == 200  # still signed in
 
@@ -439,10 +476,7 @@ def _pepper() -> str:
 def test_a_second_teams_key_never_sees_the_first_teams_data(
     world: World, other_team: Portal
 ) -> None:
-    pages = {
-        path: other_team.get(path).text
-        for path in ("/portal/", "/portal/jobs", "/portal/keys", "/portal/reports")
-    }
+    pages = {path: other_team.get(path).text for path in TEAM_PAGES}
     everything = "\n".join(pages.values())
     assert world.b.team in pages["/portal/"]
     for job_id in world.a_jobs[:20]:
@@ -715,7 +749,7 @@ def test_every_portal_response_has_the_security_headers(
 
 
 def test_signed_in_pages_have_the_headers_and_no_script(manager: Portal, admin: Portal) -> None:
-    for portal, paths in ((manager, PAGES[:4]), (admin, PAGES)):
+    for portal, paths in ((manager, TEAM_PAGES), (admin, PAGES)):
         for path in paths:
             answer = portal.get(path)
             assert answer.status_code == 200, path
@@ -727,3 +761,240 @@ def test_signed_in_pages_have_the_headers_and_no_script(manager: Portal, admin: 
 def test_the_portal_is_not_in_the_api_docs(world: World) -> None:
     paths = httpx.get(world.url + "/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith("/portal")]
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+@pytest.fixture(scope="module")
+def loopback_gateway(world: World, simulator_server: ServerThread) -> Iterator[str]:
+    """A second gateway on the world's database that allows loopback destinations (the
+    world's refuses them, as a deployment does by default): where subscriptions to a loopback
+    port can be created through the form. Nothing listens there; nothing is due to it."""
+    settings = gateway_settings(
+        world.database,
+        simulator_server.url,
+        admin_token=ADMIN_TOKEN,
+        webhook_allow_private_networks=True,
+    )
+    with running(create_app(settings)) as server:
+        yield server.url
+
+
+def _webhook_audit(world: World, actor: str) -> set[tuple[str, str]]:
+    return {
+        (e.action, e.target_id)
+        for e in audit_entries(world.database, actor_prefix=actor)
+        if e.action.startswith("webhook.")
+    }
+
+
+def _create_form(csrf: str, url: str, *events: str) -> dict[str, str | list[str]]:
+    return {"csrf_token": csrf, "url": url, "events": list(events)}
+
+
+def test_a_manager_creates_lists_and_deletes_a_webhook_audited_as_portal(
+    world: World, loopback_gateway: str
+) -> None:
+    portal = Portal(loopback_gateway)
+    try:
+        assert portal.sign_in(api_key=world.a.manager.key).status_code == 303
+        page = portal.get("/portal/webhooks").text
+        form = re.search(r'<form[^>]*id="create-webhook".*?</form>', page, re.S)
+        assert form is not None
+        assert form.group(0).count(" checked") == 5  # every event type, by default
+        created = portal.http.post(
+            "/portal/webhooks",
+            data=_create_form(csrf_of(page), LOOPBACK_HOOK, "job.succeeded", "job.failed"),
+        )
+        assert created.status_code == 200, created.text
+        secret = re.search(r'id="new-webhook-secret">([^<]+)<', created.text)
+        new_id = re.search(r'id="new-webhook-id">([^<]+)<', created.text)
+        assert secret is not None and new_id is not None
+        secret_text, hook_id = secret.group(1), new_id.group(1)
+        assert secret_text.startswith("whsec_")
+        assert "shown only once" in created.text
+        assert "query-secret-0123" not in created.text
+
+        listing = portal.get("/portal/webhooks").text
+        row = re.search(rf'<tr data-webhook-id="{hook_id}">(.*?)</tr>', listing, re.S)
+        assert row is not None
+        assert "http://127.0.0.1:9/hooks/gateway?…" in row.group(1)
+        assert "job.succeeded" in row.group(1) and "job.moderated" not in row.group(1)
+        log = portal.get(f"/portal/webhooks/{hook_id}").text
+        everything = listing + log
+        assert secret_text not in everything and "query-secret-0123" not in everything
+
+        csrf = csrf_of(listing)
+        deleted = portal.post(f"/portal/webhooks/{hook_id}/delete", {"csrf_token": csrf})
+        assert deleted.status_code == 303
+        assert deleted.headers["location"] == "/portal/webhooks"
+        assert webhook_states(world.database, world.a.team)[hook_id] is True
+        listing = portal.get("/portal/webhooks").text
+        row = re.search(rf'<tr data-webhook-id="{hook_id}">(.*?)</tr>', listing, re.S)
+        assert row is not None and "deleted" in row.group(1) and "<form" not in row.group(1)
+        again = portal.post(f"/portal/webhooks/{hook_id}/delete", {"csrf_token": csrf})
+        assert again.status_code == 404
+        assert {("webhook.create", hook_id), ("webhook.delete", hook_id)} <= _webhook_audit(
+            world, f"portal:{world.a.manager.key_id}"
+        )
+    finally:
+        portal.close()
+
+
+def test_the_admin_manages_a_teams_webhooks_audited_as_the_admin_token(
+    world: World, loopback_gateway: str
+) -> None:
+    portal = Portal(loopback_gateway)
+    try:
+        assert portal.sign_in(admin_token=ADMIN_TOKEN).status_code == 303
+        page = portal.get("/portal/webhooks", team=world.b.team).text
+        assert 'id="create-webhook"' in page and world.b.team in page
+        created = portal.http.post(
+            "/portal/webhooks",
+            params={"team": world.b.team},
+            data=_create_form(csrf_of(page), "http://[::1]:9/b"),  # no event checked
+        )
+        assert created.status_code == 400
+        assert "give at least one event type" in created.text
+        created = portal.http.post(
+            "/portal/webhooks",
+            params={"team": world.b.team},
+            data=_create_form(csrf_of(page), "http://[::1]:9/b", "job.*"),
+        )
+        assert created.status_code == 200, created.text
+        new_id = re.search(r'id="new-webhook-id">([^<]+)<', created.text)
+        assert new_id is not None
+        hook_id = new_id.group(1)
+        assert f'href="/portal/webhooks?team={world.b.team}"' in created.text
+        assert set(webhook_states(world.database, world.b.team)) == {hook_id}
+        deleted = portal.post(
+            f"/portal/webhooks/{hook_id}/delete?team={world.b.team}", {"csrf_token": csrf_of(page)}
+        )
+        assert deleted.status_code == 303
+        assert deleted.headers["location"] == f"/portal/webhooks?team={world.b.team}"
+        assert {("webhook.create", hook_id), ("webhook.delete", hook_id)} <= _webhook_audit(
+            world, "admin-token"
+        )
+    finally:
+        portal.close()
+
+
+def test_a_webhooks_delivery_log_newest_first_by_keyset(world: World, manager: Portal) -> None:
+    hook = add_webhook(world.database, world.a.team, LOOPBACK_HOOK)
+    older = insert_deliveries(
+        world.database, world.a.team, hook, [{"state": "delivered"}] * (DELIVERIES_PER_PAGE + 3)
+    )
+    recent = insert_deliveries(
+        world.database,
+        world.a.team,
+        hook,
+        [
+            {
+                "state": "delivered",
+                "attempts": 2,
+                "last_status_code": 204,
+                "last_error": "HTTP 503",
+                "last_attempt_at": utcnow(),
+            },
+            {
+                "state": "pending",
+                "type": "budget.soft_limit",
+                "attempts": 3,
+                "last_status_code": 500,
+                "last_error": "HTTP 500",
+                "last_attempt_at": utcnow(),
+            },
+            {
+                "state": "failed",
+                "type": "job.failed",
+                "attempts": 14,
+                "last_error": "ConnectError <b>refused</b>",
+                "last_attempt_at": utcnow(),
+            },
+        ],
+    )
+    answer = manager.get(f"/portal/webhooks/{hook}")
+    assert answer.status_code == 200
+    rows = re.findall(r'<tr data-event-id="([^"]+)">(.*?)</tr>', answer.text, re.S)
+    listed = [event for event, _ in rows]
+    expected = [*reversed(older + recent)]
+    assert listed == expected[:DELIVERIES_PER_PAGE]
+    cells = dict(rows)
+    assert "failed" in cells[recent[2]] and ">14<" in cells[recent[2]]
+    assert "ConnectError &lt;b&gt;refused&lt;/b&gt;" in cells[recent[2]]
+    assert "pending" in cells[recent[1]] and "HTTP 500" in cells[recent[1]]
+    assert "budget.soft_limit" in cells[recent[1]]
+    assert "delivered" in cells[recent[0]] and ">204<" in cells[recent[0]]
+    assert "query-secret-0123" not in answer.text
+    found = re.search(r'<a href="([^"]+)" id="older-deliveries">', answer.text)
+    assert found is not None
+    rest = manager.http.get(found.group(1).replace("&amp;", "&"))
+    assert rest.status_code == 200
+    assert re.findall(r'<tr data-event-id="([^"]+)">', rest.text) == expected[DELIVERIES_PER_PAGE:]
+    assert 'id="older-deliveries"' not in rest.text and "end of the log" in rest.text
+    for before in ("x", "-1", "0", "9" * 30):
+        assert manager.get(f"/portal/webhooks/{hook}", before=before).status_code == 400
+    assert manager.get("/portal/webhooks/wh_nosuch").status_code == 404
+
+
+def test_a_member_reads_webhooks_but_cannot_change_them(world: World, member: Portal) -> None:
+    page = member.get("/portal/webhooks")
+    assert page.status_code == 200
+    assert world.a_webhook in page.text and 'id="read-only"' in page.text
+    assert [f for f in post_forms(page.text) if "/portal/logout" not in f] == []
+    assert member.get(f"/portal/webhooks/{world.a_webhook}").status_code == 200
+    before_hooks = webhook_states(world.database, world.a.team)
+    before_audit = len(audit_entries(world.database))
+    csrf = csrf_of(page.text)
+    create = member.http.post(
+        "/portal/webhooks", data=_create_form(csrf, "http://10.0.0.1/x", "job.succeeded")
+    )
+    delete = member.post(f"/portal/webhooks/{world.a_webhook}/delete", {"csrf_token": csrf})
+    assert (create.status_code, delete.status_code) == (403, 403)
+    assert "manager" in create.text
+    assert webhook_states(world.database, world.a.team) == before_hooks
+    assert len(audit_entries(world.database)) == before_audit
+
+
+def test_another_teams_webhook_and_its_log_are_not_found(world: World, other_team: Portal) -> None:
+    listing = other_team.get("/portal/webhooks", team=world.a.team).text
+    assert world.a_webhook not in listing and world.a.team not in listing
+    for params in ({}, {"before": "5"}, {"team": world.a.team}):
+        answer = other_team.get(f"/portal/webhooks/{world.a_webhook}", **params)
+        assert answer.status_code == 404
+        assert "text/html" in answer.headers["content-type"]
+    delete = other_team.post(
+        f"/portal/webhooks/{world.a_webhook}/delete", {"csrf_token": csrf_of(listing)}
+    )
+    assert delete.status_code == 404
+    assert webhook_states(world.database, world.a.team)[world.a_webhook] is False
+
+
+@pytest.mark.parametrize(
+    ("url", "events", "message"),
+    [
+        ("http://127.0.0.1:8080/hook?token=sekrit", ["job.succeeded"], "127.0.0.1 is loopback"),
+        ("http://10.0.0.1/hook?token=sekrit", ["job.*"], "10.0.0.1 is private"),
+        ("http://localhost/hook?token=sekrit", [], "give at least one event type"),
+        ("ftp://10.0.0.1/hook?token=sekrit", ["job.failed"], "must start with http://"),
+        ("http://10.0.0.1/hook?token=sekrit", ["job.nope"], "unknown event type"),
+        ("", ["job.failed"], "must not be empty"),
+    ],
+)
+def test_a_refused_webhook_is_the_form_again_with_its_reason(
+    world: World, manager: Portal, url: str, events: list[str], message: str
+) -> None:
+    """The world's gateway refuses private destinations (the setting is off): IP literals
+    are judged without a lookup, so no connection or DNS query is made."""
+    before_hooks = webhook_states(world.database, world.a.team)
+    before_audit = len(audit_entries(world.database))
+    csrf = manager.csrf("/portal/webhooks")
+    answer = manager.http.post("/portal/webhooks", data=_create_form(csrf, url, *events))
+    assert answer.status_code == 400
+    error = re.search(r'id="webhook-error" role="alert">([^<]*)<', answer.text)
+    assert error is not None and message in error.group(1), answer.text
+    assert 'id="create-webhook"' in answer.text and world.a_webhook in answer.text
+    assert "sekrit" not in answer.text
+    assert webhook_states(world.database, world.a.team) == before_hooks
+    assert len(audit_entries(world.database)) == before_audit

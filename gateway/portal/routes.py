@@ -1,5 +1,5 @@
 """The portal's routes (``PRODUCT.md`` §11): sign-in and out, and the pages of a team
-(overview, jobs, keys, reports) and of the admin. HTTP only: each route reads its form or
+(overview, jobs, keys, webhooks, reports) and of the admin. HTTP only: each route reads its form or
 query, calls a service (``gateway.services.portal*``) in the request's one transaction and
 renders a template. Not in the OpenAPI schema (a browser's pages, not the API).
 
@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from gateway.portal.web import (
     LOGIN_CSRF_COOKIE,
     PREFIX,
@@ -32,7 +32,7 @@ from gateway.portal.web import (
     tokens_match,
 )
 from gateway.reports.formats import to_csv
-from gateway.services import portal_keys, portal_pages
+from gateway.services import portal_keys, portal_pages, portal_webhooks
 from gateway.services.portal import Viewer
 from gateway.services.portal_keys import NewKeyForm
 from gateway.tenancy import service as tenancy
@@ -43,6 +43,7 @@ from gateway.web.deps import RuntimeDep, UnitOfWorkDep
 router = APIRouter(prefix=PREFIX, route_class=PortalRoute, include_in_schema=False)
 
 FormField = Annotated[str, Form()]
+FormList = Annotated[list[str], Form()]
 SIGN_IN_FAILED = "Sign-in failed: that key or admin token was not accepted."
 
 
@@ -260,6 +261,128 @@ async def revoke_key(
         work.session, viewer, shown, key_id, request_id=request.state.request_id
     )
     return RedirectResponse(_to("/keys", shown, viewer), status_code=303)
+
+
+async def _webhooks_page(
+    request: Request,
+    viewer: Viewer,
+    work: UnitOfWorkDep,
+    team: Team,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    checked: list[str] | None = None,
+) -> Response:
+    """The webhooks page; after a refused create form, with its message (the URL typed is
+    not echoed back: its query may carry a token)."""
+    return render(
+        request,
+        "webhooks.html.j2",
+        status_code=status_code,
+        team=team,
+        teams=await _teams_for_picker(work, viewer),
+        webhooks=await portal_webhooks.list_webhooks(work.session, team),
+        event_types=portal_webhooks.EVENT_TYPES,
+        checked=portal_webhooks.EVENT_TYPES if checked is None else checked,
+        error=error,
+        form_action=_to("/webhooks", team, viewer),
+    )
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+async def webhooks(
+    request: Request, viewer: ViewerDep, work: UnitOfWorkDep, team: str | None = None
+) -> Response:
+    shown = await portal_pages.team_in_view(work.session, viewer, team)
+    return await _webhooks_page(request, viewer, work, shown)
+
+
+@router.post("/webhooks", response_class=HTMLResponse)
+async def create_webhook(
+    request: Request,
+    viewer: ViewerDep,
+    runtime: RuntimeDep,
+    work: UnitOfWorkDep,
+    team: str | None = None,
+    csrf_token: FormField = "",
+    url: FormField = "",
+    events: FormList | None = None,
+) -> Response:
+    """Subscribe the team (a manager's or the admin's session): the signing secret is on this
+    answer only. A refused URL or event list: the form again with the reason, 400."""
+    require_csrf(viewer, csrf_token)
+    shown = await portal_pages.team_in_view(work.session, viewer, team)
+    try:
+        created = await portal_webhooks.create_webhook(
+            work.session,
+            viewer,
+            shown,
+            url=url,
+            events=events or [],
+            settings=runtime.settings,
+            request_id=request.state.request_id,
+        )
+    except InvalidRequest as refusal:
+        return await _webhooks_page(
+            request,
+            viewer,
+            work,
+            shown,
+            status_code=refusal.status_code,
+            error=refusal.message,
+            checked=events or [],
+        )
+    return render(
+        request,
+        "webhook_created.html.j2",
+        team=shown,
+        teams=[],
+        created=created,
+        back=_to("/webhooks", shown, viewer),
+    )
+
+
+@router.post("/webhooks/{subscription_id}/delete")
+async def delete_webhook(
+    request: Request,
+    subscription_id: str,
+    viewer: ViewerDep,
+    work: UnitOfWorkDep,
+    team: str | None = None,
+    csrf_token: FormField = "",
+) -> Response:
+    require_csrf(viewer, csrf_token)
+    shown = await portal_pages.team_in_view(work.session, viewer, team)
+    await portal_webhooks.delete_webhook(
+        work.session, viewer, shown, subscription_id, request_id=request.state.request_id
+    )
+    return RedirectResponse(_to("/webhooks", shown, viewer), status_code=303)
+
+
+@router.get("/webhooks/{subscription_id}", response_class=HTMLResponse)
+async def webhook_deliveries(
+    request: Request,
+    subscription_id: str,
+    viewer: ViewerDep,
+    work: UnitOfWorkDep,
+    team: str | None = None,
+    before: str = "",
+) -> Response:
+    """A subscription's delivery log, newest first, by keyset (``before``: older rows)."""
+    shown = await portal_pages.team_in_view(work.session, viewer, team)
+    log = await portal_webhooks.delivery_log(work.session, shown, subscription_id, before)
+    older_url = None
+    if log.next_before is not None:
+        query = {**({"team": shown.name} if viewer.is_admin else {}), "before": log.next_before}
+        older_url = f"{PREFIX}/webhooks/{log.webhook.id}?{urlencode(query)}"
+    return render(
+        request,
+        "webhook_deliveries.html.j2",
+        team=shown,
+        teams=[],
+        log=log,
+        older_url=older_url,
+    )
 
 
 @router.get("/reports", response_class=HTMLResponse)

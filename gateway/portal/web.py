@@ -154,8 +154,11 @@ ViewerDep = Annotated[Viewer, Depends(current_viewer)]
 # --------------------------------------------------------------------------- rendering
 
 
-def _moment(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+def _moment(value: datetime | None, zone: bool = True) -> str:
+    """A UTC moment; ``zone=False`` leaves out " UTC" (for columns whose heading says it)."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" + (" UTC" if zone else ""))
 
 
 TEMPLATES = Environment(

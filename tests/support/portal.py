@@ -1,6 +1,7 @@
 """The portal as tests use it: a browser-like client that signs in through the form (with the
 sign-in form's CSRF cookie) and reads each page's CSRF token; teams with a manager and a
-member key; jobs written straight into the ledger's tables for listings; sessions aged."""
+member key; jobs written straight into the ledger's tables for listings; webhook subscriptions
+and their deliveries written as rows (nothing is sent: no delivery is due); sessions aged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -18,10 +19,18 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.models import AuditEntry
+from gateway.core.clock import utcnow
 from gateway.core.periods import period_of
 from gateway.tenancy import service
 from gateway.tenancy.models import PortalSession
 from gateway.tenancy.portal_sessions import session_id_of
+from gateway.webhooks import subscriptions
+from gateway.webhooks.models import (
+    ALL_EVENT_TYPES,
+    DeliveryState,
+    WebhookDelivery,
+    WebhookEvent,
+)
 from tests.support.browser import CHROMIUM_ARGS
 from tests.support.environment import require_tool
 from tests.support.jobs import pending_job
@@ -40,6 +49,11 @@ def csrf_of(html: str) -> str:
     found = _CSRF.search(html)
     assert found is not None, "the page has no CSRF field"
     return found.group(1)
+
+
+def all_forms(html: str) -> list[str]:
+    """Every form of the page, whatever its method (each must carry a ``csrf_token``)."""
+    return list(_FORM.findall(html))
 
 
 def post_forms(html: str) -> list[str]:
@@ -211,3 +225,78 @@ def selenium_chromium(*, width: int = 1280, height: int = 900) -> Iterator[WebDr
         yield driver
     finally:
         driver.quit()
+
+
+def add_webhook(
+    database: Database,
+    team: str,
+    url: str,
+    *,
+    events: tuple[str, ...] = ALL_EVENT_TYPES,
+    created_by: str = TEST_ACTOR.name,
+) -> str:
+    """A subscription of ``team`` written as a row (no destination check, no DNS): its id."""
+
+    async def _add(session: AsyncSession) -> str:
+        found = await service.require_team(session, team)
+        row = await subscriptions.add_subscription(
+            session,
+            team_id=found.id,
+            url=url,
+            events=list(events),
+            created_by=created_by,
+        )
+        return row.id
+
+    return in_session(database, _add)
+
+
+def insert_deliveries(
+    database: Database, team: str, subscription_id: str, specs: list[dict[str, Any]]
+) -> list[str]:
+    """An event and its delivery to ``subscription_id`` per spec (``state``, and optionally
+    the event's ``event_id``, ``type`` and ``event_at``, and delivery columns), oldest first;
+    a pending one is due in an hour unless told (so no deliverer sends it while the test
+    looks). The events' ids, in insertion order."""
+    now = utcnow()
+
+    async def _insert(session: AsyncSession) -> list[str]:
+        found = await service.require_team(session, team)
+        ids = []
+        for n, spec in enumerate(specs):
+            fields = dict(spec)
+            state = DeliveryState(fields.pop("state"))
+            event = WebhookEvent(
+                id=fields.pop("event_id", None) or f"evt_test_{uuid.uuid4().hex}",
+                team_id=found.id,
+                type=fields.pop("type", "job.succeeded"),
+                payload="{}",
+                created_at=fields.pop("event_at", None) or now - timedelta(minutes=len(specs) - n),
+            )
+            session.add(event)
+            await session.flush()
+            if state is DeliveryState.PENDING:
+                fields.setdefault("next_attempt_at", now + timedelta(hours=1))
+            if state is DeliveryState.DELIVERED:
+                fields.setdefault("delivered_at", now)
+            session.add(
+                WebhookDelivery(
+                    event_id=event.id, subscription_id=subscription_id, state=state, **fields
+                )
+            )
+            await session.flush()
+            ids.append(event.id)
+        return ids
+
+    return in_session(database, _insert)
+
+
+def webhook_states(database: Database, team: str) -> dict[str, bool]:
+    """Each subscription of ``team`` (deleted ones too) → deleted or not."""
+
+    async def _rows(session: AsyncSession) -> dict[str, bool]:
+        found = await service.require_team(session, team)
+        rows = await subscriptions.list_subscriptions(session, found.id, include_deleted=True)
+        return {row.id: row.deleted_at is not None for row in rows}
+
+    return in_session(database, _rows)
