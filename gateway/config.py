@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     """Deliveries one replica claims per pass."""
     webhook_concurrency: int = Field(default=8, ge=1)
     """Deliveries in flight per replica."""
+    webhook_max_subscriptions_per_team: int = Field(default=10, ge=1)
+    """At most this many live subscriptions per team (409 ``webhook_limit_reached`` beyond):
+    every settlement writes a delivery per subscriber, inside its transaction."""
     webhook_log_retention_days: float = Field(default=30.0, gt=1)
     """Events whose deliveries are all done (delivered or given up) are deleted, with their
     delivery log, this long after they were written (by the reconciler's pass)."""

@@ -998,3 +998,43 @@ def test_a_refused_webhook_is_the_form_again_with_its_reason(
     assert "sekrit" not in answer.text
     assert webhook_states(world.database, world.a.team) == before_hooks
     assert len(audit_entries(world.database)) == before_audit
+
+
+def test_a_webhooks_path_is_shown_to_those_who_manage_it_only(
+    world: World, manager: Portal, member: Portal
+) -> None:
+    """A chat webhook's path is its secret: members see ``http://host/…``; nobody sees the
+    query."""
+    managed = manager.get("/portal/webhooks").text
+    read = member.get("/portal/webhooks").text
+    assert "http://127.0.0.1:9/hooks/gateway?…" in managed
+    assert "http://127.0.0.1:9/…?…" in read and "/hooks/gateway" not in read
+    log = member.get(f"/portal/webhooks/{world.a_webhook}").text
+    assert "/hooks/gateway" not in log
+    assert all("query-secret" not in page for page in (managed, read, log))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
+def test_a_sign_in_posted_from_another_site_is_refused(
+    world: World, browser: Portal, headers: dict[str, str]
+) -> None:
+    """The sign-in form's CSRF token is a double-submit cookie, which a sibling subdomain can
+    plant: the browser's own word on where the post came from is checked too."""
+    token = csrf_of(browser.get("/portal/login").text)
+    data = {"csrf_token": token, "api_key": world.a.member.key}
+    answer = browser.http.post("/portal/login", data=data, headers=headers)
+    assert answer.status_code == 403
+    assert "gw_session" not in answer.headers.get("set-cookie", "")
+    # What Chromium sends from the form: Origin null (the pages' no-referrer policy).
+    same = browser.http.post(
+        "/portal/login", data=data, headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    )
+    assert same.status_code == 303

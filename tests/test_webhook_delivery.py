@@ -22,6 +22,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.errors import Conflict
 from gateway.services import webhooks
 from gateway.services.alerts import DeliveryOutcome
 from gateway.services.webhooks import WebhookDeliverer
@@ -346,3 +347,152 @@ def test_two_deliverers_racing_over_the_same_rows_send_each_delivery_once(
     assert sum(o.delivered for o in outcomes) >= len(ids)
     rows = deliveries(postgres_url, subscription)
     assert {(r.state, r.attempts) for r in rows} == {(DeliveryState.DELIVERED, 1)}
+
+
+@fast
+def test_an_attempt_connects_to_the_address_it_checked_not_to_a_second_lookup(
+    db: SavepointDatabase, receiver: SignedReceiver
+) -> None:
+    """DNS rebinding: the host is resolved once per attempt, each address judged, and the
+    request sent to the first one, with the host in ``Host`` and, for https, in TLS (SNI and
+    the certificate check). No network: the client's transport records what it was asked."""
+    subscription = subscribe(db, receiver, url="https://hooks.example.com:8443/in?t=1")
+    add_events(db, subscription)
+    answers = {"hooks.example.com": ["93.184.216.34"]}
+    asked: list[httpx.Request] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert port == 8443
+        return answers[host]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(204, stream=httpx.ByteStream(b""))
+
+    async def _pass() -> DeliveryOutcome:
+        transport = httpx.MockTransport(handler)
+        async with httpx.AsyncClient(transport=transport, follow_redirects=False) as http:
+            settings = settings_for(db.url, webhook_allow_private_networks=False)
+            return await WebhookDeliverer(
+                db.sessionmaker, settings, http, resolve=resolve
+            ).deliver_due()
+
+    assert db.run(_pass()) == DeliveryOutcome(delivered=1)
+    [request] = asked
+    assert str(request.url) == "https://93.184.216.34:8443/in?t=1"
+    assert request.headers["host"] == "hooks.example.com:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"
+
+    # The name now answers a private address: refused before anything is sent.
+    add_events(db, subscription)
+    answers["hooks.example.com"] = ["10.1.2.3"]
+    assert db.run(_pass()) == DeliveryOutcome(failed=1)
+    assert len(asked) == 1
+    last = deliveries(db, subscription)[-1]
+    assert last.last_error is not None and "private" in last.last_error
+    assert "10.1.2.3" not in last.last_error  # the company's DNS is nobody's business
+
+
+@fast
+def test_a_delivery_written_as_its_subscription_was_deleted_is_closed_not_left_pending(
+    db: SavepointDatabase, receiver: SignedReceiver
+) -> None:
+    """A settlement that read the subscription as live commits its delivery after the delete
+    committed: the next pass closes it (never sent), so it neither stays pending for ever
+    nor keeps its event from being purged."""
+    subscription = subscribe(db, receiver)
+
+    async def _delete(session: AsyncSession) -> None:
+        await session.execute(
+            update(WebhookSubscription)
+            .where(WebhookSubscription.id == subscription)
+            .values(deleted_at=utcnow())
+        )
+
+    in_session(db, _delete)
+    add_events(db, subscription)  # what the late settlement wrote
+    assert deliver(db) == DeliveryOutcome()
+    [row] = deliveries(db, subscription)
+    assert (row.state, row.next_attempt_at, row.last_error) == (
+        DeliveryState.FAILED,
+        None,
+        SUBSCRIPTION_DELETED,
+    )
+    assert receiver.received == []
+
+
+@fast
+def test_an_attempt_recorded_after_its_lease_was_lost_changes_nothing(
+    db: SavepointDatabase, receiver: SignedReceiver
+) -> None:
+    """Only the holder of the current claim records: a replica whose lease ran out (and whose
+    delivery another replica claimed since) cannot push the new claim's lease out."""
+    subscription = subscribe(db, receiver)
+    add_events(db, subscription)
+
+    async def _claim(session: AsyncSession) -> list[Any]:
+        from gateway.webhooks.subscriptions import claim_due
+
+        now = utcnow()
+        return await claim_due(
+            session,
+            now=now,
+            limit=1,
+            lease_until=now + timedelta(seconds=1),
+            retry_for=timedelta(hours=24),
+        )
+
+    [first] = in_session(db, _claim)
+    make_due(db, subscription)  # the lease ran out
+    [second] = in_session(db, _claim)
+    assert second.lease_until != first.lease_until
+
+    async def _record(session: AsyncSession, lease: datetime) -> bool:
+        from gateway.webhooks.subscriptions import record_attempt
+
+        return await record_attempt(
+            session,
+            first.id,
+            lease_until=lease,
+            at=utcnow(),
+            status_code=503,
+            error="HTTP 503",
+            state=DeliveryState.PENDING,
+            next_attempt_at=utcnow() + timedelta(hours=1),
+        )
+
+    assert in_session(db, lambda s: _record(s, first.lease_until)) is False
+    [row] = deliveries(db, subscription)
+    assert (row.attempts, row.next_attempt_at) == (0, second.lease_until)
+    assert in_session(db, lambda s: _record(s, second.lease_until)) is True
+
+
+@fast
+def test_a_team_has_at_most_its_share_of_subscriptions(db: SavepointDatabase) -> None:
+    """Each settlement writes a delivery per subscriber inside its transaction, and each is a
+    POST to a URL of the team's choice: a team gets GATEWAY_WEBHOOK_MAX_SUBSCRIPTIONS_PER_TEAM."""
+    tenant = make_tenant(db)
+    settings = settings_for(db.url, webhook_max_subscriptions_per_team=2)
+
+    async def _create(session: AsyncSession) -> str:
+        row, _ = await webhooks.create_subscription(
+            session,
+            team=tenant.team,
+            url="http://127.0.0.1:9/hook",
+            events=None,
+            actor=TEST_ACTOR,
+            settings=settings,
+        )
+        return row.id
+
+    first = in_session(db, _create)
+    in_session(db, _create)
+    with pytest.raises(Conflict) as refused:
+        in_session(db, _create)
+    assert refused.value.code == "webhook_limit_reached"
+
+    async def _delete(session: AsyncSession) -> None:
+        await webhooks.delete_subscription(session, first, actor=TEST_ACTOR)
+
+    in_session(db, _delete)
+    in_session(db, _create)  # a deleted one leaves room

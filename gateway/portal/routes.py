@@ -11,7 +11,7 @@ form's body, never from a URL.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
@@ -89,7 +89,7 @@ async def login(
     fresh ``gw_session``. A refusal says no more than that (which part was wrong is no
     business of a guesser): 401 with the form again."""
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not tokens_match(csrf_token, expected):
+    if not tokens_match(csrf_token, expected) or _from_another_site(request):
         raise PermissionDenied(
             "the sign-in form expired or did not come from this site: reload it and try again",
             code="csrf_token_invalid",
@@ -111,6 +111,18 @@ async def login(
     set_portal_cookie(response, SESSION_COOKIE, cookie, runtime.settings)
     clear_portal_cookie(response, LOGIN_CSRF_COOKIE, runtime.settings)
     return response
+
+
+def _from_another_site(request: Request) -> bool:
+    """The browser says the sign-in was posted from another origin: refused, whatever the
+    cookie says (a double-submit cookie can be planted from a sibling subdomain)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:  # every current browser sends it
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":  # "null": the pages' no-referrer policy
+        return False
+    return urlsplit(origin).netloc != request.headers.get("host", "")
 
 
 @router.post("/logout")
@@ -281,7 +293,7 @@ async def _webhooks_page(
         status_code=status_code,
         team=team,
         teams=await _teams_for_picker(work, viewer),
-        webhooks=await portal_webhooks.list_webhooks(work.session, team),
+        webhooks=await portal_webhooks.list_webhooks(work.session, viewer, team),
         event_types=portal_webhooks.EVENT_TYPES,
         checked=portal_webhooks.EVENT_TYPES if checked is None else checked,
         error=error,
@@ -370,7 +382,7 @@ async def webhook_deliveries(
 ) -> Response:
     """A subscription's delivery log, newest first, by keyset (``before``: older rows)."""
     shown = await portal_pages.team_in_view(work.session, viewer, team)
-    log = await portal_webhooks.delivery_log(work.session, shown, subscription_id, before)
+    log = await portal_webhooks.delivery_log(work.session, viewer, shown, subscription_id, before)
     older_url = None
     if log.next_before is not None:
         query = {**({"team": shown.name} if viewer.is_admin else {}), "before": log.next_before}

@@ -43,10 +43,12 @@ class WebhookView:
     deleted_at: datetime | None
 
     @classmethod
-    def of(cls, row: WebhookSubscription) -> WebhookView:
+    def of(cls, row: WebhookSubscription, *, path: bool = True) -> WebhookView:
+        """``path`` false: the URL as ``https://host/…`` (for keys that cannot manage
+        webhooks: a chat webhook's path is its secret)."""
         return cls(
             id=row.id,
-            url=webhooks.shown_url(row.url),
+            url=webhooks.shown_url(row.url, path=path),
             events=tuple(row.events),
             created_by=row.created_by,
             created_at=row.created_at,
@@ -81,10 +83,11 @@ def require_manager(viewer: Viewer) -> None:
         )
 
 
-async def list_webhooks(session: AsyncSession, team: Team) -> list[WebhookView]:
-    """The team's subscriptions, oldest first, deleted ones included (their logs stay)."""
+async def list_webhooks(session: AsyncSession, viewer: Viewer, team: Team) -> list[WebhookView]:
+    """The team's subscriptions, oldest first, deleted ones included (their logs stay); their
+    URLs' paths only for those who manage them."""
     rows = await repository.list_subscriptions(session, team.id, include_deleted=True)
-    return [WebhookView.of(row) for row in rows]
+    return [WebhookView.of(row, path=viewer.can_manage) for row in rows]
 
 
 async def create_webhook(
@@ -126,7 +129,7 @@ async def delete_webhook(
 
 
 async def delivery_log(
-    session: AsyncSession, team: Team, subscription_id: str, before: str = ""
+    session: AsyncSession, viewer: Viewer, team: Team, subscription_id: str, before: str = ""
 ) -> DeliveryLog:
     """A page of the delivery log of one of ``team``'s subscriptions (another team's: 404);
     ``before`` is the previous page's ``next_before`` (empty: the newest)."""
@@ -137,7 +140,8 @@ async def delivery_log(
     )
     page = list(found[:DELIVERIES_PER_PAGE])
     next_before = page[-1][0].id if len(found) > DELIVERIES_PER_PAGE else None
-    return DeliveryLog(WebhookView.of(row), page, next_before, first_page=before_id is None)
+    view = WebhookView.of(row, path=viewer.can_manage)
+    return DeliveryLog(view, page, next_before, first_page=before_id is None)
 
 
 def _before_id(before: str) -> int | None:

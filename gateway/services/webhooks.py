@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,12 +44,13 @@ from gateway.audit.service import Actor
 from gateway.config import Settings
 from gateway.core.clock import utcnow
 from gateway.db.session import transaction
-from gateway.errors import InvalidRequest, NotFound, WebhookDestinationNotAllowed
+from gateway.errors import Conflict, InvalidRequest, NotFound, WebhookDestinationNotAllowed
 from gateway.services.alerts import DeliveryOutcome
 from gateway.tenancy.repository import get_team_by_id
 from gateway.tenancy.service import require_team
 from gateway.webhooks import subscriptions as repository
 from gateway.webhooks.destinations import (
+    Address,
     Destination,
     Resolver,
     check_destination,
@@ -106,9 +108,14 @@ def parse_events(events: Sequence[str] | None) -> list[str]:
     return [t for t in ALL_EVENT_TYPES if t in chosen]
 
 
-def shown_url(url: str) -> str:
-    """A URL as the audit log keeps it: without its query (it may carry a token)."""
+def shown_url(url: str, *, path: bool = True) -> str:
+    """A URL as it may be shown: never its query (it may carry a token) and, with ``path``
+    false, not its path either (chat webhooks carry their secret in it): ``https://host/…``."""
     base, question, _ = url.partition("?")
+    if not path:
+        parts = urlsplit(base)
+        rest = "/…" if parts.path not in ("", "/") else ""
+        return f"{parts.scheme}://{parts.netloc}{rest}" + ("?…" if question else "")
     return base + ("?…" if question else "")
 
 
@@ -128,6 +135,13 @@ async def create_subscription(
     chosen = parse_events(events)
     await _check(destination, settings, resolve_host)
     team_row = await require_team(session, team)
+    live = await repository.list_subscriptions(session, team_row.id)
+    if len(live) >= settings.webhook_max_subscriptions_per_team:
+        raise Conflict(
+            f"team {team_row.name!r} has {len(live)} webhook subscriptions, the most allowed "
+            "(GATEWAY_WEBHOOK_MAX_SUBSCRIPTIONS_PER_TEAM): delete one first",
+            code="webhook_limit_reached",
+        )
     row = await repository.add_subscription(
         session, team_id=team_row.id, url=destination.url, events=chosen, created_by=actor.name
     )
@@ -137,7 +151,7 @@ async def create_subscription(
         "webhook.create",
         "webhook",
         row.id,
-        after={"team": team_row.name, "url": shown_url(row.url), "events": chosen},
+        after={"team": team_row.name, "url": shown_url(row.url, path=False), "events": chosen},
     )
     return row, row.secret
 
@@ -181,7 +195,7 @@ async def delete_subscription(
         "webhook.delete",
         "webhook",
         row.id,
-        before={"url": shown_url(row.url), "events": list(row.events)},
+        before={"url": shown_url(row.url, path=False), "events": list(row.events)},
         after={"pending_deliveries_dropped": pending},
     )
     return row
@@ -203,6 +217,8 @@ async def team_name(session: AsyncSession, subscription: WebhookSubscription) ->
 
 
 async def _check(destination: Destination, settings: Settings, resolve: Resolver) -> None:
+    if settings.webhook_allow_private_networks:
+        return  # any address will do: nothing to look up yet (each delivery resolves it)
     try:
         async with asyncio.timeout(settings.webhook_timeout_seconds):
             await check_destination(
@@ -260,6 +276,7 @@ class WebhookDeliverer:
                 now=now,
                 limit=self.settings.webhook_batch_size,
                 lease_until=now + self.lease,
+                retry_for=timedelta(hours=self.settings.webhook_retry_for_hours),
             )
         if not due:
             return DeliveryOutcome()
@@ -297,17 +314,17 @@ class WebhookDeliverer:
         try:
             destination = parse_url(due.url)
             async with asyncio.timeout(timeout):
-                await check_destination(
+                addresses = await check_destination(
                     destination,
                     allow_private=self.settings.webhook_allow_private_networks,
                     resolve=self.resolve,
                 )
-                status = await self._post(due)
+                status = await self._post(due, pinned_to(due.url, destination, addresses[0]))
         except (InvalidRequest, WebhookDestinationNotAllowed) as exc:
             return _Attempt(None, exc.message)
         except TimeoutError:
             return _Attempt(None, f"timed out after {timeout:g} s")
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             return _Attempt(None, type(exc).__name__)
         if 200 <= status < 300:
             return _Attempt(status, None)
@@ -315,10 +332,12 @@ class WebhookDeliverer:
             return _Attempt(status, f"HTTP {status} (redirects are not followed)")
         return _Attempt(status, f"HTTP {status}")
 
-    async def _post(self, due: repository.DueDelivery) -> int:
-        """POST the payload, signed now; the answer's status (its body is not kept)."""
+    async def _post(self, due: repository.DueDelivery, target: PinnedTarget) -> int:
+        """POST the payload, signed now, to the checked address; the answer's status (its
+        body is not kept)."""
         stamp = datetime.fromtimestamp(int(time.time()), UTC)
         headers = {
+            "host": target.host_header,
             "webhook-id": due.event_id,
             "webhook-timestamp": str(int(stamp.timestamp())),
             "webhook-signature": Webhook(due.secret).sign(due.event_id, stamp, due.payload),
@@ -326,7 +345,11 @@ class WebhookDeliverer:
             "user-agent": USER_AGENT,
         }
         async with self.http.stream(
-            "POST", due.url, content=due.payload.encode(), headers=headers
+            "POST",
+            target.url,
+            content=due.payload.encode(),
+            headers=headers,
+            extensions=target.extensions,
         ) as response:
             read = 0
             async for chunk in response.aiter_raw():
@@ -338,6 +361,8 @@ class WebhookDeliverer:
     async def _record(
         self, due: repository.DueDelivery, attempt: _Attempt, started: datetime
     ) -> DeliveryState | None:
+        """Record the attempt, unless the claim has been lost meanwhile (its lease ran out and
+        another replica claimed the delivery: then that replica records it)."""
         now = utcnow()
         attempts = due.attempts + 1
         next_attempt_at: datetime | None = None
@@ -354,6 +379,7 @@ class WebhookDeliverer:
             recorded = await repository.record_attempt(
                 session,
                 due.id,
+                lease_until=due.lease_until,
                 at=started,
                 status_code=attempt.status_code,
                 error=attempt.error,
@@ -381,6 +407,28 @@ class WebhookDeliverer:
         base = self.settings.webhook_retry_base_seconds
         delay = min(base * 2 ** min(attempts - 1, 32), MAX_BACKOFF_SECONDS)
         return timedelta(seconds=delay * (1 - 0.2 * random.random()))  # noqa: S311 (jitter)
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """Where an attempt connects: the checked address in place of the host, the host in the
+    ``Host`` header, and for ``https`` the host name for TLS (SNI and the certificate check)."""
+
+    url: httpx.URL
+    host_header: str
+    extensions: dict[str, str]
+
+
+def pinned_to(url: str, destination: Destination, address: Address) -> PinnedTarget:
+    """The request to ``url`` sent to ``address``, one of its host's checked addresses: no
+    second lookup, so what is connected to is what was checked (DNS rebinding)."""
+    original = httpx.URL(url)
+    extensions = {"sni_hostname": destination.host} if original.scheme == "https" else {}
+    return PinnedTarget(
+        url=original.copy_with(host=str(address)),
+        host_header=original.netloc.decode("ascii"),
+        extensions=extensions,
+    )
 
 
 def _host(url: str) -> str:

@@ -16,14 +16,15 @@ It is checked when a subscription is created and again before every delivery att
 what a name resolves to can change after it was accepted (the attempt then fails with the
 reason as its error and is retried, or given up, like any failed attempt).
 
-What remains open (DNS rebinding): the check resolves the host, then the HTTP client resolves
-it again when it connects. A hostile name server answering a public address to the first
-lookup and a private one to the second (with a TTL of 0) can still get one POST into the
-private network per attempt. What it gets is a POST of the signed event body to a path the
-team chose; the answer's body is never stored or shown (only its status code, or the name of
-the connection error, goes into the delivery log), so the request is blind. A deployment that
-needs the window closed routes its egress through a proxy or firewall that refuses private
-destinations itself.
+DNS rebinding: the delivery connects to the very address that was checked. The deliverer
+resolves the host itself (``check_destination`` returns the addresses it judged), sends the
+request to the first of them with the original ``Host`` header, and for ``https`` gives the
+host name to TLS (SNI and certificate verification), so a name server cannot answer a
+public address to the check and a private one to the connection.
+
+Messages name the host and the kind of address refused ("is loopback"), never the address a
+name resolved to: a team's managers and its delivery log must not become a way of reading
+the company's internal DNS.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def refusal(address: Address) -> str | None:
         return "unspecified"
     if address.is_link_local:
         return "link-local"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "site-local"
     if address.is_multicast:
         return "multicast"
     if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
@@ -167,18 +170,19 @@ async def resolve_host(host: str, port: int) -> list[str]:
 
 async def check_destination(
     destination: Destination, *, allow_private: bool, resolve: Resolver = resolve_host
-) -> None:
-    """Raise ``WebhookDestinationNotAllowed`` unless every address of the destination's host is
-    public (or ``allow_private``). IP literals and ``localhost`` are judged without asking DNS;
-    the caller bounds the lookup's time."""
-    if allow_private:
-        return
+) -> list[Address]:
+    """The addresses of the destination's host, every one of them public (or any, with
+    ``allow_private``); ``WebhookDestinationNotAllowed`` otherwise. An IP literal is its own
+    address and ``localhost`` is loopback, without asking DNS; the caller bounds the lookup's
+    time. A delivery connects to the first address returned (see the module's docstring)."""
     host = destination.host
     literal = _literal(host)
     if literal is not None:
         addresses: list[Address] = [literal]
     elif host == "localhost" or host.endswith(".localhost"):
-        raise _not_allowed(host, "is loopback")
+        if not allow_private:
+            raise _not_allowed(host, "is loopback")
+        addresses = [ipaddress.ip_address("127.0.0.1")]
     else:
         try:
             found = await resolve(host, destination.port)
@@ -187,11 +191,14 @@ async def check_destination(
         if not found:
             raise _not_allowed(host, "does not resolve")
         addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
+    if allow_private:
+        return addresses
     for address in addresses:
         why = refusal(address)
         if why is not None:
-            shown = "" if str(address) == host else f" resolves to {address}, which"
-            raise _not_allowed(host, f"{shown} is {why}".strip())
+            shown = "is" if str(address) == host else "resolves to an address that is"
+            raise _not_allowed(host, f"{shown} {why}")
+    return addresses
 
 
 def _not_allowed(host: str, what: str) -> WebhookDestinationNotAllowed:

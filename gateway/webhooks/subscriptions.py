@@ -14,7 +14,7 @@ import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -120,14 +120,25 @@ class DueDelivery:
     payload: str
     url: str
     secret: str
+    lease_until: datetime
+    """The claim: the attempt is recorded only while the row still carries this lease."""
 
 
 async def claim_due(
-    session: AsyncSession, *, now: datetime, limit: int, lease_until: datetime
+    session: AsyncSession,
+    *,
+    now: datetime,
+    limit: int,
+    lease_until: datetime,
+    retry_for: timedelta,
 ) -> list[DueDelivery]:
-    """Lock up to ``limit`` pending deliveries due at ``now`` (of live subscriptions), oldest
-    due first, skipping rows another transaction holds, and lease them until
-    ``lease_until``."""
+    """Lock up to ``limit`` pending deliveries due at ``now``, oldest due first, skipping rows
+    another transaction holds, and lease the live ones until ``lease_until``. Those found due
+    but not to be sent are closed on the way, so nothing stays pending for ever: a deleted
+    subscription's (a settlement may have written one as the subscription was being deleted)
+    and one past its event's retry window by more than a lease (its attempts never got
+    recorded, say because each crashed its process; the last attempt due at the window's end
+    is still made)."""
     rows = (
         await session.execute(
             select(
@@ -138,20 +149,39 @@ async def claim_due(
                 WebhookEvent.payload,
                 WebhookSubscription.url,
                 WebhookSubscription.secret,
+                WebhookSubscription.deleted_at,
             )
             .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
             .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
             .where(
                 WebhookDelivery.state == DeliveryState.PENDING,
                 WebhookDelivery.next_attempt_at <= now,
-                WebhookSubscription.deleted_at.is_(None),
             )
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
             .limit(limit)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
     ).all()
-    due = [DueDelivery(*row) for row in rows]
+    due, closed = [], {}
+    for row in rows:
+        delivery_id, attempts, event_id, event_created_at, payload, url, secret, deleted_at = row
+        delivery = DueDelivery(
+            delivery_id, attempts, event_id, event_created_at, payload, url, secret, lease_until
+        )
+        if deleted_at is not None:
+            closed[delivery.id] = SUBSCRIPTION_DELETED
+        elif now >= delivery.event_created_at + retry_for + (lease_until - now):
+            # Past the window by more than a lease: its last attempts never got recorded.
+            closed[delivery.id] = "retry window over"
+        else:
+            due.append(delivery)
+    for delivery_id, reason in closed.items():
+        await session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(state=DeliveryState.FAILED, next_attempt_at=None, last_error=reason)
+            .execution_options(synchronize_session=False)
+        )
     if due:
         await session.execute(
             update(WebhookDelivery)
@@ -166,15 +196,17 @@ async def record_attempt(
     session: AsyncSession,
     delivery_id: int,
     *,
+    lease_until: datetime,
     at: datetime,
     status_code: int | None,
     error: str | None,
     state: DeliveryState,
     next_attempt_at: datetime | None,
 ) -> bool:
-    """Record one attempt's result; False if the delivery is no longer pending (the
-    subscription was deleted meanwhile, or another replica recorded it after this one's
-    lease ran out), in which case nothing changes. ``error`` None keeps the previous one, so
+    """Record one attempt's result; False if the delivery no longer carries this attempt's
+    lease ``lease_until`` (the subscription was deleted meanwhile, or the lease ran out and
+    another replica claimed the delivery, which records its own attempt), in which case
+    nothing changes. ``error`` None keeps the previous one, so
     a delivered row still says what failed before."""
     values: dict[str, object] = {
         "attempts": WebhookDelivery.attempts + 1,
@@ -189,7 +221,11 @@ async def record_attempt(
         values["delivered_at"] = at
     result = await session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == DeliveryState.PENDING)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.state == DeliveryState.PENDING,
+            WebhookDelivery.next_attempt_at == lease_until,
+        )
         .values(**values)
         .execution_options(synchronize_session=False)
     )
