@@ -1038,3 +1038,21 @@ def test_a_sign_in_posted_from_another_site_is_refused(
         "/portal/login", data=data, headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}
     )
     assert same.status_code == 303
+
+
+def test_the_token_of_a_form_that_only_reads_authorises_no_change(
+    world: World, manager: Portal
+) -> None:
+    """The jobs filters are a GET form: their csrf_token ends up in the URL (history, a
+    proxy's log). It is not the session's: every POST refuses it."""
+    page = manager.get("/portal/jobs").text
+    filters = re.search(r'<form method="get"[^>]*id="job-filters".*?</form>', page, re.S)
+    assert filters is not None
+    read = csrf_of(filters.group(0))
+    posting = csrf_of(manager.get("/portal/keys").text)
+    assert read != posting
+    before = key_states(world.database, world.a.team)
+    revoke = manager.post(f"/portal/keys/{world.a.member.key_id}/revoke", {"csrf_token": read})
+    assert revoke.status_code == 403
+    assert key_states(world.database, world.a.team) == before
+    assert manager.get("/portal/jobs", csrf_token=read, state="captured").status_code == 200

@@ -51,6 +51,14 @@ class Viewer:
         return self.kind == "admin"
 
     @property
+    def read_token(self) -> str:
+        """The ``csrf_token`` of the forms that only read (GET: the jobs filters, the team
+        picker), which puts it in a URL: derived from the session's token, and no POST
+        accepts it, so a URL in a history or a proxy's log authorises nothing."""
+        digest = hmac.new(self.csrf_token.encode(), b"portal read-only form", hashlib.sha256)
+        return digest.hexdigest()
+
+    @property
     def can_manage(self) -> bool:
         """May create and revoke keys (of its own team): a ``manager`` key, or the admin."""
         return self.is_admin or (self.key is not None and self.key.role == "manager")
