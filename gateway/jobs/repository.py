@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Update,
     and_,
     bindparam,
@@ -354,35 +355,66 @@ async def list_team_jobs(
     """One team's jobs newest first on ``(created_at, id)``; ``before`` is that pair of the
     last job of the previous page (keyset pagination: a deep page costs what the first does).
     ``tag`` is a ``(key, value)`` the job's tags must hold; ``created_from`` and
-    ``created_before`` bound the submit time (a UTC day, say)."""
-    stmt = (
-        select(Job)
-        .where(Job.team_id == team_id)
-        .order_by(Job.created_at.desc(), Job.id.desc())
-        .limit(limit)
-    )
+    ``created_before`` bound the submit time (a UTC day, say).
+
+    With a tag, on Postgres: the newest ``_TAG_WINDOW`` jobs in range are looked at first (a
+    page of a common tag is among them); if they do not fill the page, the jobs carrying the
+    tag are read from its index (``ix_jobs_tags``) and sorted instead. A walk newest first
+    under a LIMIT (the planner's own choice) would read every job of the team for a tag that
+    few or none carry."""
+    in_range: list[ColumnElement[bool]] = [Job.team_id == team_id]
     if before is not None:
-        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
-    if state is not None:
-        stmt = stmt.where(Job.state == state)
-    if project_id is not None:
-        stmt = stmt.where(Job.project_id == project_id)
-    if tag is not None:
-        stmt = stmt.where(_has_tag(session, *tag))
+        in_range.append(tuple_(Job.created_at, Job.id) < tuple_(*before))
     if created_from is not None:
-        stmt = stmt.where(Job.created_at >= created_from)
+        in_range.append(Job.created_at >= created_from)
     if created_before is not None:
-        stmt = stmt.where(Job.created_at < created_before)
+        in_range.append(Job.created_at < created_before)
+
+    def page(source: Any) -> Select[Job]:
+        """A page of ``source`` (the jobs table, or a subquery of it) with the filters."""
+        stmt = select(source).order_by(source.created_at.desc(), source.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(source.state == state)
+        if project_id is not None:
+            stmt = stmt.where(source.project_id == project_id)
+        if tag is not None:
+            stmt = stmt.where(_has_tag(session, *tag, tags=source.tags))
+        return stmt
+
+    if tag is None or dialect_name(session) != "postgresql":
+        return (await session.execute(page(Job).where(*in_range))).scalars().all()
+    newest = (
+        select(Job)
+        .where(*in_range)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(_TAG_WINDOW)
+        .subquery("newest")
+    )
+    found = (await session.execute(page(aliased(Job, newest)))).scalars().all()
+    if len(found) == limit:
+        return found
+    tagged = (select(Job.id).where(*in_range, _has_tag(session, *tag)).cte("tagged")).prefix_with(
+        "MATERIALIZED"
+    )
+    stmt = page(Job).join(tagged, tagged.c.id == Job.id)
     return (await session.execute(stmt)).scalars().all()
 
 
-def _has_tag(session: AsyncSession, key: str, value: str) -> ColumnElement[bool]:
+_TAG_WINDOW = 2000
+"""How many of the newest jobs in range a tag filter looks at before it turns to the tag's
+index."""
+
+
+def _has_tag(
+    session: AsyncSession, key: str, value: str, *, tags: Any = Job.tags
+) -> ColumnElement[bool]:
     """On Postgres, containment on the tags as ``jsonb``: what the partial GIN index
-    ``ix_jobs_tags`` (migration 0009) answers, so a tag no job has costs an index lookup."""
+    ``ix_jobs_tags`` (migration 0009) answers, so a tag no job has costs an index lookup.
+    ``tags``: the column (of the table, or of a subquery of it)."""
     if dialect_name(session) == "postgresql":
         wanted = cast(literal(json.dumps({key: value})), JSONB)
-        return and_(Job.tags.is_not(None), cast(Job.tags, JSONB).op("@>")(wanted))
-    matches: ColumnElement[bool] = Job.tags[key].as_string() == value
+        return and_(tags.is_not(None), cast(tags, JSONB).op("@>")(wanted))
+    matches: ColumnElement[bool] = tags[key].as_string() == value
     return matches
 
 
