@@ -39,19 +39,21 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) $(TOOLS_STAMP)
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest --durations=30 $(ARGS)
 
-# The money, replica and fault suites once more, every gateway they start talking to Postgres
-# through a real PgBouncer in transaction pooling mode (tests/support/pgbouncer.py): what
+# The money, replica and fault suites (and the webhooks' end-to-end test) once more, every
+# gateway they start talking to Postgres through a real PgBouncer in transaction pooling mode
+# (tests/support/pgbouncer.py): what
 # depends on how statements reach the server. The replicas in one topology (two), and not the
 # rolling restart or the month boundary (process lifecycle and clocks, not statements), so
 # that CI stays under 20 minutes; PGBOUNCER_SUITE and PGBOUNCER_SELECT override.
 PGBOUNCER_SUITE ?= tests/test_money.py tests/test_replicas.py tests/test_hot_path.py \
 	tests/test_fast_path.py tests/test_proxy.py tests/test_budget_levels.py \
-	tests/faults/test_database.py tests/faults/test_races.py tests/faults/test_gateway_kills.py
+	tests/faults/test_database.py tests/faults/test_races.py tests/faults/test_gateway_kills.py \
+	tests/test_webhooks.py::test_every_settlement_sends_one_verified_event_across_replicas_after_an_outage
 PGBOUNCER_SELECT ?= not three and not four
 unit-pgbouncer: $(STAMP)
-	GATEWAY_TEST_THROUGH_PGBOUNCER=1 $(BIN)/pytest $(PGBOUNCER_SUITE) -k "$(PGBOUNCER_SELECT)"
+	GATEWAY_TEST_THROUGH_PGBOUNCER=1 $(BIN)/pytest --durations=15 $(PGBOUNCER_SUITE) -k "$(PGBOUNCER_SELECT)"
 
 # The fast tier alone: service-level tests, each inside a transaction rolled back after it.
 test-fast: $(STAMP)
