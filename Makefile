@@ -43,10 +43,10 @@ unit: $(STAMP) $(TOOLS_STAMP)
 
 # The money, replica and fault suites (and the webhooks' end-to-end test) once more, every
 # gateway they start talking to Postgres through a real PgBouncer in transaction pooling mode
-# (tests/support/pgbouncer.py): what
-# depends on how statements reach the server. The replicas in one topology (two), and not the
-# rolling restart or the month boundary (process lifecycle and clocks, not statements), so
-# that CI stays under 20 minutes; PGBOUNCER_SUITE and PGBOUNCER_SELECT override.
+# (tests/support/pgbouncer.py): what depends on how statements reach the server. The replicas
+# in one topology (two), and not the rolling restart or the month boundary (process lifecycle
+# and clocks, not statements), so that CI stays near 20 minutes; PGBOUNCER_SUITE and
+# PGBOUNCER_SELECT override.
 PGBOUNCER_SUITE ?= tests/test_money.py tests/test_replicas.py tests/test_hot_path.py \
 	tests/test_fast_path.py tests/test_proxy.py tests/test_budget_levels.py \
 	tests/faults/test_database.py tests/faults/test_races.py tests/faults/test_gateway_kills.py \

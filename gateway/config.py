@@ -231,7 +231,10 @@ class Settings(BaseSettings):
     """How often each replica looks for webhook deliveries that are due."""
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     """First retry delay of a failed delivery; each further one waits twice as long (at most
-    an hour), with jitter."""
+    ``GATEWAY_WEBHOOK_RETRY_MAX_SECONDS``), with jitter."""
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """Longest wait between two attempts of one delivery: once a receiver is back, its
+    deliveries arrive within about this long."""
     webhook_retry_for_hours: float = Field(default=24.0, gt=0)
     """A delivery is retried until this long after its event was written, then given up."""
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -311,6 +311,9 @@ def two_replicas(
         GATEWAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS="true",
         GATEWAY_WEBHOOK_DELIVERY_INTERVAL_SECONDS="0.2",
         GATEWAY_WEBHOOK_RETRY_BASE_SECONDS="0.2",
+        # However long the outage lasts on a slow machine, the receiver back gets every
+        # delivery within about a second (else backoff grows past the test's wait).
+        GATEWAY_WEBHOOK_RETRY_MAX_SECONDS="1",
         GATEWAY_RECONCILER_ENABLED="true",
         GATEWAY_RECONCILER_INTERVAL_SECONDS="0.5",
         GATEWAY_RECONCILER_FIRST_CHECK_AFTER_SECONDS="0.5",

@@ -16,10 +16,11 @@ refuse timestamps more than five minutes old, and a retry may come hours later):
 
 The body is the event's stored payload, byte for byte. A 2xx answer delivers it; anything
 else (a 3xx included: redirects are not followed) is a failed attempt, retried after
-``GATEWAY_WEBHOOK_RETRY_BASE_SECONDS`` x 2^(attempts-1) (at most an hour, less up to a fifth
-for jitter) until ``GATEWAY_WEBHOOK_RETRY_FOR_HOURS`` after the event, then given up
-(``failed``). A replica that dies mid-attempt leaves the delivery leased; when the lease ends
-any replica sends it again. Delivery is therefore at least once: receivers drop duplicates by
+``GATEWAY_WEBHOOK_RETRY_BASE_SECONDS`` x 2^(attempts-1) (at most
+``GATEWAY_WEBHOOK_RETRY_MAX_SECONDS``, an hour by default, less up to a fifth for jitter)
+until ``GATEWAY_WEBHOOK_RETRY_FOR_HOURS`` after the event, then given up (``failed``). A
+replica that dies mid-attempt leaves the delivery leased; when the lease ends any replica
+sends it again. Delivery is therefore at least once: receivers drop duplicates by
 ``webhook-id``.
 """
 
@@ -68,7 +69,6 @@ from gateway.webhooks.models import (
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "video-billing-gateway-webhooks/0.1"
-MAX_BACKOFF_SECONDS = 3600.0
 LEASE_MARGIN_SECONDS = 30.0
 """Beyond the longest a pass can take to reach and finish a claimed delivery."""
 ANSWER_BYTES_READ = 4096
@@ -402,10 +402,11 @@ class WebhookDeliverer:
 
     def backoff(self, attempts: int) -> timedelta:
         """How long to wait after the ``attempts``-th failed attempt: base x 2^(attempts-1),
-        at most an hour, less up to a fifth at random (replicas and receivers coming back
-        together do not all retry at the same instant)."""
+        at most ``GATEWAY_WEBHOOK_RETRY_MAX_SECONDS``, less up to a fifth at random (replicas
+        and receivers coming back together do not all retry at the same instant)."""
         base = self.settings.webhook_retry_base_seconds
-        delay = min(base * 2 ** min(attempts - 1, 32), MAX_BACKOFF_SECONDS)
+        longest = self.settings.webhook_retry_max_seconds
+        delay = min(base * 2 ** min(attempts - 1, 32), longest)
         return timedelta(seconds=delay * (1 - 0.2 * random.random()))  # noqa: S311 (jitter)
 
 
