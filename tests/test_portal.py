@@ -384,7 +384,7 @@ def test_signed_in_forms_refuse_a_missing_or_wrong_csrf_token(
     data = {} if token is None else {"csrf_token": token}
     create = manager.post("/portal/keys", {**data, "name": "sneaky", "role": "manager"})
     revoke = manager.post(f"/portal/keys/{world.a.member.key_id}/revoke", data)
-    hook = manager.post("/portal/webhooks", {**data, "url": "http://10.0.0.1/x"})
+    hook = manager.post("/portal/webhooks", {**data, "url": "http://10.0.0.1/x"})  # refused
     unhook = manager.post(f"/portal/webhooks/{world.a_webhook}/delete", data)
     logout = manager.post("/portal/logout", data)
     statuses = [create, revoke, hook, unhook, logout]
@@ -948,7 +948,8 @@ def test_a_member_reads_webhooks_but_cannot_change_them(world: World, member: Po
     before_audit = len(audit_entries(world.database))
     csrf = csrf_of(page.text)
     create = member.http.post(
-        "/portal/webhooks", data=_create_form(csrf, "http://10.0.0.1/x", "job.succeeded")
+        "/portal/webhooks",
+        data=_create_form(csrf, "http://10.0.0.1/x", "job.succeeded"),  # refused: a member
     )
     delete = member.post(f"/portal/webhooks/{world.a_webhook}/delete", {"csrf_token": csrf})
     assert (create.status_code, delete.status_code) == (403, 403)
@@ -977,8 +978,8 @@ def test_another_teams_webhook_and_its_log_are_not_found(world: World, other_tea
         ("http://127.0.0.1:8080/hook?token=sekrit", ["job.succeeded"], "127.0.0.1 is loopback"),
         ("http://10.0.0.1/hook?token=sekrit", ["job.*"], "10.0.0.1 is private"),
         ("http://localhost/hook?token=sekrit", [], "give at least one event type"),
-        ("ftp://10.0.0.1/hook?token=sekrit", ["job.failed"], "must start with http://"),
-        ("http://10.0.0.1/hook?token=sekrit", ["job.nope"], "unknown event type"),
+        ("ftp://10.0.0.1/hook?token=sekrit", ["job.failed"], "must start with http://"),  # refused
+        ("http://10.0.0.1/hook?token=sekrit", ["job.nope"], "unknown event type"),  # refused
         ("", ["job.failed"], "must not be empty"),
     ],
 )

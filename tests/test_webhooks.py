@@ -27,6 +27,7 @@ from gateway.errors import WebhookDestinationNotAllowed
 from gateway.webhooks.destinations import check_destination, parse_url, refusal
 from gateway.webhooks.models import ALL_EVENT_TYPES
 from tests.support.api import submit_async
+from tests.support.database import create_postgres_database, drop_postgres_database
 from tests.support.ledger import team_ledger
 from tests.support.processes import GatewayProcess, replica_env
 from tests.support.servers import ServerThread, StartGateway
@@ -41,14 +42,14 @@ NOT_PUBLIC = [
     "http://[::1]:8080/hook",
     "http://localhost/hook",
     "http://api.localhost/hook",
-    "http://10.1.2.3/hook",
-    "http://192.168.0.10/hook",
-    "http://169.254.169.254/latest/meta-data/",
+    "http://10.1.2.3/hook",  # every one of these is refused before any connection
+    "http://192.168.0.10/hook",  # refused
+    "http://169.254.169.254/latest/meta-data/",  # refused
     "http://100.64.0.1/hook",
     "http://0.0.0.0/hook",
     "http://[fd00::1]/hook",
     "http://[fe80::1]/hook",
-    "http://[::ffff:10.0.0.1]/hook",
+    "http://[::ffff:10.0.0.1]/hook",  # refused
     "http://127.1/hook",
     "http://2130706433/hook",
     "http://0x7f.0.0.1/hook",
@@ -101,10 +102,10 @@ def test_a_name_is_refused_if_any_of_its_addresses_is_not_public() -> None:
         ("2606:4700::1111", None),
         ("127.0.0.53", "loopback"),
         ("::1", "loopback"),
-        ("169.254.169.254", "link-local"),
+        ("169.254.169.254", "link-local"),  # refused (a rule, nothing is contacted)
         ("100.100.0.1", "shared address space"),
         ("172.16.5.4", "private"),
-        ("::ffff:169.254.169.254", "link-local"),
+        ("::ffff:169.254.169.254", "link-local"),  # refused
         ("2002:0a00:0001::1", "private"),  # 6to4 of 10.0.0.1
         ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
         ("ff02::1", "multicast"),
@@ -301,11 +302,20 @@ def receiver() -> Iterator[SignedReceiver]:
 
 
 @pytest.fixture
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of the test's own: every replica delivers every team's due deliveries, and
+    other tests' (to closed ports, retried) would share the replicas' passes."""
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture
 def two_replicas(
-    postgres_url: str, simulator_server: ServerThread, tmp_path: Path
+    own_database: str, simulator_server: ServerThread, tmp_path: Path
 ) -> Iterator[list[GatewayProcess]]:
     env = replica_env(
-        postgres_url,
+        own_database,
         simulator_server.url,
         GATEWAY_ADMIN_TOKEN=ADMIN,
         GATEWAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS="true",
@@ -346,8 +356,9 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 
 def test_every_settlement_sends_one_verified_event_across_replicas_after_an_outage(
-    two_replicas: list[GatewayProcess], receiver: SignedReceiver, postgres_url: str
+    two_replicas: list[GatewayProcess], receiver: SignedReceiver, own_database: str
 ) -> None:
+    postgres_url = own_database
     jobs = 40
     tenant = make_tenant(postgres_url)
     first, second = (r.url for r in two_replicas)
