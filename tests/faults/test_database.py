@@ -126,7 +126,10 @@ def test_connections_terminated_mid_load_fail_closed_and_lose_nothing(
     finally:
         stop.set()
         killer.join()
-    assert terminations >= 8
+    # Cuts every 0.25 s over 3 s: about 12 on a quiet machine, but each cut is a statement on
+    # an admin connection, slower under load (7 in a loaded CI run). Several mid-load cuts are
+    # what the test needs.
+    assert terminations >= 4
     assert_failed_closed(load)
     assert load.statuses("submit")[200] > 20, load.statuses()
     # Every submit the upstream saw was answered 200 to its client, and only those.
